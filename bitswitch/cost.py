@@ -1,0 +1,130 @@
+"""Cost model: parameters, MACs, model bytes and BOPs of quantized layers.
+
+MACs are counted from one forward pass on a dummy input (so any stride, padding, grouping or
+input size is handled by the layer itself): a convolution does ``out_elements · in_ch/groups · kh·kw``
+multiply-accumulates per image, a linear ``out_elements · in_features``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .nn.layers import QuantLayer
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    kind: str  # "conv" | "depthwise" | "linear"
+    params: int  # weight elements (the quantized ones; bias excluded)
+    bias: int
+    macs: int  # per input sample
+    quantized: bool
+    w_bits: int | None
+    a_bits: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _weight_numel(m: nn.Module) -> int:
+    return int(m.weight_shape.numel()) if isinstance(m, QuantLayer) else int(m.weight.numel())  # type: ignore[union-attr]
+
+
+@torch.no_grad()
+def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]:
+    """Every Conv2d/Linear of ``model`` (quantized or not) with its size and per-sample MACs.
+
+    ``input_shape`` is the shape of one sample, without the batch dimension (e.g. ``(3, 32, 32)``).
+    """
+    macs: dict[str, int] = {}
+    hooks = []
+    targets = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if not targets:
+        raise ValueError("model has no Conv2d or Linear layer")
+
+    def hook(name: str):
+        def fn(m: nn.Module, args, out: torch.Tensor) -> None:
+            per_out = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
+            macs[name] = macs.get(name, 0) + int(out[0].numel()) * per_out
+
+        return fn
+
+    for name, m in targets.items():
+        hooks.append(m.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        model(torch.zeros((1, *input_shape), device=param.device if param is not None else "cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"could not run the model on an input of shape {tuple(input_shape)}: {e}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+    out = []
+    for name, m in targets.items():
+        if isinstance(m, nn.Conv2d):
+            kind = "depthwise" if m.groups > 1 and m.groups == m.in_channels else "conv"
+        else:
+            kind = "linear"
+        q = isinstance(m, QuantLayer)
+        out.append(
+            LayerCost(
+                name, kind, _weight_numel(m), int(m.bias.numel()) if m.bias is not None else 0, macs.get(name, 0), q,
+                m.w_bits if q else None, m.a_bits if q else None,  # type: ignore[union-attr]
+            )
+        )
+    return out
+
+
+Config = Mapping[str, tuple[int, int]]
+
+
+def _bits(c: LayerCost, config: Config | None) -> tuple[int, int]:
+    if not c.quantized:
+        return 32, 32
+    if config is not None and c.name in config:
+        return tuple(config[c.name])  # type: ignore[return-value]
+    if c.w_bits is None or c.a_bits is None:
+        return 32, 32
+    return c.w_bits, c.a_bits
+
+
+def model_bytes(costs: Sequence[LayerCost], config: Config | None = None, *, include_fp: bool = True) -> float:
+    """``Σ n·b_w/8`` over quantized layers (+ FP32 weights of full-precision layers and all biases)."""
+    total = 0.0
+    for c in costs:
+        wb, _ = _bits(c, config)
+        if c.quantized or include_fp:
+            total += c.params * wb / 8
+        if include_fp:
+            total += c.bias * 4
+    return total
+
+
+def bops(costs: Sequence[LayerCost], config: Config | None = None, *, include_fp: bool = False) -> float:
+    """``Σ MAC·b_w·b_a`` per sample; full-precision layers are outside the budget unless asked."""
+    return float(sum(c.macs * _bits(c, config)[0] * _bits(c, config)[1] for c in costs if c.quantized or include_fp))
+
+
+def layer_table(costs: Sequence[LayerCost]) -> str:
+    """A plain-text table of :func:`layer_costs` output (name, kind, params, MACs, precision)."""
+    rows = [("layer", "kind", "params", "MACs", "precision")]
+    for c in costs:
+        prec = "FP32" if not c.quantized else f"W{c.w_bits or 'fp'}A{c.a_bits or 'fp'}"
+        rows.append((c.name, c.kind, f"{c.params:,}", f"{c.macs:,}", prec))
+    total_p = sum(c.params for c in costs)
+    total_m = sum(c.macs for c in costs)
+    rows.append(("total", "", f"{total_p:,}", f"{total_m:,}", f"{sum(c.quantized for c in costs)} quantized"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    return "\n".join(lines)

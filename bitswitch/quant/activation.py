@@ -1,0 +1,61 @@
+"""Activation quantizer: one learnable LSQ scale per bit-width.
+
+Activations are never stored, so each precision gets its own scale at no storage cost. The sign
+of the grid is decided from calibration data (a non-negative input, as after ReLU/ReLU6, gets the
+unsigned grid ``[0, 2^b-1]``; anything else the signed one) unless it is given explicitly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import LsqActivationFn, fake_quant_act
+from .grid import check_bit_list, int_range
+from .ranges import act_scale
+
+
+class ActivationQuantizer(nn.Module):
+    def __init__(self, bits: tuple[int, ...], signed: bool | None = None):
+        super().__init__()
+        self.bits = check_bit_list(bits, what="act_bits")
+        self.scales = nn.ParameterDict({str(b): nn.Parameter(torch.ones(())) for b in self.bits})
+        # -1: not calibrated yet; 0: unsigned; 1: signed. A buffer so it travels with checkpoints.
+        self.register_buffer("signed_flag", torch.tensor(-1 if signed is None else int(signed), dtype=torch.int8))
+
+    @property
+    def calibrated(self) -> bool:
+        return int(self.signed_flag) >= 0
+
+    @property
+    def signed(self) -> bool:
+        if not self.calibrated:
+            raise RuntimeError(
+                "activation quantizer is not calibrated: call bitswitch.calibrate(model, batches) "
+                "before running the model at a quantized precision"
+            )
+        return bool(int(self.signed_flag))
+
+    def check(self, bits: int) -> None:
+        if bits not in self.bits:
+            raise ValueError(f"activation bit-width {bits} is not one this model was built for; valid: {list(self.bits)}")
+
+    @torch.no_grad()
+    def init_scales(self, samples: torch.Tensor, method: str = "mse", signed: bool | None = None) -> None:
+        """Set the grid sign (from the sample unless given) and every per-bit scale."""
+        if signed is None:
+            signed = bool((samples < 0).any())
+        self.signed_flag.fill_(int(signed))
+        for b in self.bits:
+            self.scales[str(b)].copy_(act_scale(samples, b, signed, method))
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        lo, hi = int_range(bits, self.signed)
+        scale = self.scales[str(bits)]
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return LsqActivationFn.apply(x, scale, lo, hi)
+        return fake_quant_act(x, scale, lo, hi)
+
+    def extra_repr(self) -> str:
+        sign = "uncalibrated" if not self.calibrated else ("signed" if self.signed else "unsigned")
+        return f"bits={list(self.bits)}, {sign}"

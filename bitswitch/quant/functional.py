@@ -1,0 +1,97 @@
+"""Fused fake-quantization ops with straight-through and LSQ gradients.
+
+Both ops are ``torch.autograd.Function`` s so that the forward pass is a handful of element-wise
+kernels and the backward pass recomputes what it needs from the saved input, instead of autograd
+keeping every intermediate of ``round``/``clamp``/``mul``. The forward arithmetic is shared with the
+integer (deployment) path in :mod:`bitswitch.quant.weight`, which is what makes a model rebuilt from
+an integer checkpoint bit-identical to the training-time model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .grid import int_range, requantize
+
+
+def channel_view(scale: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape a per-output-channel scale (C,) to broadcast against a weight of ``ndim`` dims."""
+    return scale.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def weight_codes(weight: torch.Tensor, scale: torch.Tensor, high: int) -> torch.Tensor:
+    """First rounding: ``W_h = clip(round(W / s), -2^(h-1), 2^(h-1)-1)`` (float tensor of integers)."""
+    lo, hi = int_range(high, signed=True)
+    return torch.round(weight / channel_view(scale, weight.dim())).clamp_(lo, hi)
+
+
+def dequantize_codes(codes_high: torch.Tensor, scale: torch.Tensor, high: int, low: int, rounding: str) -> torch.Tensor:
+    """``Ŵ_b = clip(round(W_h / 2^Δ)) · s · 2^Δ``: the effective weight at ``low`` bits."""
+    step = channel_view(scale, codes_high.dim()) * (2.0 ** (high - low))
+    return requantize(codes_high, high, low, rounding) * step
+
+
+class DoubleRoundingFn(torch.autograd.Function):
+    """Fake-quantize a weight at ``low`` bits through its ``high``-bit codes.
+
+    Backward: straight-through for the weight inside the ``low``-bit clip range, and a per-channel
+    LSQ gradient for the shared scale, i.e. the LSQ gradient of the effective step ``s·2^Δ``
+    chained to ``s``. With ``high == low`` this is plain per-channel LSQ.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, scale, high: int, low: int, rounding: str):  # type: ignore[override]
+        codes = weight_codes(weight, scale, high)
+        ctx.save_for_backward(weight, scale)
+        ctx.high, ctx.low = high, low
+        return dequantize_codes(codes, scale, high, low, rounding)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        weight, scale = ctx.saved_tensors
+        high, low = ctx.high, ctx.low
+        factor = 2.0 ** (high - low)
+        step = channel_view(scale, weight.dim()) * factor
+        x = weight / step
+        lo, hi = int_range(low, signed=True)
+        inside = (x >= lo) & (x <= hi)
+        grad_w = grad * inside
+        # d(Ŵ)/d(step) = round(x) - x inside the range, the clip bound outside (LSQ).
+        q = torch.round(x).clamp_(lo, hi)
+        per_elem = grad * torch.where(inside, q - x, q)
+        n_per_channel = weight[0].numel()
+        grad_scale = factor / math.sqrt(n_per_channel * hi)
+        grad_s = per_elem.reshape(weight.shape[0], -1).sum(1) * grad_scale
+        return grad_w, grad_s.reshape(scale.shape), None, None, None
+
+
+class LsqActivationFn(torch.autograd.Function):
+    """Fake-quantize an activation with one learnable scalar scale (LSQ).
+
+    ``q = clip(round(x / s), lo, hi) · s``; gradient straight-through inside ``[lo, hi]`` and the LSQ
+    scale gradient with scale ``1 / sqrt(numel · p)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, lo: int, hi: int):  # type: ignore[override]
+        ctx.save_for_backward(x, scale)
+        ctx.lo, ctx.hi = lo, hi
+        return fake_quant_act(x, scale, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, scale = ctx.saved_tensors
+        lo, hi = ctx.lo, ctx.hi
+        xs = x / scale
+        inside = (xs >= lo) & (xs <= hi)
+        q = torch.round(xs).clamp_(lo, hi)
+        grad_x = grad * inside
+        grad_s = (grad * (q - xs * inside)).sum() / math.sqrt(x.numel() * hi)
+        return grad_x, grad_s.reshape(scale.shape), None, None
+
+
+def fake_quant_act(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The activation quantizer's forward arithmetic (no autograd bookkeeping)."""
+    return torch.round(x / scale).clamp_(lo, hi) * scale
