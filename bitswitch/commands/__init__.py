@@ -1,0 +1,1 @@
+"""Sub-commands of the ``bitswitch`` CLI: one module each, discovered automatically."""

@@ -1,0 +1,32 @@
+"""``bitswitch info CKPT``: what an integer checkpoint holds, layer by layer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..cost import layer_costs, layer_table, model_bytes
+from ..export.checkpoint import load, read_checkpoint
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe an integer checkpoint", description="Print the quantization config, file size and per-layer table of a checkpoint.")
+    p.add_argument("checkpoint", help="a .safetensors file written by bitswitch")
+    p.add_argument("--input-shape", default=None, help="one sample's shape for MAC counts, e.g. 3,32,32 (default: from the checkpoint's metadata)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    _, meta = read_checkpoint(args.checkpoint)
+    model = load(args.checkpoint)
+    shape = args.input_shape or meta["extra"].get("input_shape")
+    print(f"file: {args.checkpoint} ({os.path.getsize(args.checkpoint):,} bytes)")
+    print(f"architecture: {json.dumps(meta['arch'])}")
+    print(f"quantization: {json.dumps(meta['quant_config'])}")
+    if shape:
+        dims = [int(v) for v in shape.split(",")] if isinstance(shape, str) else list(shape)
+        costs = layer_costs(model, dims)
+        print(layer_table(costs))
+        print(f"model bytes at current precision: {model_bytes(costs):,.0f}")
+    return 0
