@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant.activation import ActivationQuantizer
+from ..quant.functional import weight_codes
+from ..quant.grid import requantize_int, storage_dtype
 from ..quant.weight import WEIGHT_QUANTIZERS
 
 
@@ -61,6 +63,24 @@ class QuantLayer:
         if not getattr(self.weight_quant, "shared_scale", False):
             raise ValueError("the unshared-scale variant keeps FP32 weights and has no integer codes")
         return self.weight_quant.codes(self.weight)  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def weight_qparams(self, bits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(codes, step)`` at ``bits`` (default: current): ``effective_weight == codes * step``.
+
+        ``codes`` is an integer tensor on the ``bits``-bit grid, ``step`` the per-output-channel
+        float step. This is the one place export and integer kernels read weights from.
+        """
+        bits = self.w_bits if bits is None else bits
+        if bits is None:
+            raise ValueError("layer is in full precision; pass a bit-width")
+        self.weight_quant.check(bits)
+        wq = self.weight_quant
+        if getattr(wq, "shared_scale", False):
+            codes = requantize_int(self.integer_codes(), wq.storage_bits, bits, wq.rounding)
+            return codes, wq.scale.detach() * 2.0 ** (wq.storage_bits - bits)
+        scale = wq.scales[str(bits)].detach()
+        return weight_codes(self.weight, scale, bits).to(storage_dtype(bits)), scale  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def to_integer(self) -> None:

@@ -49,6 +49,12 @@ class ActivationQuantizer(nn.Module):
         for b in self.bits:
             self.scales[str(b)].copy_(act_scale(samples, b, signed, method))
 
+    def qparams(self, bits: int) -> tuple[torch.Tensor, int, int, int]:
+        """``(scale, zero_point, lo, hi)`` of the ``bits``-bit grid: what export and kernels read."""
+        self.check(bits)
+        lo, hi = int_range(bits, self.signed)
+        return self.scales[str(bits)].detach(), 0, lo, hi
+
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         lo, hi = int_range(bits, self.signed)
         scale = self.scales[str(bits)]
