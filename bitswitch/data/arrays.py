@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -95,11 +95,11 @@ class ArrayDataset:
         """Number of examples per class, shape ``(num_classes,)``."""
         return torch.bincount(self.labels.cpu(), minlength=self.num_classes)
 
-    def to(self, device: str | torch.device) -> "ArrayDataset":
+    def to(self, device: str | torch.device) -> ArrayDataset:
         return ArrayDataset(self.images.to(device), self.labels.to(device), list(self.classes))
 
     # ---------------------------------------------------------------- subsets
-    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> "ArrayDataset":
+    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> ArrayDataset:
         """A new dataset with the examples at ``indices`` (ints or boolean mask), in that order."""
         idx = _as_index_tensor(indices)
         if idx.numel() == 0:
@@ -153,7 +153,7 @@ class ArrayDataset:
 
     def split(
         self, fraction: float, seed: int = 0, stratified: bool = True
-    ) -> tuple["ArrayDataset", "ArrayDataset"]:
+    ) -> tuple[ArrayDataset, ArrayDataset]:
         """Split into ``(rest, held_out)`` where ``held_out`` has ``round(fraction * N)`` examples.
 
         Typical use: ``train, val = train_full.split(0.1, seed=0)``. The split is deterministic

@@ -62,6 +62,9 @@ def save_cached(path: Path, arrays: dict[str, np.ndarray]) -> bool:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; use the usual file mode
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()

@@ -1,0 +1,94 @@
+"""Shared helpers for benchmark scripts: machine description and result files.
+
+Every result file records the exact command, the machine, the torch version and the date, so a
+number in the README can always be traced to the run that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def header() -> dict[str, Any]:
+    return {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+    }
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path | None = None) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` (a table plus the provenance lines)."""
+    out = out_dir or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {**header(), **data}
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    m = doc["machine"]
+    prov = (
+        f"\n\nCommand: `{doc['command']}`  \n"
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m.get('gpu', 'CPU')}); {doc['date']}\n"
+    )
+    (out / f"{name}.md").write_text(markdown.rstrip() + prov)
+    return out / f"{name}.md"
+
+
+def timeit(fn, repeat: int = 10, warmup: int = 2) -> list[float]:
+    """Wall-clock seconds of ``repeat`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def md_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
