@@ -58,6 +58,12 @@ def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]
         hooks.append(m.register_forward_hook(hook(name)))
     was_training = model.training
     model.eval()
+    # Counting needs no quantization: run unquantized activations (works before calibration too).
+    qlayers = [m for m in targets.values() if isinstance(m, QuantLayer)]
+    saved = [(m.w_bits, m.a_bits) for m in qlayers]
+    for m in qlayers:
+        m.a_bits = None
+        m.w_bits = m.w_bits if m.is_integer else None
     try:
         param = next(model.parameters(), None)
         model(torch.zeros((1, *input_shape), device=param.device if param is not None else "cpu"))
@@ -66,6 +72,8 @@ def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]
     finally:
         for h in hooks:
             h.remove()
+        for m, (w, a) in zip(qlayers, saved):
+            m.w_bits, m.a_bits = w, a
         model.train(was_training)
 
     out = []
@@ -128,3 +136,60 @@ def layer_table(costs: Sequence[LayerCost]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+# --- references and summaries (search budgets) ---------------------------------------------------
+
+#: Reference precisions for relative costs: (weight bits, activation bits) of every quantized layer.
+REFERENCES: dict[str, tuple[int, int]] = {"w8a8": (8, 8), "w8a16": (8, 16)}
+
+
+def _reference(reference: str) -> tuple[int, int]:
+    key = reference.lower()
+    if key not in REFERENCES:
+        raise ValueError(f"unknown cost reference {reference!r}; valid: {', '.join(REFERENCES)}")
+    return REFERENCES[key]
+
+
+def reference_bops(costs: Sequence[LayerCost], reference: str = "w8a8") -> float:
+    """BOPs of the quantized layers when every one of them runs at ``reference`` (FP layers excluded)."""
+    w, a = _reference(reference)
+    return float(sum(c.macs * w * a for c in costs if c.quantized))
+
+
+def relative_bops(costs: Sequence[LayerCost], config: Config | None = None, reference: str = "w8a8") -> float:
+    """``bops(config) / bops(all layers at reference)``; full-precision layers are outside both."""
+    ref = reference_bops(costs, reference)
+    if ref <= 0:
+        raise ValueError("the model's quantized layers have no MACs; relative BOPs is undefined")
+    return bops(costs, config) / ref
+
+
+def quantized_bytes(costs: Sequence[LayerCost], config: Config | None = None) -> float:
+    """``Σ n·b_w/8`` over quantized layers only: the part of the model size a bit-width choice controls."""
+    return model_bytes(costs, config, include_fp=False)
+
+
+def config_summary(costs: Sequence[LayerCost], config: Config | None = None) -> dict[str, float]:
+    """Every budget quantity of one configuration, absolute and relative (for tables and JSON).
+
+    ``avg_bits`` is the plain mean of weight bits over quantized layers, ``wavg_bits`` the
+    parameter-weighted mean (= quantized bytes · 8 / parameters); full-precision layers count in
+    neither, nor in ``bops``/``quantized_bytes``; ``model_bytes`` is the whole file-size estimate.
+    """
+    q = [c for c in costs if c.quantized]
+    if not q:
+        raise ValueError("the model has no quantized layers")
+    wbits = [_bits(c, config)[0] for c in q]
+    n = sum(c.params for c in q)
+    qb = quantized_bytes(costs, config)
+    return {
+        "avg_bits": sum(wbits) / len(q),
+        "wavg_bits": qb * 8 / n if n else 0.0,
+        "quantized_bytes": qb,
+        "model_bytes": model_bytes(costs, config),
+        "bops": bops(costs, config),
+        "rel_bops_w8a8": relative_bops(costs, config, "w8a8"),
+        "rel_bops_w8a16": relative_bops(costs, config, "w8a16"),
+        "rel_bytes_w8": qb / quantized_bytes(costs, {c.name: (8, 8) for c in q}),
+    }

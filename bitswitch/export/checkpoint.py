@@ -166,11 +166,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         from ..models import build
 
         model = build(arch["name"], **arch.get("kwargs", {}))
-    model = quantize(
-        model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
-        full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
-        switchable_bn=config.switchable_bn, inplace=True,
-    )
+    try:
+        model = quantize(
+            model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
+            full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
+            switchable_bn=config.switchable_bn, inplace=True,
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the model's layers do not match the checkpoint ({e})") from None
     if tuple(model.bitswitch_config.quantized) != tuple(config.quantized):
         raise CheckpointError(f"{path}: the model's layers do not match the checkpoint's quantized layers")
     if config.variant == "shared":
