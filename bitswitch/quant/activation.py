@@ -22,10 +22,21 @@ class ActivationQuantizer(nn.Module):
         self.scales = nn.ParameterDict({str(b): nn.Parameter(torch.ones(())) for b in self.bits})
         # -1: not calibrated yet; 0: unsigned; 1: signed. A buffer so it travels with checkpoints.
         self.register_buffer("signed_flag", torch.tensor(-1 if signed is None else int(signed), dtype=torch.int8))
+        # Python mirror of the buffer: reading a tensor in forward() would sync and break torch.compile graphs.
+        self._sign = int(self.signed_flag)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sign = int(self.signed_flag)
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda() replace buffers; keep the mirror honest
+        out = super()._apply(fn, *args, **kwargs)
+        self._sign = int(self.signed_flag)
+        return out
 
     @property
     def calibrated(self) -> bool:
-        return int(self.signed_flag) >= 0
+        return self._sign >= 0
 
     @property
     def signed(self) -> bool:
@@ -34,7 +45,7 @@ class ActivationQuantizer(nn.Module):
                 "activation quantizer is not calibrated: call bitswitch.calibrate(model, batches) "
                 "before running the model at a quantized precision"
             )
-        return bool(int(self.signed_flag))
+        return bool(self._sign)
 
     def check(self, bits: int) -> None:
         if bits not in self.bits:
@@ -46,6 +57,7 @@ class ActivationQuantizer(nn.Module):
         if signed is None:
             signed = bool((samples < 0).any())
         self.signed_flag.fill_(int(signed))
+        self._sign = int(signed)
         for b in self.bits:
             self.scales[str(b)].copy_(act_scale(samples, b, signed, method))
 
