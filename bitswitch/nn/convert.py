@@ -43,6 +43,7 @@ class QuantConfig:
     switchable_bn: bool = True
     full_precision: tuple[str, ...] = ()
     quantized: tuple[str, ...] = field(default=())
+    act_asymmetric: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -96,6 +97,7 @@ def quantize(
     variant: str = "shared",
     switchable_bn: bool = True,
     inplace: bool = False,
+    act_asymmetric: bool = False,
 ) -> nn.Module:
     """Convert the Conv2d/Linear layers of ``model`` into bit-switchable quantized layers.
 
@@ -109,6 +111,8 @@ def quantize(
         rounding: second-rounding mode (``half_even``, ``half_up`` = hardware shift, ``floor``).
         variant: ``"shared"`` (Double Rounding) or ``"unshared"`` (per-bit scales, FP32 storage).
         switchable_bn: give every BatchNorm fed by a quantized layer one copy per bit-width.
+        act_asymmetric: activation grids with a zero point (post-training quantization, see
+            :mod:`bitswitch.ptq`); ranges are then set by the PTQ range search, not LSQ training.
 
     Returns the converted model (a deep copy unless ``inplace``), at its highest precision and not
     yet calibrated: call :func:`calibrate` next.
@@ -146,13 +150,13 @@ def quantize(
     for name in quantized:
         float_layer = model.get_submodule(name)
         qtype = QUANT_TYPES[type(float_layer)]
-        _set_submodule(model, name, qtype.from_float(float_layer, wbits, abits, h, rounding, variant))  # type: ignore[attr-defined]
+        _set_submodule(model, name, qtype.from_float(float_layer, wbits, abits, h, rounding, variant, act_asymmetric))  # type: ignore[attr-defined]
     if switchable_bn:
         for name, src in bn_source.items():
             if src is not None and src in quantized:
                 _set_submodule(model, name, SwitchableBatchNorm(model.get_submodule(name), wbits, source=src))
 
-    model.bitswitch_config = QuantConfig(wbits, abits, h, rounding, variant, switchable_bn, fp, tuple(quantized))
+    model.bitswitch_config = QuantConfig(wbits, abits, h, rounding, variant, switchable_bn, fp, tuple(quantized), act_asymmetric)
     log.info("quantized %d layers (%s), kept %d in full precision (%s)", len(quantized), _short_list(quantized, 4), len(fp), ", ".join(fp))
     return model
 
@@ -235,6 +239,8 @@ def _sync_batchnorms(model: nn.Module, layers: Mapping[str, QuantLayer]) -> None
         if isinstance(m, SwitchableBatchNorm):
             src = layers.get(m.source)
             m.activate(None if src is None else src.w_bits)
+        elif hasattr(type(m), "sync_precision"):  # e.g. TransitionalBatchNorm: picks from several layers' bits
+            m.sync_precision(layers)  # type: ignore[operator]
 
 
 def get_precision(model: nn.Module) -> dict[str, tuple[int | None, int | None]]:

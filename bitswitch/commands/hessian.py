@@ -1,0 +1,81 @@
+"""``bitswitch hessian CKPT --data NAME``: per-layer Hessian traces (Hutchinson) to a JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..export.checkpoint import load, read_checkpoint
+from ..search.evaluate import dataset_batches
+from ..search.hessian import hessian_traces, save_traces, trace_table
+
+
+def default_trace_path(checkpoint: str | Path) -> Path:
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".hessian.json")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "hessian", help="estimate per-layer Hessian traces (for HASB and search)",
+        description="Hutchinson estimate of each quantized layer's Hessian trace on training images, "
+        "with the FP32 function of the checkpoint (top-precision weights, unquantized activations).",
+    )
+    p.add_argument("checkpoint", help="an integer checkpoint written by bitswitch")
+    p.add_argument("--data", default=None, help="dataset name (fashion_mnist, cifar10, digits) or folder; default: the checkpoint's training data")
+    p.add_argument("--dataset", default=None, help="dataset name when --data is a folder the checkpoint does not name")
+    p.add_argument("--data-root", default=None, help="dataset folder when --data is a name (default: $BITSWITCH_DATA/<name>)")
+    p.add_argument("--samples", type=int, default=1024, help="training images in the loss (default 1024)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--tol", type=float, default=0.05, help="stop a layer when stderr/|mean| < tol (default 0.05)")
+    p.add_argument("--max-iter", type=int, default=100, help="iteration cap (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default); on a shared CPU 1 is often much faster")
+    p.add_argument("--out", default=None, help="output JSON (default: CKPT with .hessian.json)")
+    p.set_defaults(func=run)
+
+
+def resolve_data(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[str, str | None]:
+    """(dataset name, folder) from --data/--dataset/--data-root or the checkpoint's metadata (as `bitswitch eval`)."""
+    from ..data import DATASETS
+
+    trained = extra.get("train_config") or {}
+    if args.data and args.data.replace("-", "_").lower() in DATASETS + ("fashionmnist",):
+        return args.data, args.data_root
+    name = args.dataset or extra.get("dataset") or trained.get("dataset")
+    root = args.data or args.data_root or trained.get("data_root")
+    if name is None and root is not None:
+        name = Path(root).name
+    if name is None:
+        raise ValueError("the checkpoint does not say which data it was trained on: pass --data NAME (or --data FOLDER --dataset NAME)")
+    return name, root
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _, meta = read_checkpoint(args.checkpoint)
+    extra = meta.get("extra") or {}
+    name, root = resolve_data(args, extra)
+    model = load(args.checkpoint)
+    batches, shape = dataset_batches(name, root, "train", args.samples, args.batch_size, seed=args.seed,
+                                     mean=extra.get("mean"), std=extra.get("std"))
+    t0 = time.perf_counter()
+    traces = hessian_traces(
+        model, batches, tol=args.tol, max_iter=args.max_iter, seed=args.seed,
+        progress=lambda it, left: print(f"iteration {it}: {left} layer(s) not converged", flush=True) if it % 10 == 0 else None,
+    )
+    seconds = time.perf_counter() - t0
+    out = Path(args.out) if args.out else default_trace_path(args.checkpoint)
+    save_traces(
+        out, traces, checkpoint=str(args.checkpoint), data=name, samples=sum(int(x.shape[0]) for x, _ in batches),
+        input_shape=list(shape), tol=args.tol, max_iter=args.max_iter, seed=args.seed, seconds=seconds,
+        torch_threads=torch.get_num_threads(),
+    )
+    print(trace_table(traces))
+    print(f"{seconds:.1f} s; wrote {out}")
+    return 0

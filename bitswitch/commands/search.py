@@ -1,0 +1,151 @@
+"""``bitswitch search CKPT --budget avg-bits=3``: per-layer bit-widths by ILP, plus baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..cost import layer_costs
+from ..export.checkpoint import atomic_write_bytes, load, read_checkpoint
+from ..nn.precision_file import write_precision_file
+from ..search.baselines import greedy, random_at_cost, uniform
+from ..search.budget import parse_budget
+from ..search.hessian import load_traces, sensitivity
+from ..search.ilp import (
+    OBJECTIVES,
+    SearchProblem,
+    SearchResult,
+    pareto_front,
+    weight_noise,
+)
+from .hessian import default_trace_path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="choose per-layer bit-widths for a budget (ILP)",
+        description="Maximise the Hessian-weighted objective under a budget with an integer linear program "
+        "(SciPy milp / HiGHS). Budgets: avg-bits=B, wavg-bits=B, bytes=X, bops=X; bytes/bops values <= 1 "
+        "(or with an x or %% suffix) are relative to all-8-bit / all-W8A8 (bops=0.5@w8a16 for W8A16). "
+        "Full-precision layers are outside every budget.",
+    )
+    p.add_argument("checkpoint", help="an integer checkpoint written by bitswitch (a multi-precision supernet)")
+    p.add_argument("--hessian", default=None, help="trace JSON from `bitswitch hessian` (default: CKPT with .hessian.json)")
+    p.add_argument("--budget", action="append", default=[], help="a budget; repeat for several at once")
+    p.add_argument("--sweep", default=None, help="Pareto sweep: KIND=V1,V2,... or KIND=LO:HI:N (e.g. bops=0.1:1:10)")
+    p.add_argument("--bits", default=None, help="candidate weight bit-widths, e.g. 4,3,2 (default: the checkpoint's)")
+    p.add_argument("--act", default="tied", help="activation bits: tied (= weight bits, default) or a fixed bit-width")
+    p.add_argument("--objective", default="bits", choices=OBJECTIVES, help="bits: max Σ(t/n)·b (paper); noise: min Σ(t/n)·‖ΔW‖²")
+    p.add_argument("--pin", action="append", default=[], help="fix a layer: NAME=B or NAME=W,A (repeatable)")
+    p.add_argument("--input-shape", default=None, help="one sample's shape for MACs, e.g. 3,32,32 (default: from the checkpoint or trace file)")
+    p.add_argument("--baselines", action="store_true", help="also report uniform, greedy and random configurations at the same budget")
+    p.add_argument("--random", type=int, default=20, help="random configurations per budget for --baselines (default 20)")
+    p.add_argument("--out", default=None, help="precision file for a single budget (default: subnet.json); JSON of all points for --sweep")
+    p.add_argument("--out-dir", default=None, help="--sweep: also write one precision file per Pareto point here")
+    p.set_defaults(func=run)
+
+
+def _shape(args: argparse.Namespace, meta: dict[str, Any], trace_doc: dict[str, Any]) -> list[int]:
+    raw = args.input_shape or meta["extra"].get("input_shape") or trace_doc.get("input_shape")
+    if not raw:
+        raise ValueError("unknown input shape: pass --input-shape C,H,W (needed to count MACs)")
+    return [int(v) for v in raw.split(",")] if isinstance(raw, str) else [int(v) for v in raw]
+
+
+def _sweep_values(text: str) -> tuple[str, list[float]]:
+    kind, sep, vals = text.partition("=")
+    if not sep:
+        raise ValueError(f"malformed --sweep {text!r}; expected KIND=V1,V2,... or KIND=LO:HI:N")
+    kind = parse_budget(f"{kind}=1").kind
+    if ":" in vals:
+        try:
+            lo, hi, n = vals.split(":")
+            lo_f, hi_f, n_i = float(lo), float(hi), int(n)
+        except ValueError:
+            raise ValueError(f"malformed --sweep range {vals!r}; expected LO:HI:N") from None
+        if n_i < 2:
+            return kind, [lo_f]
+        return kind, [lo_f + (hi_f - lo_f) * i / (n_i - 1) for i in range(n_i)]
+    try:
+        return kind, [float(v) for v in vals.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"malformed --sweep values {vals!r}") from None
+
+
+def _pins(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, val = item.rpartition("=")
+        if not sep or not name:
+            raise ValueError(f"malformed --pin {item!r}; expected NAME=B or NAME=W,A")
+        parts = [int(v) for v in val.split(",")]
+        out[name] = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+    return out
+
+
+def _row(r: SearchResult) -> str:
+    s = r.summary
+    return f"{r.method:<14} {r.objective:>12.5g} {s['avg_bits']:>8.3f} {s['wavg_bits']:>9.3f} {s['quantized_bytes']:>12,.0f} {s['rel_bops_w8a8']:>9.4f} {s['rel_bops_w8a16']:>10.4f}"
+
+
+HEADER = f"{'method':<14} {'objective':>12} {'avg-bits':>8} {'wavg-bits':>9} {'bytes':>12} {'BOPs/W8A8':>9} {'BOPs/W8A16':>10}"
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.budget and not args.sweep:
+        raise ValueError("give --budget KIND=VALUE (e.g. --budget avg-bits=3) or --sweep KIND=LO:HI:N")
+    _, meta = read_checkpoint(args.checkpoint)
+    trace_path = Path(args.hessian) if args.hessian else default_trace_path(args.checkpoint)
+    traces = load_traces(trace_path)
+    trace_doc = json.loads(trace_path.read_text())
+    model = load(args.checkpoint)
+    costs = layer_costs(model, _shape(args, meta, trace_doc))
+    bits = [int(b) for b in args.bits.split(",")] if args.bits else list(meta["quant_config"]["bits"])
+    act: Any = "tied" if args.act == "tied" else int(args.act)
+    problem = SearchProblem(
+        costs, sensitivity(traces), bits, act=act, objective=args.objective,
+        noise=weight_noise(model, bits) if args.objective == "noise" else None, pinned=_pins(args.pin),
+    )
+    extra = {"checkpoint": str(args.checkpoint), "hessian": str(trace_path), "objective": args.objective}
+    if args.sweep:
+        kind, values = _sweep_values(args.sweep)
+        results = problem.sweep(kind, values)
+        if not results:
+            raise ValueError(f"no value of the sweep {args.sweep} is feasible; the smallest feasible is "
+                             f"{parse_budget(f'{kind}={values[0]}').describe(problem.smallest_feasible(parse_budget(f'{kind}={values[0]}')))}")
+        front = pareto_front(results)
+        print(HEADER)
+        for r in front:
+            print(_row(r) + f"  {r.budgets[0]}  ({r.solve_seconds * 1e3:.1f} ms)")
+        out = Path(args.out or "pareto.json")
+        doc = {**extra, "sweep": args.sweep, "points": [r.as_dict() for r in front]}
+        atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
+        if args.out_dir:
+            for i, r in enumerate(front):
+                write_precision_file(Path(args.out_dir) / f"subnet_{i:02d}.json", r.config, budget=r.budgets, **extra, **r.summary)
+        print(f"wrote {out}" + (f" and {len(front)} precision files in {args.out_dir}" if args.out_dir else ""))
+        return 0
+    budgets = [parse_budget(b) for b in args.budget]
+    best = problem.solve(budgets)
+    print(HEADER)
+    print(_row(best) + f"  ({best.solve_seconds * 1e3:.1f} ms)")
+    if args.baselines:
+        for w in sorted({p[0] for c in problem.candidates for p in c}, reverse=True):
+            try:
+                u = uniform(problem, w)
+            except ValueError:
+                continue
+            if all(problem.fits(u.config, b) for b in budgets):
+                print(_row(u))
+        for b in budgets:
+            print(_row(greedy(problem, b)) + f"  ({b})")
+            rs = random_at_cost(problem, b, args.random)
+            med = statistics.median(r.objective for r in rs)
+            print(f"{'random-median':<14} {med:>12.5g}  over {len(rs)} configurations within 5% below {b}")
+    out = Path(args.out or "subnet.json")
+    write_precision_file(out, best.config, budget=[str(b) for b in budgets], **extra, **best.summary)
+    print(f"wrote {out}; evaluate it with: bitswitch eval {args.checkpoint} --config {out}")
+    return 0

@@ -1,0 +1,18 @@
+"""Mixed-precision search: Hessian traces, budgets, ILP subnet search and its baselines."""
+
+from .baselines import greedy, greedy_path, random_at_cost, uniform
+from .budget import Budget, parse_budget
+from .hessian import LayerTrace, hessian_traces, load_traces, save_traces, sensitivity
+from .ilp import (
+    SearchProblem,
+    SearchResult,
+    candidate_pairs,
+    pareto_front,
+    weight_noise,
+)
+
+__all__ = [
+    "Budget", "LayerTrace", "SearchProblem", "SearchResult", "candidate_pairs", "greedy", "greedy_path",
+    "hessian_traces", "load_traces", "pareto_front", "parse_budget", "random_at_cost", "save_traces",
+    "sensitivity", "uniform", "weight_noise",
+]

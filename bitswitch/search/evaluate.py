@@ -1,0 +1,75 @@
+"""Evaluate subnets of a supernet without retraining (optionally with BN re-estimation)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..nn.convert import set_precision
+from ..nn.recalibrate import recalibrate_bn
+
+BN_MODES = ("native", "recal")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 accuracy (%) in eval mode."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    model.train(was)
+    if total == 0:
+        raise ValueError("no evaluation data")
+    return 100.0 * correct / total
+
+
+def evaluate_config(
+    model: nn.Module,
+    config: Mapping[str, tuple[int, int]] | int,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    bn: str = "recal",
+    recal_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> float:
+    """Accuracy of ``model`` at ``config``; ``bn="recal"`` re-estimates BN statistics on
+    ``recal_batches`` first (on a copy: the supernet itself is left untouched)."""
+    if bn not in BN_MODES:
+        raise ValueError(f"unknown BN mode {bn!r}; valid: {', '.join(BN_MODES)}")
+    m = copy.deepcopy(model) if bn == "recal" else model
+    set_precision(m, dict(config) if isinstance(config, Mapping) else config)
+    if bn == "recal":
+        if not recal_batches:
+            raise ValueError("bn='recal' needs calibration batches (a few hundred training images)")
+        recalibrate_bn(m, recal_batches)
+    return accuracy(m, batches)
+
+
+def dataset_batches(
+    name: str, root: str | Path | None, split: str, samples: int | None, batch_size: int, *, seed: int = 0,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[int, ...]]:
+    """A seeded random subset of ``samples`` images (all if None), normalised with ``mean``/``std``
+    (default: the dataset's, as the trainer does); returns (batches, one image's shape)."""
+    from ..data import DATASET_STATS, ArrayDataset, TensorLoader, load_dataset
+
+    ds = load_dataset(name, root, split)
+    key = str(name).strip().lower().replace("-", "_")
+    key = {"fashionmnist": "fashion_mnist", "cifar": "cifar10"}.get(key, key)
+    stats = DATASET_STATS.get(key, {})
+    if samples is not None and samples < len(ds):
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:samples]
+        ds = ArrayDataset(ds.images[idx], ds.labels[idx], ds.classes)
+    loader = TensorLoader(ds, batch_size, shuffle=False, mean=mean or stats.get("mean"), std=std or stats.get("std"))
+    return list(loader), tuple(ds.images.shape[1:])
+
+
+__all__ = ["BN_MODES", "accuracy", "dataset_batches", "evaluate_config"]

@@ -1,0 +1,222 @@
+"""Per-layer Hessian traces by Hutchinson's estimator (``E_v[vᵀHv]``, Rademacher ``v``).
+
+Hessian-vector products come from double backprop: ``Hv = ∂(gᵀv)/∂W`` with ``g = ∂L/∂W`` built
+with ``create_graph=True``. The loss is the mean cross-entropy over the given samples with the
+model in eval mode (BatchNorm uses its running statistics, so the Hessian is that of one fixed
+function). Within one iteration every batch draws its own ``v`` (the estimate
+``Σ_b (n_b/N)·v_bᵀH_b v_b`` stays unbiased for ``tr H`` and averages independent draws), and one
+``v`` spans all layers at once (cross-layer terms vanish in expectation), so an iteration costs one
+forward and one double backward over the samples, for every layer together.
+
+A layer stops when the standard error of its running mean falls below ``tol`` times the mean (after
+``min_iter`` iterations) and is then dropped from later products; everything stops at
+``max_iter``. Traces are of the FP32 function: a latent-weight model runs in full precision, an
+integer model with its top-precision weights and unquantized activations.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.convert import set_precision
+from ..nn.layers import QuantLayer
+
+FORMAT = "bitswitch-hessian"
+
+
+@dataclass
+class LayerTrace:
+    """Hutchinson estimate of one layer's Hessian trace and how it was reached."""
+
+    name: str
+    trace: float
+    n_params: int
+    iterations: int
+    converged: bool
+    rel_stderr: float
+
+    @property
+    def trace_per_param(self) -> float:
+        return self.trace / self.n_params
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "trace_per_param": self.trace_per_param}
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """A deep copy that computes the FP32 function: quantizers off, integer weights dequantized.
+
+    Integer (deployment) layers get their top-precision weight back as a trainable parameter, which
+    is the closest FP32 function an integer checkpoint defines.
+    """
+    m = copy.deepcopy(model)
+    layers = {n: l for n, l in m.named_modules() if isinstance(l, QuantLayer)}
+    for layer in layers.values():
+        if layer.is_integer:
+            with torch.no_grad():
+                w = layer.weight_quant.dequantize(layer.weight_int, layer.weight_quant.bits[0]).detach().clone()
+            del layer._buffers["weight_int"]  # type: ignore[attr-defined]
+            layer.weight = nn.Parameter(w)  # type: ignore[attr-defined]
+    if layers:
+        set_precision(m, None)
+    return m
+
+
+def _targets(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Parameter]:
+    quant = [n for n, l in model.named_modules() if isinstance(l, QuantLayer)]
+    names = quant or [n for n, l in model.named_modules() if isinstance(l, (nn.Conv2d, nn.Linear))]
+    if layers is not None:
+        wanted = list(layers)
+        every = {n for n, l in model.named_modules() if isinstance(l, (nn.Conv2d, nn.Linear))}
+        unknown = [n for n in wanted if n not in every]
+        if unknown:
+            raise ValueError(f"unknown layer(s) {unknown}; Conv2d/Linear layers: {sorted(every)[:10]}...")
+        names = wanted
+    if not names:
+        raise ValueError("model has no Conv2d or Linear layer to take Hessian traces of")
+    return {n: model.get_submodule(n).weight for n in names}  # type: ignore[misc]
+
+
+def hessian_traces(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    tol: float = 0.05,
+    max_iter: int = 100,
+    min_iter: int = 3,
+    layers: Iterable[str] | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, LayerTrace]:
+    """Hutchinson trace of each layer's weight Hessian (quantized layers by default).
+
+    Args:
+        batches: ``(inputs, targets)`` pairs; all of them form the loss (materialised once).
+        loss_fn: mean loss of one batch (default cross-entropy).
+        tol: stop a layer when ``stderr(mean) / |mean| < tol``.
+        max_iter: iteration cap; layers still above ``tol`` then report ``converged=False``.
+        layers: restrict to these layer names (default: every quantized layer, or every
+            Conv2d/Linear of an unquantized model).
+        progress: called as ``progress(iteration, layers_still_running)``.
+    """
+    if tol <= 0 or max_iter < 1 or min_iter < 2:
+        raise ValueError(f"need tol > 0, max_iter >= 1 and min_iter >= 2, got tol={tol}, max_iter={max_iter}, min_iter={min_iter}")
+    data = [(x, y) for x, y in batches]
+    if not data:
+        raise ValueError("no data for the Hessian: pass at least one (inputs, targets) batch")
+    total = sum(int(x.shape[0]) for x, _ in data)
+    loss_fn = loss_fn or F.cross_entropy
+    m = float_copy(model).eval()
+    params = _targets(m, layers)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    gen = torch.Generator().manual_seed(seed)
+    samples: dict[str, list[float]] = {n: [] for n in params}
+    active = list(params)
+    done: dict[str, tuple[int, bool, float]] = {}
+    for it in range(1, max_iter + 1):
+        est = {n: 0.0 for n in active}
+        plist = [params[n] for n in active]
+        for x, y in data:
+            loss = loss_fn(m(x), y)
+            grads = torch.autograd.grad(loss, plist, create_graph=True)
+            vs = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype).mul_(2).sub_(1) for p in plist]
+            hv = torch.autograd.grad(grads, plist, grad_outputs=vs)
+            w = x.shape[0] / total
+            for n, v, h in zip(active, vs, hv):
+                est[n] += w * float((v * h).sum())
+        still = []
+        for n in active:
+            s = samples[n]
+            s.append(est[n])
+            rel = _rel_stderr(s)
+            if len(s) >= min_iter and rel < tol:
+                done[n] = (len(s), True, rel)
+            else:
+                still.append(n)
+        active = still
+        if progress is not None:
+            progress(it, len(active))
+        if not active:
+            break
+    for n in active:
+        done[n] = (len(samples[n]), False, _rel_stderr(samples[n]))
+    return {
+        n: LayerTrace(n, sum(samples[n]) / len(samples[n]), params[n].numel(), done[n][0], done[n][1], done[n][2])
+        for n in params
+    }
+
+
+def _rel_stderr(s: list[float]) -> float:
+    if len(s) < 2:
+        return math.inf
+    mean = sum(s) / len(s)
+    var = sum((v - mean) ** 2 for v in s) / (len(s) - 1)
+    return math.sqrt(var / len(s)) / max(abs(mean), 1e-30)
+
+
+def save_traces(path: str | os.PathLike, traces: Mapping[str, LayerTrace], **meta: Any) -> Path:
+    """Write traces as JSON (what ``bitswitch search`` and HASB training read)."""
+    from ..export.checkpoint import atomic_write_bytes
+
+    doc = {"format": FORMAT, "version": 1, **meta, "layers": {n: t.as_dict() for n, t in traces.items()}}
+    text = json.dumps(doc, indent=2)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    return Path(path)
+
+
+def load_traces(path: str | os.PathLike) -> dict[str, LayerTrace]:
+    """Read a trace file written by :func:`save_traces` (``ValueError`` if it is not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Hessian trace file not found: {path}; compute it first with `bitswitch hessian CKPT --data ... --out {path}`")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("layers"), dict):
+        raise ValueError(f"{path}: not a bitswitch Hessian trace file (expected format={FORMAT!r}; write it with `bitswitch hessian`)")
+    out = {}
+    for n, d in doc["layers"].items():
+        try:
+            out[n] = LayerTrace(n, float(d["trace"]), int(d["n_params"]), int(d["iterations"]), bool(d["converged"]), float(d["rel_stderr"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: layer {n!r} entry is malformed ({e})") from None
+    return out
+
+
+def sensitivity(traces: Mapping[str, LayerTrace]) -> dict[str, float]:
+    """``t_l / n_l`` per layer: the quantity the roulette sampler and the ILP objective use."""
+    return {n: t.trace_per_param for n, t in traces.items()}
+
+
+def trace_table(traces: Mapping[str, LayerTrace]) -> str:
+    rows = [("layer", "params", "trace", "trace/param", "iters", "rel.stderr", "converged")]
+    for t in traces.values():
+        rows.append((t.name, f"{t.n_params:,}", f"{t.trace:.4g}", f"{t.trace_per_param:.4g}", str(t.iterations), f"{t.rel_stderr:.3f}", "yes" if t.converged else "NO"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+__all__ = ["FORMAT", "LayerTrace", "float_copy", "hessian_traces", "load_traces", "save_traces", "sensitivity", "trace_table"]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:  # used by the benchmark and the CLI
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0

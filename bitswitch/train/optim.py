@@ -1,0 +1,119 @@
+"""Optimizer parameter groups, ALRS factors and the warm-up + cosine learning-rate schedule.
+
+Groups follow one stated rule (printed by :func:`describe_groups`):
+
+* ``weights``: conv/linear weights (``dim >= 2``), with weight decay, rate ``lr``;
+* ``no_decay``: biases and BatchNorm affine parameters, no decay, rate ``lr``;
+* ``scale_shared``: the per-channel weight scales shared by every bit-width (Double Rounding). With
+  a per-bit optimizer step its rate is set to ``eta_b * lr`` before the step of bit ``b``; with a
+  summed loss each bit's gradient contribution is multiplied by ``eta_b`` instead;
+* ``scale_<b>``: the scales that belong to bit ``b`` only (activation scales, unshared weight
+  scales), rate ``eta_b * lr``, no decay.
+
+Scales never get weight decay: decaying a step size shrinks the grid, which is not regularisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..nn.layers import QuantLayer
+from .config import TrainConfig
+
+
+def alrs_factor(high: int, bits: int) -> float:
+    """ALRS: ``eta_b = 10^(-delta/2)`` for even ``delta = h - b``, ``5 * 10^(-(delta+1)/2)`` for odd."""
+    delta = high - bits
+    if delta < 0:
+        raise ValueError(f"bit-width {bits} is above the highest bit-width {high}")
+    if delta % 2 == 0:
+        return 10.0 ** (-delta // 2)
+    return 5.0 * 10.0 ** (-(delta + 1) // 2)
+
+
+def alrs_factors(bits: Sequence[int], enabled: bool = True) -> dict[int, float]:
+    """``{b: eta_b}`` for a bit list (all 1.0 when ALRS is off); ``h`` is the highest bit."""
+    high = max(bits)
+    return {b: (alrs_factor(high, b) if enabled else 1.0) for b in bits}
+
+
+def _scale_params(model: nn.Module) -> tuple[dict[int, list[nn.Parameter]], list[nn.Parameter]]:
+    """Per-bit scales and the shared weight scales of every quantized layer."""
+    per_bit: dict[int, list[nn.Parameter]] = {}
+    shared: list[nn.Parameter] = []
+    for m in model.modules():
+        if not isinstance(m, QuantLayer):
+            continue
+        for b, p in m.act_quant.scales.items():
+            per_bit.setdefault(int(b), []).append(p)
+        wq = m.weight_quant
+        if getattr(wq, "shared_scale", False):
+            shared.append(wq.scale)
+        else:
+            for b, p in wq.scales.items():
+                per_bit.setdefault(int(b), []).append(p)
+    return per_bit, shared
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Parameter groups by the rule in the module docstring; each group carries ``lr_factor``."""
+    per_bit, shared = _scale_params(model)
+    scale_ids = {id(p) for ps in per_bit.values() for p in ps} | {id(p) for p in shared}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if id(p) in scale_ids or not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"name": "weights", "params": decay, "weight_decay": cfg.weight_decay, "lr_factor": 1.0},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "lr_factor": 1.0},
+    ]
+    if per_bit or shared:
+        eta = alrs_factors(cfg.bits, cfg.alrs)
+        if shared:
+            groups.append({"name": "scale_shared", "params": shared, "weight_decay": 0.0, "lr_factor": cfg.scale_lr_mult})
+        for b in sorted(per_bit, reverse=True):
+            groups.append({"name": f"scale_{b}", "params": per_bit[b], "weight_decay": 0.0, "lr_factor": eta[b] * cfg.scale_lr_mult, "bits": b})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_factor"]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def describe_groups(optimizer: torch.optim.Optimizer) -> str:
+    return "; ".join(
+        f"{g['name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} params, "
+        f"lr x{g['lr_factor']:g}, wd {g['weight_decay']:g}"
+        for g in optimizer.param_groups
+    )
+
+
+def schedule_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float, shared_eta: float = 1.0) -> None:
+    """Set every group's rate: ``base * schedule * lr_factor`` (times ``shared_eta`` for shared scales)."""
+    for g in optimizer.param_groups:
+        lr = base_lr * factor * g["lr_factor"]
+        if g["name"] == "scale_shared":
+            lr *= shared_eta
+        g["lr"] = lr
+
+
+__all__ = ["alrs_factor", "alrs_factors", "param_groups", "build_optimizer", "describe_groups", "schedule_factor", "set_lr"]

@@ -1,0 +1,102 @@
+"""TrainConfig: files, overrides, and every bad input refused before training starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bitswitch
+from bitswitch.models import build
+from bitswitch.train import TrainConfig, alrs_factor, alrs_factors, check_train_bits, param_groups, train
+from bitswitch.train.config import CONFIG_VERSION
+
+
+def test_defaults_are_valid_and_roundtrip(tmp_path):
+    cfg = TrainConfig()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert TrainConfig.from_file(tmp_path / "c.yaml") == cfg
+    (tmp_path / "c.toml").write_text('mode = "joint"\nbits = [4, 3, 2]\nlr = 1e-3\nepochs = 3\n')
+    t = TrainConfig.from_file(tmp_path / "c.toml")
+    assert t.bits == [4, 3, 2] and t.epochs == 3 and t.version == CONFIG_VERSION
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key 'epoch'.*did you mean 'epochs'.*valid keys: .*batch_size"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match=r"unknown config key 'lerning_rate'.*valid keys"):
+        TrainConfig().apply_overrides(["lerning_rate=0.1"])
+    (tmp_path / "bad.yaml").write_text("mode: joint\nbitz: [8, 4]\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown config key 'bitz'"):
+        TrainConfig.from_file(tmp_path / "bad.yaml")
+
+
+def test_overrides_are_type_checked():
+    cfg = TrainConfig().apply_overrides(["epochs=3", "lr=0.01", "bits=4,3,2", "alrs=false", "data_root=/x/1e3", "init_from=null"])
+    assert (cfg.epochs, cfg.lr, cfg.bits, cfg.alrs, cfg.data_root, cfg.init_from) == (3, 0.01, [4, 3, 2], False, "/x/1e3", None)
+    with pytest.raises(ValueError, match="epochs must be of type int"):
+        TrainConfig().apply_overrides(["epochs=three"])
+    with pytest.raises(ValueError, match="alrs must be of type bool"):
+        TrainConfig().apply_overrides(["alrs=7"])
+    with pytest.raises(ValueError, match="key=value"):
+        TrainConfig().apply_overrides(["epochs"])
+
+
+@pytest.mark.parametrize(
+    "bits, storage, message",
+    [([], None, "must not be empty"), ([2, 4, 8], None, "sorted from highest to lowest"), ([8, 4, 4], None, "repeated"),
+     ([8, 6], 6, "above the storage precision"), ([1], None, "between 2 and 16"), ("8642", None, "list of bit-widths")],
+)
+def test_bad_bit_lists(bits, storage, message):
+    with pytest.raises(ValueError, match=message):
+        check_train_bits(bits, storage)
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(bits=bits, storage_bits=storage)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        TrainConfig(mode="multi")
+    with pytest.raises(ValueError, match="mode 'fixed' trains one bit-width"):
+        TrainConfig(mode="fixed", bits=[8, 4])
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=0.0)
+    with pytest.raises(ValueError, match="version 2 is not supported"):
+        TrainConfig.from_dict({"version": 2})
+
+
+def test_alrs_factors():
+    assert alrs_factors([8, 6, 4, 2]) == pytest.approx({8: 1.0, 6: 0.1, 4: 0.01, 2: 0.001})
+    assert alrs_factors([4, 3, 2]) == pytest.approx({4: 1.0, 3: 0.5, 2: 0.1})
+    assert alrs_factors([8, 6, 4, 2], enabled=False) == {8: 1.0, 6: 1.0, 4: 1.0, 2: 1.0}
+    assert alrs_factor(8, 5) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("variant", ["shared", "unshared"])
+def test_weight_decay_excluded_from_scales(variant):
+    q = bitswitch.quantize(build("digits_cnn"), (8, 6, 4, 2), variant=variant)
+    groups = param_groups(q, TrainConfig(weight_decay=1e-3, variant=variant))
+    scales = {id(p) for n, p in q.named_parameters() if ".scale" in n}
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["weights"]["weight_decay"] == 1e-3
+    assert all(p.dim() >= 2 and id(p) not in scales for p in by_name["weights"]["params"])
+    for g in groups:
+        if any(id(p) in scales for p in g["params"]):
+            assert g["weight_decay"] == 0.0 and all(id(p) in scales for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(q.parameters()))
+    assert by_name["scale_2"]["lr_factor"] == pytest.approx(0.001)
+
+
+def test_wrong_data_layout_fails_before_training(tmp_path):
+    (tmp_path / "fm").mkdir()
+    (tmp_path / "fm" / "junk.txt").write_text("not data")
+    cfg = TrainConfig(dataset="fashion_mnist", data_root=str(tmp_path / "fm"), out_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="fm"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_model_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'resnet21'"):
+        train(TrainConfig(model="resnet21", out_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
