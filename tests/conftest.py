@@ -9,6 +9,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# One intra-op thread: the test models are tiny, and on a busy 2-core machine OpenMP threads that
+# spin against other processes make small ops orders of magnitude slower. Deterministic too.
+torch.set_num_threads(1)
+
 SHARED_DATA = Path(os.environ.get("BITSWITCH_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
