@@ -22,6 +22,8 @@ INPUTS: dict[str, tuple[tuple[int, ...], int]] = {
     "small_cnn": ((1, 28, 28), 10),
     "mlp": ((1, 8, 8), 10),
     "digits_cnn": ((1, 8, 8), 10),
+    "efficientnet_lite0": ((3, 64, 64), 1000),
+    "tiny_transformer": ((8, 16), 10),
 }
 
 

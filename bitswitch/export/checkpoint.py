@@ -34,7 +34,7 @@ from ..nn.convert import QuantConfig, get_precision, quantize, quantized_layers,
 
 FORMAT = "bitswitch"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)  # 2: storage="packed" (bitswitch.export.compact)
 
 
 class CheckpointError(ValueError):
@@ -141,6 +141,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             for k in f.keys():
                 tensors[k] = f.get_tensor(k)
         decoded = {k: json.loads(meta[k]) for k in ("quant_config", "arch", "precision", "extra")}
+        decoded["storage"] = meta.get("storage", "int")
+        if "packing" in meta:
+            decoded["packing"] = json.loads(meta["packing"])
     except CheckpointError:
         raise
     except Exception as e:  # safetensors/json raise several types for damaged files
@@ -158,6 +161,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     bit-identical outputs to the saved model at every bit-width, and is in eval mode.
     """
     tensors, meta = read_checkpoint(path)
+    if meta["storage"] != "int":  # packed low-precision storage: expand to ordinary integer codes first
+        if meta["storage"] != "packed":
+            raise CheckpointError(f"{path}: unknown storage {meta['storage']!r} (this bitswitch reads 'int' and 'packed')")
+        from .compact import expand_packed
+
+        tensors = expand_packed(tensors, meta, path)
     config = QuantConfig.from_dict(meta["quant_config"])
     if model is None:
         arch = meta["arch"]
@@ -170,7 +179,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         model = quantize(
             model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
             full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
-            switchable_bn=config.switchable_bn, inplace=True,
+            switchable_bn=config.switchable_bn, inplace=True, act_asymmetric=config.act_asymmetric,
         )
     except ValueError as e:
         raise CheckpointError(f"{path}: the model's layers do not match the checkpoint ({e})") from None

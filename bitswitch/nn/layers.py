@@ -32,12 +32,12 @@ class QuantLayer:
     w_bits: int | None
     a_bits: int | None
 
-    def _init_quant(self, bits: tuple[int, ...], act_bits: tuple[int, ...], storage_bits: int | None, rounding: str, variant: str) -> None:
+    def _init_quant(self, bits: tuple[int, ...], act_bits: tuple[int, ...], storage_bits: int | None, rounding: str, variant: str, act_asymmetric: bool = False) -> None:
         if variant not in WEIGHT_QUANTIZERS:
             raise ValueError(f"unknown weight quantizer variant {variant!r}; valid: {', '.join(WEIGHT_QUANTIZERS)}")
         out_channels = self.weight.shape[0]  # type: ignore[attr-defined]
         self.weight_quant = WEIGHT_QUANTIZERS[variant](out_channels, bits, storage_bits, rounding)
-        self.act_quant = ActivationQuantizer(act_bits)
+        self.act_quant = ActivationQuantizer(act_bits, asymmetric=act_asymmetric)
         self.w_bits = self.weight_quant.bits[0]
         self.a_bits = self.act_quant.bits[0]
 
@@ -104,7 +104,7 @@ class QuantLayer:
 
 class QuantConv2d(QuantLayer, nn.Conv2d):
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bits, act_bits, storage_bits=None, rounding="half_even", variant="shared") -> "QuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, bits, act_bits, storage_bits=None, rounding="half_even", variant="shared", act_asymmetric=False) -> "QuantConv2d":
         if conv.padding_mode != "zeros":
             raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported for quantized convolutions (only 'zeros')")
         q = cls(
@@ -115,7 +115,7 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
             q.weight.copy_(conv.weight)
             if conv.bias is not None:
                 q.bias.copy_(conv.bias)
-        q._init_quant(bits, act_bits, storage_bits, rounding, variant)
+        q._init_quant(bits, act_bits, storage_bits, rounding, variant, act_asymmetric)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,13 +127,13 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
 
 class QuantLinear(QuantLayer, nn.Linear):
     @classmethod
-    def from_float(cls, linear: nn.Linear, bits, act_bits, storage_bits=None, rounding="half_even", variant="shared") -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, bits, act_bits, storage_bits=None, rounding="half_even", variant="shared", act_asymmetric=False) -> "QuantLinear":
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             q.weight.copy_(linear.weight)
             if linear.bias is not None:
                 q.bias.copy_(linear.bias)
-        q._init_quant(bits, act_bits, storage_bits, rounding, variant)
+        q._init_quant(bits, act_bits, storage_bits, rounding, variant, act_asymmetric)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

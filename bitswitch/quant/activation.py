@@ -16,22 +16,28 @@ from .ranges import act_scale
 
 
 class ActivationQuantizer(nn.Module):
-    def __init__(self, bits: tuple[int, ...], signed: bool | None = None):
+    def __init__(self, bits: tuple[int, ...], signed: bool | None = None, asymmetric: bool = False):
         super().__init__()
         self.bits = check_bit_list(bits, what="act_bits")
         self.scales = nn.ParameterDict({str(b): nn.Parameter(torch.ones(())) for b in self.bits})
+        #: asymmetric grids (post-training quantization): unsigned codes ``[0, 2^b-1]`` and an integer
+        #: zero point per bit-width; the symmetric (training) path never reads ``zero_points``.
+        self.asymmetric = bool(asymmetric)
+        if self.asymmetric:
+            self.register_buffer("zero_points", torch.zeros(len(self.bits)))
         # -1: not calibrated yet; 0: unsigned; 1: signed. A buffer so it travels with checkpoints.
         self.register_buffer("signed_flag", torch.tensor(-1 if signed is None else int(signed), dtype=torch.int8))
         # Python mirror of the buffer: reading a tensor in forward() would sync and break torch.compile graphs.
         self._sign = int(self.signed_flag)
+        self._zp: list[int] = [0] * len(self.bits) if self.asymmetric else []
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._sign = int(self.signed_flag)
+        self._sync_mirrors()
 
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda() replace buffers; keep the mirror honest
         out = super()._apply(fn, *args, **kwargs)
-        self._sign = int(self.signed_flag)
+        self._sync_mirrors()
         return out
 
     @property
@@ -61,14 +67,46 @@ class ActivationQuantizer(nn.Module):
         for b in self.bits:
             self.scales[str(b)].copy_(act_scale(samples, b, signed, method))
 
+    def zero_point(self, bits: int) -> int:
+        """Integer zero point of the ``bits``-bit grid (always 0 for symmetric quantizers)."""
+        if not self.asymmetric:
+            return 0
+        return self._zp[self.bits.index(bits)]
+
+    def _sync_mirrors(self) -> None:
+        self._sign = int(self.signed_flag)
+        self._zp = [int(z) for z in self.zero_points] if self.asymmetric else []
+
+    @torch.no_grad()
+    def set_range(self, bits: int, lo_value: float, hi_value: float) -> None:
+        """Asymmetric grid covering ``[lo_value, hi_value]`` (widened to contain 0, zero point rounded)."""
+        if not self.asymmetric:
+            raise ValueError("set_range is for asymmetric activation quantizers (asymmetric=True)")
+        self.check(bits)
+        lo_value, hi_value = min(float(lo_value), 0.0), max(float(hi_value), 0.0)
+        n = 2**bits - 1
+        scale = max(hi_value - lo_value, 1e-8) / n
+        zp = min(max(round(-lo_value / scale), 0), n)
+        self.scales[str(bits)].fill_(scale)
+        self.zero_points[self.bits.index(bits)] = float(zp)
+        self.signed_flag.fill_(0)
+        self._sync_mirrors()
+
     def qparams(self, bits: int) -> tuple[torch.Tensor, int, int, int]:
-        """``(scale, zero_point, lo, hi)`` of the ``bits``-bit grid: what export and kernels read."""
+        """``(scale, zero_point, lo, hi)`` of the ``bits``-bit grid: what export and kernels read.
+
+        ``x ≈ (q - zero_point) · scale`` with ``lo <= q <= hi``.
+        """
         self.check(bits)
         lo, hi = int_range(bits, self.signed)
-        return self.scales[str(bits)].detach(), 0, lo, hi
+        return self.scales[str(bits)].detach(), self.zero_point(bits), lo, hi
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         lo, hi = int_range(bits, self.signed)
+        if self.asymmetric:
+            # Same arithmetic on a shifted grid: clip(round(x/s), lo-z, hi-z)·s == (q - z)·s.
+            zp = self.zero_point(bits)
+            lo, hi = lo - zp, hi - zp
         scale = self.scales[str(bits)]
         if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
             return LsqActivationFn.apply(x, scale, lo, hi)
@@ -76,4 +114,4 @@ class ActivationQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         sign = "uncalibrated" if not self.calibrated else ("signed" if self.signed else "unsigned")
-        return f"bits={list(self.bits)}, {sign}"
+        return f"bits={list(self.bits)}, {sign}" + (", asymmetric" if self.asymmetric else "")

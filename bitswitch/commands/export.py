@@ -1,0 +1,140 @@
+"""``bitswitch export CKPT --bits 4 --out model.onnx``: QDQ ONNX file, verified in onnxruntime.
+
+With ``--config subnet.json`` the per-layer configuration of that precision file is exported. After
+writing the file the command runs it in onnxruntime on real inputs (the checkpoint's dataset, or
+``--data``) and compares with the PyTorch model; it exits with status 1 when they diverge.
+``--compact 4,3,2`` instead re-stores the checkpoint for a device that only needs those bit-widths
+(packed low-precision codes, see :mod:`bitswitch.export.compact`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (QDQ) and verify it in onnxruntime, or re-store it packed",
+                       description="Write a QuantizeLinear/DequantizeLinear ONNX file at one precision (uniform or mixed) and check it against PyTorch in onnxruntime.")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by bitswitch")
+    p.add_argument("--out", required=True, help="output file (.onnx, or .safetensors with --compact)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--bits", type=int, default=None, help="uniform bit-width to export (default: the checkpoint's saved precision)")
+    g.add_argument("--config", default=None, help="a per-layer precision JSON file (searched subnet or post-training result)")
+    g.add_argument("--compact", default=None, help="comma-separated bit-widths a device keeps, e.g. 4,3,2: write a packed checkpoint instead of ONNX")
+    p.add_argument("--input-shape", default=None, help="one sample's shape, e.g. 3,32,32 (default: from the checkpoint or the data)")
+    p.add_argument("--opset", type=int, default=21)
+    p.add_argument("--no-int4", action="store_true", help="store <=4-bit grids in int8 containers with a clip instead of int4")
+    p.add_argument("--fp32", action="store_true", help="write the unquantized float network (a baseline for latency and size)")
+    p.add_argument("--data", default=None, help="dataset folder or name for verification (default: the checkpoint's dataset)")
+    p.add_argument("--dataset", default=None, help="dataset name when --data is a folder the checkpoint does not name")
+    p.add_argument("--verify-images", type=int, default=1000, help="number of test images to verify on (default 1000)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    p.add_argument("--min-top1", type=float, default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
+    p.add_argument("--json", default=None, help="also write the export and verification report here")
+    p.set_defaults(func=run)
+
+
+def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int] | None):
+    """Real test images when the data can be found; otherwise ``None``."""
+    import torch
+
+    from ..data import DATASET_STATS, TensorLoader, load_dataset
+    from .eval import _resolve_data
+
+    try:
+        name, root = _resolve_data(args, extra)
+    except ValueError:
+        return None, None
+    from ..data import _canonical
+
+    ds = load_dataset(name, root, "test")
+    stats = DATASET_STATS.get(_canonical(name), {})
+    loader = TensorLoader(ds, 250, shuffle=False, mean=extra.get("mean", stats.get("mean")), std=extra.get("std", stats.get("std")))
+    xs, n = [], 0
+    for x, _ in loader:
+        xs.append(x[: args.verify_images - n])
+        n += xs[-1].shape[0]
+        if n >= args.verify_images:
+            break
+    return torch.cat(xs), f"{name} test ({n} images)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export.checkpoint import load, read_checkpoint
+    from ..nn.convert import set_precision
+    from ..nn.precision_file import read_precision_file
+
+    _, meta = read_checkpoint(args.checkpoint)
+    extra = meta.get("extra") or {}
+    if args.compact:
+        from ..export.compact import save_compact, verify_compact
+
+        try:
+            keep = [int(b) for b in args.compact.split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(f"--compact must be comma-separated integers, e.g. 4,3,2; got {args.compact!r}") from None
+        model = load(args.checkpoint)
+        info = save_compact(model, args.out, keep)
+        check = verify_compact(model, args.out, keep, input_shape=_shape(args, extra))
+        print(json.dumps({**info, "verification": check}, indent=2))
+        return 0
+
+    from ..export.onnx import VerificationError, export_onnx, require_onnx, require_onnxruntime, verify_onnx
+
+    try:
+        require_onnx()
+        if not args.no_verify:
+            require_onnxruntime()
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    model = load(args.checkpoint)
+    if args.config:
+        set_precision(model, read_precision_file(args.config))
+    elif args.bits is not None:
+        set_precision(model, args.bits)
+    shape = _shape(args, extra)
+    inputs, source = (None, None) if args.no_verify else _verification_inputs(args, extra, shape)
+    if shape is None and inputs is not None:
+        shape = list(inputs.shape[1:])
+    if shape is None:
+        raise ValueError("cannot tell the input shape: pass --input-shape C,H,W")
+    report = export_onnx(model, args.out, input_shape=shape, opset=args.opset, int4=not args.no_int4, fp32=args.fp32)
+    kinds = sorted({f"W{lt.w_bits}A{lt.a_bits}:{lt.weight_type}/{lt.act_type}" for lt in report.layers if lt.w_bits is not None})
+    print(f"wrote {args.out} ({report.file_bytes:,} bytes, opset {report.opset}); quantized layers: {', '.join(kinds) or 'none'}")
+    if report.unfolded_bn:
+        print(f"BatchNorms kept as ops (not directly after a convolution): {len(report.unfolded_bn)} ({', '.join(report.unfolded_bn[:4])}{', ...' if len(report.unfolded_bn) > 4 else ''})")
+    out = {"export": report.as_dict()}
+    status = 0
+    if not args.no_verify:
+        if args.fp32:
+            print("note: --fp32 drops the activation grids, so it is verified only loosely against the quantized model")
+        if inputs is None:
+            import torch
+
+            print("warning: no dataset found for verification (pass --data); verifying on 256 random normal inputs", file=sys.stderr)
+            inputs, source = torch.randn(256, *shape, generator=torch.Generator().manual_seed(0)), "random normal (256)"
+        try:
+            res = verify_onnx(model, args.out, inputs.split(250), min_top1=args.min_top1 if not args.fp32 else 0.0,
+                              max_steps=32.0 if not args.fp32 else float("inf"))
+            print(f"verification on {source}: {res.summary()}")
+            out["verification"] = res.as_dict()
+        except VerificationError as e:
+            print(f"bitswitch export: verification on {source} FAILED: {e}", file=sys.stderr)
+            out["verification_error"] = str(e)
+            status = 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return status
+
+
+def _shape(args: argparse.Namespace, extra: dict) -> list[int] | None:
+    text = args.input_shape or extra.get("input_shape")
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
+    except ValueError:
+        raise ValueError(f"--input-shape must be comma-separated integers, e.g. 3,32,32; got {text!r}") from None

@@ -1,0 +1,104 @@
+"""``bitswitch ptq``: post-training mixed precision for a built-in model and built-in data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """``W8A16,W8A8,W4A8`` -> [(8, 16), (8, 8), (4, 8)]."""
+    out = []
+    for item in text.split(","):
+        item = item.strip().upper()
+        if not item.startswith("W") or "A" not in item:
+            raise ValueError(f"candidate {item!r} must look like W8A8")
+        w, a = item[1:].split("A", 1)
+        out.append((int(w), int(a)))
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ptq", help="post-training mixed precision (SQNR sensitivity + greedy Pareto)",
+                       description="Fold BN, quantize with MSE ranges, rank quantizer groups by output SQNR on unlabelled "
+                                   "calibration data, and flip groups greedily to a relative-BOPs budget or accuracy target.")
+    p.add_argument("--model", required=True, help="built-in model name, e.g. efficientnet_lite0, resnet18, mobilenet_v2")
+    p.add_argument("--pretrained", action="store_true", help="load the model's packaged pretrained weights (efficientnet_lite0)")
+    p.add_argument("--weights", default=None, help="state dict file (.pt/.safetensors) to load strictly")
+    p.add_argument("--data", required=True, help="data root: ImageNet-style folder (imagenet_samples) or cifar10 root")
+    p.add_argument("--dataset", default="imagenet", choices=["imagenet", "cifar10"])
+    p.add_argument("--num-calib", type=int, default=256, help="calibration images (first N in sorted order)")
+    p.add_argument("--num-eval", type=int, default=0, help="evaluation images after the calibration ones (0: no accuracy)")
+    p.add_argument("--candidates", default="W8A16,W8A8,W4A8")
+    p.add_argument("--budget", type=float, default=None, help="relative BOPs budget (all-W8A16 = 1)")
+    p.add_argument("--accuracy-target", type=float, default=None, help="top-1 %% to keep (needs --num-eval)")
+    p.add_argument("--pareto", action="store_true", help="evaluate the full Pareto curve")
+    p.add_argument("--pareto-every", type=int, default=1)
+    p.add_argument("--priority", default="sqnr", choices=["sqnr", "noise_per_bops"])
+    p.add_argument("--adaround", action="store_true")
+    p.add_argument("--out", default="ptq_out", help="output folder (JSON, plots, cache, checkpoint)")
+    p.set_defaults(func=run)
+
+
+def _load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    if args.dataset == "imagenet":
+        from ..data import batches, efficientnet_lite_preprocess, imagenet_preprocess, load_imagenet_samples
+
+        pre = efficientnet_lite_preprocess() if args.model.startswith("efficientnet") else imagenet_preprocess()
+        ds = load_imagenet_samples(args.data, pre)
+        order = sorted(range(len(ds)), key=lambda i: ds.samples[i][0].name)[: args.num_calib + args.num_eval]
+        xs, ys = zip(*batches(ds, 64, indices=order, num_threads=2))
+        return torch.cat(xs), torch.cat(ys)
+    from ..data import DATASET_STATS, load_dataset
+
+    ds = load_dataset("cifar10", args.data, split="test")
+    n = args.num_calib + args.num_eval
+    x = ds.images[:n].float() / 255.0
+    mean, std = DATASET_STATS["cifar10"]["mean"], DATASET_STATS["cifar10"]["std"]
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x, ds.labels[:n]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export.checkpoint import save
+    from ..models import build, load_weights
+    from ..ptq import prepare
+    from ..ptq.plots import plot_pareto, plot_sensitivity
+
+    if args.accuracy_target is not None and args.num_eval <= 0:
+        raise ValueError("--accuracy-target needs --num-eval > 0 evaluation images")
+    kwargs = {"pretrained": True} if args.pretrained else {}
+    model = build(args.model, **kwargs).eval()
+    if args.weights:
+        load_weights(model, args.weights)
+    x, y = _load_data(args)
+    xc, xe, ye = x[: args.num_calib], x[args.num_calib:], y[args.num_calib:]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def top1(m: torch.nn.Module) -> float:
+        with torch.inference_mode():
+            return 100.0 * sum(int((m(xe[i:i + 64]).argmax(1) == ye[i:i + 64]).sum()) for i in range(0, len(xe), 64)) / len(xe)
+
+    eval_fn = top1 if len(xe) else None
+    session = prepare(model, [xc], _pairs(args.candidates), adaround=args.adaround)
+    session.sensitivity(cache_path=out / "phase1_cache.json")
+    res = session.search(args.budget, accuracy_target=args.accuracy_target, eval_fn=eval_fn, pareto=args.pareto,
+                         pareto_every=args.pareto_every, priority=args.priority)
+    (out / "result.json").write_text(json.dumps(res.as_dict(), indent=1))
+    plot_sensitivity(res.sensitivity, out / "sensitivity.png")
+    if any("metric" in p for p in res.pareto):
+        plot_pareto(res.pareto, out / "pareto.png", html=out / "pareto.html",
+                    metric_name="top-1 (%)" if eval_fn else "output SQNR (dB)")
+    arch = getattr(model, "bitswitch_arch", None)
+    session.model.bitswitch_arch = None  # BN is folded: the built-in architecture no longer matches
+    save(session.model, out / "model.safetensors", extra={"ptq_layer_config": {k: list(v) for k, v in res.layer_config.items()},
+                                                         "source_arch": arch, "input_shape": list(session.input_shape)})
+    print(f"relative BOPs {res.relative_bops:.4f}, metric {res.metric}, {len(session.groups)} groups; results in {out}/")
+    return 0

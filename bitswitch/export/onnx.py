@@ -1,0 +1,831 @@
+"""ONNX export with QuantizeLinear/DequantizeLinear pairs, and verification in onnxruntime.
+
+The graph is built directly from a ``torch.fx`` trace with ``onnx.helper`` (no ``torch.onnx``), so
+every scale and integer grid in the file is the one the model computes with, read only through
+``layer.weight_qparams(bits)`` and ``layer.act_quant.qparams(bits)``:
+
+* a quantized layer becomes ``Q(x) -> DQ -> Conv/Gemm`` with its weight stored as integer codes in
+  the file and dequantized per output channel (``DQ(codes, step, axis=0)``); a bias becomes an int32
+  initializer on the ``s_x · s_w`` grid, which is what onnxruntime needs to fuse the pattern into an
+  integer kernel (``QLinearConv``);
+* containers: 5-8 bit grids use int8/uint8, <= 4 bit grids int4/uint4 (opset 21), 9-16 bit int16/
+  uint16; a grid narrower than its container (e.g. 6-bit codes in int8) is expressed by a ``Clip``
+  before the ``QuantizeLinear`` so the runtime saturates at exactly the model's codes;
+* a BatchNorm that directly follows a convolution is folded into it: the integer codes stay, the
+  per-channel step absorbs ``gamma/sigma`` (a negative factor flips the codes' sign). A BatchNorm
+  that cannot be folded (pre-activation ResNets normalise the sum of a residual addition) is kept
+  as a ``BatchNormalization`` op and listed in the report;
+* anything the exporter does not know raises :class:`UnsupportedOpError` naming the op.
+
+``onnx`` and ``onnxruntime`` are optional (``pip install 'bitswitch[export]'``) and imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.batchnorm import SwitchableBatchNorm
+from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
+from ..nn.transitional_bn import TransitionalBatchNorm
+
+DEFAULT_OPSET = 21
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+class UnsupportedOpError(ValueError):
+    """The model contains an op the ONNX exporter cannot translate (the message names it)."""
+
+
+class VerificationError(RuntimeError):
+    """The exported file disagrees with the PyTorch model beyond the tolerance."""
+
+
+def require_onnx():
+    """Import ``onnx`` or explain how to get it."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ImportError("ONNX export needs the 'onnx' package: pip install 'bitswitch[export]'") from None
+    return onnx
+
+
+def require_onnxruntime():
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ImportError("running exported models needs 'onnxruntime': pip install 'bitswitch[export]'") from None
+    return onnxruntime
+
+
+# --------------------------------------------------------------------------------------------------
+# tracing
+
+
+_PASSTHROUGH_MODULES = (nn.Dropout, nn.Identity)
+_LEAF_TYPES = (QuantLayer, SwitchableBatchNorm, TransitionalBatchNorm)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        # Quantized layers, per-bit BNs and shape-dependent padding modules are translated whole.
+        if isinstance(m, _LEAF_TYPES) or type(m).__name__ == "SamePad2d":
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # fx raises several types for data-dependent Python
+        raise UnsupportedOpError(f"the model cannot be traced by torch.fx ({type(e).__name__}: {e}); ONNX export needs a static graph") from None
+    gm = fx.GraphModule(model, graph)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)
+    return gm
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+
+
+@dataclass
+class LayerExport:
+    name: str
+    op: str
+    w_bits: int | None
+    a_bits: int | None
+    weight_type: str  # "int8", "int4", ... or "float"
+    act_type: str | None
+    act_clipped: bool  # grid narrower than the container: a Clip precedes the QuantizeLinear
+    folded_bn: str | None
+    #: the QDQ pattern around this layer is one onnxruntime fuses into an integer kernel (QLinearConv)
+    fusable: bool = False
+
+
+@dataclass
+class ExportReport:
+    path: str
+    opset: int
+    file_bytes: int
+    fp32: bool
+    input_shape: list[int]
+    layers: list[LayerExport] = field(default_factory=list)
+    unfolded_bn: list[str] = field(default_factory=list)
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# containers
+
+
+def _containers():
+    from onnx import TensorProto as T
+
+    # name -> (onnx type, lo, hi)
+    return {
+        "int4": (T.INT4, -8, 7), "uint4": (T.UINT4, 0, 15),
+        "int8": (T.INT8, -128, 127), "uint8": (T.UINT8, 0, 255),
+        "int16": (T.INT16, -32768, 32767), "uint16": (T.UINT16, 0, 65535),
+    }
+
+
+def _container_for(bits: int, lo: int, hi: int, int4: bool) -> str:
+    """Narrowest container holding the ``[lo, hi]`` grid (int4 only when allowed)."""
+    signed = lo < 0
+    width = 4 if (bits <= 4 and int4) else 8 if bits <= 8 else 16
+    for w in (width, 8, 16) if width <= 8 else (16,):
+        name = f"{'' if signed else 'u'}int{w}"
+        _, clo, chi = _containers()[name]
+        if clo <= lo and hi <= chi:
+            return name
+    raise ValueError(f"a {bits}-bit grid [{lo}, {hi}] fits no ONNX integer container")
+
+
+# --------------------------------------------------------------------------------------------------
+# graph builder
+
+
+class _Builder:
+    def __init__(self, opset: int, int4: bool, fp32: bool):
+        self.onnx = require_onnx()
+        self.opset, self.int4, self.fp32 = opset, int4, fp32
+        self.nodes: list = []
+        self.inits: list = []
+        self.counter = Counter()
+        self.qdq_cache: dict[tuple, str] = {}
+        self.q_info: dict[str, tuple[str, float, int]] = {}  # Q node output -> (container, scale, zero point)
+        self.pending: list[dict[str, Any]] = []  # quantized layers whose weight dequantization is decided last
+
+    def fresh(self, base: str) -> str:
+        base = base.replace(".", "_") or "t"
+        self.counter[base] += 1
+        n = self.counter[base]
+        return base if n == 1 else f"{base}_{n}"
+
+    def init(self, base: str, array: np.ndarray, onnx_type: int | None = None) -> str:
+        name = self.fresh(base)
+        h = self.onnx.helper
+        T = self.onnx.TensorProto
+        if onnx_type is None:
+            self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        elif onnx_type in (T.INT4, T.UINT4):  # two codes per byte, low nibble first (ONNX packing)
+            flat = (array.astype(np.int64).reshape(-1) & 0xF).astype(np.uint8)
+            if flat.size % 2:
+                flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+            packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+            self.inits.append(h.make_tensor(name, onnx_type, list(array.shape), packed.tobytes(), raw=True))
+        else:  # raw little-endian bytes: one byte per int8 code in the file
+            np_type = {T.INT8: np.int8, T.UINT8: np.uint8, T.INT16: np.int16, T.UINT16: np.uint16, T.INT32: np.int32}[onnx_type]
+            self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array.astype(np_type)), name))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], base: str, **attrs: Any) -> str:
+        out = self.fresh(base)
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def qdq(self, x: str, scale: float, zero_point: int, lo: int, hi: int, bits: int, base: str) -> tuple[str, str, bool]:
+        """``x`` through the model's activation grid; returns (dequantized name, container, clipped)."""
+        container = _container_for(bits, lo, hi, self.int4 and self.opset >= 21)
+        onnx_type, clo, chi = _containers()[container]
+        key = (x, scale, zero_point, lo, hi, container)
+        clipped = (lo, hi) != (clo, chi)
+        if key in self.qdq_cache:
+            return self.qdq_cache[key], container, clipped
+        if clipped:  # the runtime saturates at the container's range; the model's grid is narrower
+            cmin = np.float32(np.float32(lo - zero_point) * np.float32(scale))
+            cmax = np.float32(np.float32(hi - zero_point) * np.float32(scale))
+            x = self.node("Clip", [x, self.init(f"{base}_clip_min", np.array(cmin, np.float32)), self.init(f"{base}_clip_max", np.array(cmax, np.float32))], f"{base}_clip")
+        s = self.init(f"{base}_act_scale", np.array(scale, np.float32))
+        z = self.init(f"{base}_act_zp", np.array(zero_point), onnx_type)
+        q = self.node("QuantizeLinear", [x, s, z], f"{base}_act_q")
+        self.q_info[q] = (container, float(scale), int(zero_point))
+        dq = self.node("DequantizeLinear", [q, s, z], f"{base}_act_dq")
+        self.qdq_cache[key] = dq
+        return dq, container, clipped
+
+    def model(self, input_shape: Sequence[int], output_shape: Sequence[int], dynamic_batch: bool):
+        h, T = self.onnx.helper, self.onnx.TensorProto
+        used = {i for n in self.nodes for i in n.input}
+        self.inits = [t for t in self.inits if t.name in used]
+        batch = "N" if dynamic_batch else input_shape[0]
+        inp = h.make_tensor_value_info(INPUT_NAME, T.FLOAT, [batch, *input_shape[1:]])
+        out = h.make_tensor_value_info(OUTPUT_NAME, T.FLOAT, [batch, *output_shape[1:]])
+        graph = h.make_graph(self.nodes, "bitswitch", [inp], [out], self.inits)
+        m = h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)], producer_name="bitswitch")
+        m.ir_version = 10 if self.opset >= 21 else 8
+        return m
+
+
+# --------------------------------------------------------------------------------------------------
+# translation
+
+
+def _active_bn(m: nn.Module) -> nn.modules.batchnorm._BatchNorm:
+    if isinstance(m, SwitchableBatchNorm):
+        return m.bn[str(m.active_bits)]
+    if isinstance(m, TransitionalBatchNorm):
+        return m.bn[m.active]
+    return m  # type: ignore[return-value]
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, (SwitchableBatchNorm, TransitionalBatchNorm, nn.BatchNorm2d))
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(factor, shift)`` with ``bn(y) == y * factor + shift`` per channel, in float64."""
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise UnsupportedOpError("BatchNorm without running statistics cannot be exported (it normalises with batch statistics)")
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    w = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    b = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    factor = w / torch.sqrt(var + bn.eps)
+    return factor, b - mean * factor
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
+
+
+class _Translator:
+    def __init__(self, gm: fx.GraphModule, builder: _Builder, report: ExportReport):
+        self.gm, self.b, self.report = gm, builder, report
+        self.modules = dict(gm.named_modules())
+        self.env: dict[fx.Node, str] = {}
+        self.fold: dict[fx.Node, tuple[str, nn.modules.batchnorm._BatchNorm]] = {}
+        self.folded_bn_nodes: set[fx.Node] = set()
+        self.clip_bounds: dict[str, tuple[float, float]] = {}
+
+    def shape(self, node: fx.Node) -> list[int]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise UnsupportedOpError(f"node {node.name!r} ({node.op} {node.target}) does not produce a single tensor")
+        return list(meta.shape)
+
+    def plan_folds(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op != "call_module" or not _is_bn(self.modules[node.target]):
+                continue
+            src = node.args[0]
+            if (
+                isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and isinstance(self.modules[src.target], nn.Conv2d)
+            ):
+                self.fold[src] = (node.target, _active_bn(self.modules[node.target]))
+                self.folded_bn_nodes.add(node)
+
+    def run(self) -> str:
+        self.plan_folds()
+        out_name = None
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.env:
+                    raise UnsupportedOpError("models with more than one input are not supported by the ONNX exporter")
+                self.env[node] = INPUT_NAME
+            elif node.op == "output":
+                res = node.args[0]
+                if not isinstance(res, fx.Node):
+                    raise UnsupportedOpError("the model must return a single tensor to be exported")
+                out_name = self.env[res]
+            elif node.op == "call_module":
+                self.env[node] = self.call_module(node, self.modules[node.target])
+            elif node.op == "call_function":
+                self.env[node] = self.call_function(node)
+            elif node.op == "call_method":
+                self.env[node] = self.call_method(node)
+            else:
+                raise UnsupportedOpError(f"unsupported graph node {node.op} {node.target!r}")
+        assert out_name is not None
+        # name the graph output
+        self.b.nodes.append(self.b.onnx.helper.make_node("Identity", [out_name], [OUTPUT_NAME], name="output_identity"))
+        return OUTPUT_NAME
+
+    def arg(self, a: Any) -> str:
+        if isinstance(a, fx.Node):
+            return self.env[a]
+        if isinstance(a, (int, float)):
+            return self.b.init("const", np.array(a, np.float32))
+        raise UnsupportedOpError(f"unsupported argument {a!r}")
+
+    # ---------------------------------------------------------------------------------------------
+    def call_module(self, node: fx.Node, m: nn.Module) -> str:
+        x = node.args[0]
+        name = node.target
+        if isinstance(m, (QuantConv2d, QuantLinear)) or type(m) in (nn.Conv2d, nn.Linear):
+            return self.layer(node, name, m)
+        if _is_bn(m):
+            if node in self.folded_bn_nodes:
+                return self.env[x]
+            bn = _active_bn(m)
+            factor, shift = _bn_affine(bn)
+            if len(self.shape(node)) != 4:
+                raise UnsupportedOpError(f"BatchNorm {name!r} on a {len(self.shape(node))}-D tensor is not supported")
+            self.report.unfolded_bn.append(name)
+            b = self.b
+            # kept as an op (its input is not a convolution's sole output, e.g. a residual sum)
+            return b.node("BatchNormalization", [self.env[x], b.init(f"{name}.scale", bn.weight.detach().float().numpy() if bn.weight is not None else np.ones(bn.num_features, np.float32)),
+                          b.init(f"{name}.bias", bn.bias.detach().float().numpy() if bn.bias is not None else np.zeros(bn.num_features, np.float32)),
+                          b.init(f"{name}.mean", bn.running_mean.float().numpy()), b.init(f"{name}.var", bn.running_var.float().numpy())], name, epsilon=float(bn.eps))
+        if isinstance(m, nn.ReLU):
+            return self.b.node("Relu", [self.env[x]], name)
+        if isinstance(m, (nn.ReLU6, nn.Hardtanh)):
+            lo, hi = (0.0, 6.0) if isinstance(m, nn.ReLU6) else (float(m.min_val), float(m.max_val))
+            return self.clip(self.env[x], lo, hi, name)
+        if isinstance(m, _PASSTHROUGH_MODULES):
+            return self.env[x]
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            if _pair(m.output_size) != [1, 1]:
+                raise UnsupportedOpError(f"AdaptiveAvgPool2d({m.output_size}) at {name!r}: only output size 1 is supported")
+            return self.b.node("GlobalAveragePool", [self.env[x]], name)
+        if isinstance(m, nn.Flatten):
+            return self.flatten(self.env[x], m.start_dim, m.end_dim, node, name)
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            return self.pool(node, m, name)
+        if type(m).__name__ == "SamePad2d":
+            _, _, hgt, wid = self.shape(x)  # type: ignore[arg-type]
+            top, bottom = m.amount(hgt, m.kernel_size, m.stride)
+            left, right = m.amount(wid, m.kernel_size, m.stride)
+            if top == bottom == left == right == 0:
+                return self.env[x]
+            return self.pad(self.env[x], [left, right, top, bottom], name)
+        raise UnsupportedOpError(f"unsupported module {type(m).__module__}.{type(m).__name__} at {name!r}: the ONNX exporter has no translation for it")
+
+    def call_function(self, node: fx.Node) -> str:
+        f = node.target
+        a, kw = node.args, node.kwargs
+        nm = getattr(f, "__name__", str(f))
+        if f in (operator.add, torch.add):
+            return self.b.node("Add", [self.arg(a[0]), self.arg(a[1])], "add")
+        if f in (operator.mul, torch.mul):
+            return self.b.node("Mul", [self.arg(a[0]), self.arg(a[1])], "mul")
+        if f in (F.relu, torch.relu):
+            return self.b.node("Relu", [self.arg(a[0])], "relu")
+        if f is F.relu6:
+            return self.clip(self.arg(a[0]), 0.0, 6.0, "relu6")
+        if f is F.hardtanh:
+            return self.clip(self.arg(a[0]), float(kw.get("min_val", a[1] if len(a) > 1 else -1.0)), float(kw.get("max_val", a[2] if len(a) > 2 else 1.0)), "hardtanh")
+        if f is torch.flatten:
+            return self.flatten(self.arg(a[0]), kw.get("start_dim", a[1] if len(a) > 1 else 0), kw.get("end_dim", a[2] if len(a) > 2 else -1), node, "flatten")
+        if f is F.adaptive_avg_pool2d:
+            size = kw.get("output_size", a[1] if len(a) > 1 else None)
+            if _pair(size) != [1, 1]:
+                raise UnsupportedOpError(f"adaptive_avg_pool2d(output_size={size}): only output size 1 is supported")
+            return self.b.node("GlobalAveragePool", [self.arg(a[0])], "gap")
+        if f is F.pad:
+            pads = list(kw.get("pad", a[1]))
+            mode = kw.get("mode", a[2] if len(a) > 2 else "constant")
+            value = kw.get("value", a[3] if len(a) > 3 else None)
+            if mode != "constant" or value not in (None, 0, 0.0) or len(pads) != 4:
+                raise UnsupportedOpError(f"F.pad(pad={pads}, mode={mode!r}, value={value}): only 2-D zero padding is supported")
+            return self.pad(self.arg(a[0]), pads, "pad")
+        if f is torch.cat:
+            tensors = kw.get("tensors", a[0])
+            dim = kw.get("dim", a[1] if len(a) > 1 else 0)
+            return self.b.node("Concat", [self.arg(t) for t in tensors], "concat", axis=int(dim))
+        raise UnsupportedOpError(f"unsupported function {getattr(f, '__module__', '')}.{nm} (node {node.name!r}): the ONNX exporter has no translation for it")
+
+    def call_method(self, node: fx.Node) -> str:
+        meth, a = node.target, node.args
+        if meth == "relu":
+            return self.b.node("Relu", [self.arg(a[0])], "relu")
+        if meth == "flatten":
+            return self.flatten(self.arg(a[0]), node.kwargs.get("start_dim", a[1] if len(a) > 1 else 0), node.kwargs.get("end_dim", a[2] if len(a) > 2 else -1), node, "flatten")
+        if meth in ("view", "reshape"):
+            shape = self.shape(node)
+            target = [0] + [int(d) for d in shape[1:]]  # keep the batch dimension dynamic
+            return self.b.node("Reshape", [self.arg(a[0]), self.b.init("shape", np.array(target, np.int64))], "reshape")
+        raise UnsupportedOpError(f"unsupported tensor method .{meth}() (node {node.name!r}): the ONNX exporter has no translation for it")
+
+    # ---------------------------------------------------------------------------------------------
+    def clip(self, x: str, lo: float, hi: float, base: str) -> str:
+        out = self.b.node("Clip", [x, self.b.init(f"{base}_min", np.array(lo, np.float32)), self.b.init(f"{base}_max", np.array(hi, np.float32))], base)
+        self.clip_bounds[out] = (lo, hi)
+        return out
+
+    def pad(self, x: str, lrtb: Sequence[int], base: str) -> str:
+        left, right, top, bottom = (int(v) for v in lrtb)
+        pads = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
+        return self.b.node("Pad", [x, self.b.init(f"{base}_pads", pads)], base, mode="constant")
+
+    def flatten(self, x: str, start: int, end: int, node: fx.Node, base: str) -> str:
+        if end != -1 and end != len(self.shape(node.args[0])) - 1:  # type: ignore[arg-type]
+            raise UnsupportedOpError(f"flatten(start_dim={start}, end_dim={end}): only flattening to the last dimension is supported")
+        return self.b.node("Flatten", [x], base, axis=int(start))
+
+    def pool(self, node: fx.Node, m: nn.Module, name: str) -> str:
+        k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+        attrs: dict[str, Any] = dict(kernel_shape=k, strides=s, pads=p + p, ceil_mode=int(m.ceil_mode))
+        if isinstance(m, nn.MaxPool2d):
+            if _pair(m.dilation) != [1, 1] or m.return_indices:
+                raise UnsupportedOpError(f"MaxPool2d at {name!r} with dilation or return_indices is not supported")
+            return self.b.node("MaxPool", [self.env[node.args[0]]], name, **attrs)
+        if m.divisor_override is not None:
+            raise UnsupportedOpError(f"AvgPool2d at {name!r} with divisor_override is not supported")
+        return self.b.node("AveragePool", [self.env[node.args[0]]], name, count_include_pad=int(m.count_include_pad), **attrs)
+
+    def layer(self, node: fx.Node, name: str, m: nn.Module) -> str:
+        b, fp32 = self.b, self.b.fp32
+        x = self.env[node.args[0]]
+        quant = isinstance(m, QuantLayer)
+        w_bits = m.w_bits if quant else None
+        a_bits = m.a_bits if quant else None
+        if quant and w_bits is None and m.is_integer:
+            raise ValueError(f"layer {name!r} has no precision set")
+        act_type, clipped, s_x = None, False, None
+        if a_bits is not None and not fp32:
+            scale, zp, lo, hi = m.act_quant.qparams(a_bits)
+            zp = int(zp.reshape(-1)[0]) if isinstance(zp, torch.Tensor) else int(zp)
+            if isinstance(scale, torch.Tensor) and scale.numel() != 1:
+                raise UnsupportedOpError(f"layer {name!r}: per-channel activation scales are not supported by the exporter")
+            s_x = float(scale)
+            x, act_type, clipped = b.qdq(x, s_x, zp, lo, hi, a_bits, name)
+        elif a_bits is not None:  # fp32 reference graph: the activation grid is dropped
+            pass
+
+        if w_bits is not None:
+            codes, step = m.weight_qparams(w_bits)
+            codes, step = codes.to(torch.int64), step.double()
+        else:
+            weight = m.weight.detach().double()
+            codes, step = None, None
+        bias = m.bias.detach().double() if m.bias is not None else None
+
+        folded = None
+        if node in self.fold:
+            bn_name, bn = self.fold[node]
+            factor, shift = _bn_affine(bn)
+            if codes is not None:
+                neg = factor < 0
+                lo_code = -(2 ** (w_bits - 1))
+                if bool(neg.any()) and bool((codes[neg] == lo_code).any()):
+                    # negating the most negative code would leave the grid: keep this BN as an op
+                    self.fold.pop(node)
+                    self.folded_bn_nodes.discard(next(iter(node.users)))
+                else:
+                    codes = torch.where(neg.reshape(-1, *[1] * (codes.dim() - 1)), -codes, codes)
+                    step = step * factor.abs()
+                    bias = (bias * factor if bias is not None else 0) + shift
+                    folded = bn_name
+            else:
+                weight = weight * factor.reshape(-1, *[1] * (weight.dim() - 1))
+                bias = (bias * factor if bias is not None else 0) + shift
+                folded = bn_name
+
+        if codes is not None and not fp32:
+            wtype = _container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, b.int4 and b.opset >= 21)
+            onnx_type = _containers()[wtype][0]
+            wq = b.init(f"{name}.weight_int", codes.numpy(), onnx_type)
+            ws = b.init(f"{name}.weight_step", step.float().numpy())
+            wz = b.init(f"{name}.weight_zp", np.zeros(step.shape[0], np.int64), onnx_type)
+            w = b.node("DequantizeLinear", [wq, ws, wz], f"{name}_weight_dq", axis=0)
+        else:
+            wtype = "float"
+            wf = (codes.double() * step.reshape(-1, *[1] * (codes.dim() - 1))) if codes is not None else weight
+            w = b.init(f"{name}.weight", wf.float().numpy())
+
+        inputs = [x, w]
+        if bias is not None:  # float here; turned into int32 on the s_x*s_w grid where a kernel fuses
+            inputs.append(b.init(f"{name}.bias", bias.float().numpy()))
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            if isinstance(m.padding, str):
+                raise UnsupportedOpError(f"Conv2d {name!r} with padding={m.padding!r} is not supported; use integer padding")
+            ph, pw = m.padding
+            out = b.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=list(m.stride), pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=int(m.groups))
+            op = "Conv"
+        else:
+            if len(self.shape(node.args[0])) != 2:  # type: ignore[arg-type]
+                raise UnsupportedOpError(f"Linear {name!r} on a {len(self.shape(node.args[0]))}-D input: only 2-D inputs are supported")  # type: ignore[arg-type]
+            out = b.node("Gemm", inputs, name, transB=1)
+            op = "Gemm"
+        entry = LayerExport(name, op, w_bits, a_bits, wtype, act_type, clipped, folded)
+        self.report.layers.append(entry)
+        if wtype != "float":
+            b.pending.append({"entry": entry, "out": out, "dq": [inputs[1]], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy()})
+        return out
+
+    def finalize_weights(self) -> None:
+        """Keep ``DequantizeLinear`` on weights only where onnxruntime fuses the layer into an integer kernel.
+
+        Elsewhere the weight is dequantized by ``Cast`` and ``Mul``, which onnxruntime constant-folds
+        once at load time (a ``DequantizeLinear`` on an initializer is deliberately *not* folded, and
+        costs a full dequantization per inference). The file still holds the integer codes either way.
+        """
+        b = self.b
+        consumers: dict[str, list] = {}
+        for n in b.nodes:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        containers = _containers()
+        for p in b.pending:
+            entry: LayerExport = p["entry"]
+            q_after = self._q_after(p["out"], consumers)
+            entry.fusable = q_after is not None and self._fusable(q_after, entry, containers)
+            if entry.fusable:
+                self._int32_bias(p)
+            if q_after is not None:
+                if not entry.fusable:
+                    self._bias_as_add(p)
+                # In the DQ->Conv->Q pattern onnxruntime 1.32 fuses even a *float* constant weight into
+                # a QLinearConv, re-quantizing it with its own grid (and fails for int4 inputs), so the
+                # weight keeps its DequantizeLinear and thus the model's own codes and steps.
+                continue
+            T = b.onnx.TensorProto
+            for dq_name in p["dq"]:
+                idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == dq_name)
+                dq = b.nodes[idx]
+                scale_init = next(t for t in b.inits if t.name == dq.input[1])
+                scale = b.onnx.numpy_helper.to_array(scale_init)
+                shape = [-1] + [1] * (p["ndim"] - 1) if dq_name.endswith("_weight_dq") else [-1]
+                sname = b.init(f"{dq.input[1]}_bcast", scale.reshape(shape).astype(np.float32))
+                cast = b.fresh(f"{dq_name}_cast")
+                b.nodes[idx: idx + 1] = [
+                    b.onnx.helper.make_node("Cast", [dq.input[0]], [cast], name=cast, to=T.FLOAT),
+                    b.onnx.helper.make_node("Mul", [cast, sname], [dq_name], name=dq_name),
+                ]
+
+    def _int32_bias(self, p: dict[str, Any]) -> None:
+        """Re-store a fused layer's bias as int32 on the ``s_x * s_w`` grid (what QLinearConv takes).
+
+        The rounding error is at most half of ``s_x * s_w``, far below an 8-bit output step; on
+        coarser (int4) grids it would flip output codes, which is why only fused layers get it.
+        """
+        b = self.b
+        idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == p["out"])
+        conv = b.nodes[idx]
+        if len(conv.input) < 3:
+            return
+        init = next(t for t in b.inits if t.name == conv.input[2])
+        bias = b.onnx.numpy_helper.to_array(init).astype(np.float64)
+        bstep = (np.float32(p["s_x"]) * p["step"]).astype(np.float32)
+        bint = np.round(bias / bstep.astype(np.float64))
+        if not np.all(np.abs(bint) < 2**31 - 1) or not np.all(bstep > 0):
+            return  # would overflow int32: keep the float bias (the runtime then does not fuse)
+        name = p["entry"].name
+        dq = b.fresh(f"{name}_bias_dq")
+        node = b.onnx.helper.make_node("DequantizeLinear", [b.init(f"{name}.bias_int", bint.astype(np.int32)), b.init(f"{name}.bias_step", bstep),
+                                                            b.init(f"{name}.bias_zp", np.zeros(bstep.shape[0], np.int32))], [dq], name=dq, axis=0)
+        conv.input[2] = dq
+        b.nodes.insert(idx, node)
+
+    def _bias_as_add(self, p: dict[str, Any]) -> None:
+        """Move the float bias of a non-fused DQ->Conv into an ``Add`` after it.
+
+        onnxruntime's ``BiasQuantization`` pass re-stores a float bias next to DQ inputs as int32 on
+        the ``s_x * s_w`` grid, which on int4 grids is coarse enough to flip output codes.
+        """
+        b = self.b
+        idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == p["out"])
+        conv = b.nodes[idx]
+        if len(conv.input) < 3:
+            return
+        init = next(t for t in b.inits if t.name == conv.input[2])
+        bias = b.onnx.numpy_helper.to_array(init).astype(np.float32)
+        shape = [-1] + [1] * (p["ndim"] - 2) if conv.op_type == "Conv" else [-1]
+        bname = b.init(f"{p['entry'].name}.bias_bcast", bias.reshape(shape))
+        pre = b.fresh(f"{p['out']}_nobias")
+        del conv.input[2]
+        conv.output[0] = pre
+        conv.name = pre
+        b.nodes.insert(idx + 1, b.onnx.helper.make_node("Add", [pre, bname], [p["out"]], name=p["out"]))
+
+    def _q_after(self, out: str, consumers: dict[str, list]):
+        """``(Relu/Clip node or None, QuantizeLinear node)`` if the layer's output goes straight to a Q."""
+        users = consumers.get(out, [])
+        if len(users) != 1:
+            return None
+        nxt = users[0]
+        if nxt.op_type in ("Relu", "Clip"):
+            after = consumers.get(nxt.output[0], [])
+            return (nxt, after[0]) if len(after) == 1 and after[0].op_type == "QuantizeLinear" else None
+        return (None, nxt) if nxt.op_type == "QuantizeLinear" else None
+
+    def _fusable(self, q_after, entry: LayerExport, containers: dict) -> bool:
+        # onnxruntime's QDQ Conv selector: 8-bit DQ(input), int8 DQ(weight), int32 DQ(bias), Conv,
+        # then Q(output) of the same type as the input; a Relu (zero point at the container minimum)
+        # or a Clip covering the Q range between Conv and Q is removed by the runtime.
+        if entry.op != "Conv" or entry.weight_type != "int8" or entry.act_type not in ("int8", "uint8"):
+            return False
+        act, q = q_after
+        info = self.b.q_info.get(q.output[0])
+        if info is None:
+            return False
+        container, scale, zp = info
+        _, clo, chi = containers[container]
+        if container != entry.act_type:
+            return False
+        if act is not None and act.op_type == "Relu":
+            return zp == clo
+        if act is not None and act.op_type == "Clip":
+            lo, hi = self.clip_bounds.get(act.output[0], (None, None))
+            return lo is not None and lo <= (clo - zp) * scale and (chi - zp) * scale <= hi
+        return True
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+
+
+def _example(input_shape: Sequence[int] | None, example: torch.Tensor | None, model: nn.Module) -> torch.Tensor:
+    if example is not None:
+        return example[:1].detach().float()
+    if input_shape is None:
+        shape = (getattr(model, "bitswitch_extra", {}) or {}).get("input_shape")
+        if shape is None:
+            raise ValueError("pass input_shape=(C, H, W) (one sample, no batch dimension) or an example input")
+        input_shape = shape
+    return torch.zeros((1, *[int(d) for d in input_shape]))
+
+
+@torch.no_grad()
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_shape: Sequence[int] | None = None,
+    example: torch.Tensor | None = None,
+    opset: int = DEFAULT_OPSET,
+    int4: bool = True,
+    fp32: bool = False,
+    dynamic_batch: bool = True,
+) -> ExportReport:
+    """Write ``model`` at its current precision (uniform or mixed) as a QDQ ONNX file.
+
+    Args:
+        input_shape: one sample's shape without the batch dimension (or give ``example``).
+        int4: store <= 4-bit grids in int4/uint4 (opset 21); ``False`` uses int8 containers with a
+            clip, which onnxruntime can run with integer kernels.
+        fp32: write the same network without any quantization (weights dequantized, BN folded):
+            the fair float baseline for latency and size comparisons.
+    Returns an :class:`ExportReport` (per-layer containers, folded/unfolded BNs, op counts).
+    """
+    onnx = require_onnx()
+    if opset < 13:
+        raise ValueError(f"opset {opset} is too old: per-channel DequantizeLinear needs opset >= 13")
+    if int4 and opset < 21:
+        int4 = False
+    was_training = model.training
+    model.eval()
+    try:
+        x = _example(input_shape, example, model)
+        gm = _trace(model, x)
+        builder = _Builder(opset, int4, fp32)
+        report = ExportReport(str(path), opset, 0, fp32, list(x.shape[1:]))
+        tr = _Translator(gm, builder, report)
+        tr.run()
+        tr.finalize_weights()
+        out_shape = list(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["tensor_meta"].shape)
+        proto = builder.model(list(x.shape), out_shape, dynamic_batch)
+    finally:
+        model.train(was_training)
+    if opset < 21 and any("16" in (lt.act_type or "") + lt.weight_type for lt in report.layers):
+        raise ValueError("16-bit integer grids need opset >= 21")
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    report.file_bytes = path.stat().st_size
+    report.op_counts = dict(Counter(n.op_type for n in proto.graph.node))
+    return report
+
+
+def _session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all"):
+    ort = require_onnxruntime()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # the runtime's fusion notes are not the user's problem
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort_profile")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray, session=None) -> np.ndarray:
+    """Run the exported file on ``x`` in onnxruntime (CPU)."""
+    sess = session or _session(path)
+    arr = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+    return sess.run(None, {INPUT_NAME: arr})[0]
+
+
+def executed_kernels(path: str | os.PathLike, x: torch.Tensor | np.ndarray, threads: int | None = None) -> dict[str, int]:
+    """Which kernels onnxruntime actually ran (after its graph fusions), from its profiler.
+
+    Returns ``{op_type: number of nodes}``; integer kernels show up as ``QLinearConv``,
+    ``QLinearMatMul``, ``QGemm``, ``QLinearAdd``..., float ones as ``Conv``/``FusedConv``/``NchwcConv``.
+    """
+    sess = _session(path, threads=threads, profile=True)
+    run_onnx(path, x, sess)
+    prof = sess.end_profiling()
+    events = json.loads(Path(prof).read_text())
+    nodes: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and "op_name" in e.get("args", {}):
+            nodes[e["name"].rsplit("_kernel_time", 1)[0]] = e["args"]["op_name"]
+    Path(prof).unlink(missing_ok=True)
+    return dict(sorted(Counter(nodes.values()).items()))
+
+
+INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu")
+
+
+@dataclass
+class Agreement:
+    images: int
+    top1_agreement: float
+    max_abs_diff: float
+    output_step: float  # the step of an INT8 quantizer of the reference output: max|y| / 127
+    max_diff_steps: float
+    mean_diff_steps: float
+    passed: bool
+    min_top1: float
+    max_steps: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "OK" if self.passed else "FAILED"
+        return (f"{verdict}: onnxruntime vs PyTorch on {self.images} inputs: top-1 agreement {100 * self.top1_agreement:.2f} % "
+                f"(need >= {100 * self.min_top1:.2f} %), max |diff| {self.max_abs_diff:.3g} = {self.max_diff_steps:.2f} output steps "
+                f"(need <= {self.max_steps:g}; step = max|y|/127 = {self.output_step:.3g})")
+
+
+@torch.no_grad()
+def verify_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    batches: Iterable[torch.Tensor],
+    *,
+    min_top1: float = 0.995,
+    max_steps: float = 32.0,
+    raise_on_failure: bool = True,
+) -> Agreement:
+    """Run the exported file in onnxruntime on real inputs and compare with the PyTorch model.
+
+    Differences are measured in units of the output step ``max|y_ref| / 127`` (the step an INT8
+    quantizer of the logits would have), so the tolerance means the same for any model scale. Integer
+    kernels requantize with a float multiplier instead of PyTorch's division, so an activation code
+    can land one step away at a rounding tie; that is why the tolerance is a few steps, not zero.
+    Raises :class:`VerificationError` when top-1 agreement or the maximum difference is out of bounds.
+    """
+    model.eval()
+    sess = _session(path)
+    agree = total = 0
+    max_diff, sum_diff, n_vals, ymax = 0.0, 0.0, 0, 0.0
+    for x in batches:
+        if isinstance(x, (tuple, list)):
+            x = x[0]
+        x = x.float()
+        ref = model(x).float()
+        got = torch.from_numpy(run_onnx(path, x, sess))
+        if got.shape != ref.shape:
+            raise VerificationError(f"onnxruntime output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
+        d = (got - ref).abs()
+        max_diff = max(max_diff, float(d.max()))
+        sum_diff += float(d.sum())
+        n_vals += d.numel()
+        ymax = max(ymax, float(ref.abs().max()))
+        if ref.dim() == 2 and ref.shape[1] > 1:
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+        else:
+            agree += ref.shape[0]
+        total += ref.shape[0]
+    if total == 0:
+        raise ValueError("verification needs at least one input batch")
+    step = ymax / 127 if ymax > 0 else 1.0
+    res = Agreement(total, agree / total, max_diff, step, max_diff / step, sum_diff / max(n_vals, 1) / step, False, min_top1, max_steps)
+    res.passed = res.top1_agreement >= min_top1 and res.max_diff_steps <= max_steps and math.isfinite(max_diff)
+    if raise_on_failure and not res.passed:
+        raise VerificationError(res.summary())
+    return res
+
+
+__all__ = [
+    "Agreement", "ExportReport", "INTEGER_KERNELS", "LayerExport", "UnsupportedOpError", "VerificationError",
+    "executed_kernels", "export_onnx", "run_onnx", "verify_onnx",
+]
