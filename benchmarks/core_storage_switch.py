@@ -26,6 +26,7 @@ from _common import md_table, timeit, write_results
 MODELS = {
     "preact_resnet20": ({}, (3, 32, 32)),
     "resnet18/fc-quantized": ({}, (3, 224, 224)),
+    "mobilenet_v2/fc-quantized": ({}, (3, 224, 224)),
     "resnet18": ({}, (3, 224, 224)),
     "mobilenet_v2": ({}, (3, 224, 224)),
     "resnet50": ({}, (3, 224, 224)),
@@ -37,7 +38,8 @@ def storage_row(name: str, tmp: Path) -> tuple[dict, torch.nn.Module]:
     arch, _, variant = name.partition("/")
     fp = build(arch, **kwargs).eval()
     # default: first conv and last linear stay FP32; "fc-quantized" keeps only the first conv FP32
-    full_precision = ["conv1"] if variant == "fc-quantized" else "first_last"
+    first_conv = next(n for n, m in fp.named_modules() if isinstance(m, torch.nn.Conv2d))
+    full_precision = [first_conv] if variant == "fc-quantized" else "first_last"
     q = bitswitch.quantize(fp, bits=(8, 6, 4, 2), full_precision=full_precision)
     bitswitch.calibrate(q, [torch.randn(2, *shape)])
     path = bitswitch.save(q, tmp / f"{arch}-{variant or 'default'}.safetensors")

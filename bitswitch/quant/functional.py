@@ -95,9 +95,13 @@ def fake_quant_act(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> to
 def _act_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight-through input gradient and the (unscaled) LSQ scale gradient."""
     xs = x / scale
-    inside = (xs >= lo) & (xs <= hi)
-    q = torch.round(xs).clamp(lo, hi)
-    return grad * inside, (grad * (q - xs * inside)).sum()
+    clipped = xs.clamp(lo, hi)
+    inside = clipped == xs
+    q = torch.round(clipped)
+    # torch.where instead of multiplying by the bool mask: no float copy of the mask per pass
+    grad_x = torch.where(inside, grad, 0.0)
+    grad_s = (grad * torch.where(inside, q - xs, q)).sum()
+    return grad_x, grad_s
 
 
 class _Kernels:
