@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import fnmatch
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -260,6 +260,14 @@ def _first_tensor(batch: Any) -> torch.Tensor:
     raise ValueError(f"calibration batches must be tensors or (inputs, labels) pairs, got {type(batch).__name__}")
 
 
+def iter_inputs(batches: Iterable[Any], num_batches: int | None = None) -> Iterator[torch.Tensor]:
+    """The input tensor of each batch (tensors or ``(inputs, labels)`` pairs), at most ``num_batches``."""
+    for i, batch in enumerate(batches):
+        if num_batches is not None and i >= num_batches:
+            return
+        yield _first_tensor(batch)
+
+
 class _Reservoir:
     """Keeps a bounded random sample of the values a layer sees, plus the sign information."""
 
@@ -328,10 +336,7 @@ def calibrate(
     hooks = [m.register_forward_pre_hook(lambda _m, args, n=name: reservoirs[n].add(args[0])) for name, m in layers.items()]  # type: ignore[union-attr]
     seen = 0
     try:
-        for i, batch in enumerate(batches):
-            if num_batches is not None and i >= num_batches:
-                break
-            x = _first_tensor(batch)
+        for x in iter_inputs(batches, num_batches):
             if x.numel() == 0:
                 raise ValueError("calibration batch is empty")
             if x.is_floating_point() and not torch.isfinite(x).all():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .batchnorm import SwitchableBatchNorm
-from .convert import _first_tensor
+from .convert import iter_inputs
 
 
 def active_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -50,10 +50,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], *, num_batches: int
         bn.train()
     seen = 0
     try:
-        for i, batch in enumerate(batches):
-            if num_batches is not None and i >= num_batches:
-                break
-            x = _first_tensor(batch)
+        for x in iter_inputs(batches, num_batches):
             model(x)
             seen += int(x.shape[0])
     finally:
