@@ -7,7 +7,6 @@ evaluates that one mixed-precision configuration instead.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cost import bops, layer_costs, model_bytes
     from ..data import DATASET_STATS, TensorLoader, load_dataset
-    from ..export.checkpoint import load, read_checkpoint
+    from ..export.checkpoint import atomic_write_json, load, read_checkpoint
     from ..nn.convert import set_precision
     from ..nn.precision_file import read_precision_file
     from ..train.loop import format_table
@@ -116,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{path} on {name} {args.split} ({len(ds)} images); BOPs per image, quantized layers only")
     print(format_table(rows, list(rows[0])))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        atomic_write_json(args.json, rows)
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +62,7 @@ def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.checkpoint import load, read_checkpoint
+    from ..export.checkpoint import atomic_write_json, load, read_checkpoint
     from ..nn.convert import set_precision
     from ..nn.precision_file import read_precision_file
 
@@ -126,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             out["verification_error"] = str(e)
             status = 1
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        atomic_write_json(args.json, out)
     return status
 
 

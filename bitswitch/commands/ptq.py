@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def _load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.checkpoint import save
+    from ..export.checkpoint import atomic_write_json, save
     from ..models import build, load_weights
     from ..ptq import prepare
     from ..ptq.plots import plot_pareto, plot_sensitivity
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     session.sensitivity(cache_path=out / "phase1_cache.json")
     res = session.search(args.budget, accuracy_target=args.accuracy_target, eval_fn=eval_fn, pareto=args.pareto,
                          pareto_every=args.pareto_every, priority=args.priority)
-    (out / "result.json").write_text(json.dumps(res.as_dict(), indent=1))
+    atomic_write_json(out / "result.json", res.as_dict(), indent=1)
     plot_sensitivity(res.sensitivity, out / "sensitivity.png")
     if any("metric" in p for p in res.pareto):
         plot_pareto(res.pareto, out / "pareto.png", html=out / "pareto.html",

@@ -78,6 +78,31 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> None:
         raise
 
 
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON through :func:`atomic_write_bytes` (results, configs, caches)."""
+    text = json.dumps(obj, indent=indent)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    return Path(path)
+
+
+def read_tagged_json(path: str | os.PathLike, fmt: str, *, missing: str, wrong: str) -> dict[str, Any]:
+    """Read a JSON document whose ``format`` is ``fmt`` and that has a ``layers`` mapping.
+
+    ``missing`` is the full message of the FileNotFoundError for an absent file, ``wrong`` that of the
+    ValueError for a readable JSON file of another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt or not isinstance(doc.get("layers"), dict):
+        raise ValueError(wrong)
+    return doc
+
+
 def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` as an integer checkpoint (see the module docstring for the layout)."""
     config: QuantConfig | None = getattr(model, "bitswitch_config", None)
@@ -203,4 +228,4 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["save", "load", "read_checkpoint", "CheckpointError", "integer_state_dict", "atomic_write_bytes"]
+__all__ = ["save", "load", "read_checkpoint", "CheckpointError", "integer_state_dict", "atomic_write_bytes", "atomic_write_json", "read_tagged_json"]

@@ -9,34 +9,27 @@ Format::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..export.checkpoint import atomic_write_bytes
+from ..export.checkpoint import atomic_write_json, read_tagged_json
 
 FORMAT = "bitswitch-precision"
 
 
 def write_precision_file(path: str | os.PathLike, layers: Mapping[str, tuple[int, int]], **extra: Any) -> Path:
     doc = {"format": FORMAT, "version": 1, "layers": {k: [int(v[0]), int(v[1])] for k, v in layers.items()}, **extra}
-    text = json.dumps(doc, indent=2)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-    return Path(path)
+    return atomic_write_json(path, doc)
 
 
 def read_precision_file(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"precision config not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("layers"), dict):
-        raise ValueError(f"{path}: not a bitswitch precision file (expected {{\"format\": \"{FORMAT}\", \"layers\": {{name: [w_bits, a_bits]}}}})")
+    doc = read_tagged_json(
+        path, FORMAT, missing=f"precision config not found: {path}",
+        wrong=f"{path}: not a bitswitch precision file (expected {{\"format\": \"{FORMAT}\", \"layers\": {{name: [w_bits, a_bits]}}}})",
+    )
     out = {}
     for name, v in doc["layers"].items():
         if not (isinstance(v, list) and len(v) == 2 and all(isinstance(b, int) for b in v)):

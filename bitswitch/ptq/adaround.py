@@ -11,7 +11,6 @@ phases. Returns ``{(layer, bits): rounded effective weight}``.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch

@@ -17,7 +17,6 @@ integer model with its top-precision weights and unquantized activations.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -172,25 +171,22 @@ def _rel_stderr(s: list[float]) -> float:
 
 def save_traces(path: str | os.PathLike, traces: Mapping[str, LayerTrace], **meta: Any) -> Path:
     """Write traces as JSON (what ``bitswitch search`` and HASB training read)."""
-    from ..export.checkpoint import atomic_write_bytes
+    from ..export.checkpoint import atomic_write_json
 
     doc = {"format": FORMAT, "version": 1, **meta, "layers": {n: t.as_dict() for n, t in traces.items()}}
-    text = json.dumps(doc, indent=2)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-    return Path(path)
+    return atomic_write_json(path, doc)
 
 
 def load_traces(path: str | os.PathLike) -> dict[str, LayerTrace]:
     """Read a trace file written by :func:`save_traces` (``ValueError`` if it is not one)."""
+    from ..export.checkpoint import read_tagged_json
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Hessian trace file not found: {path}; compute it first with `bitswitch hessian CKPT --data ... --out {path}`")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("layers"), dict):
-        raise ValueError(f"{path}: not a bitswitch Hessian trace file (expected format={FORMAT!r}; write it with `bitswitch hessian`)")
+    doc = read_tagged_json(
+        path, FORMAT,
+        missing=f"Hessian trace file not found: {path}; compute it first with `bitswitch hessian CKPT --data ... --out {path}`",
+        wrong=f"{path}: not a bitswitch Hessian trace file (expected format={FORMAT!r}; write it with `bitswitch hessian`)",
+    )
     out = {}
     for n, d in doc["layers"].items():
         try:

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..export.checkpoint import atomic_write_bytes, load, save
+from ..export.checkpoint import atomic_write_bytes, atomic_write_json, load, save
 from ..nn.convert import calibrate, quantize, set_precision
 from . import ddp
 from .config import TrainConfig
@@ -519,7 +519,7 @@ def _run(cfg, data, model, optimizer, info, dist_info: ddp.DistInfo, device, res
             "mean_epoch_time_s": sum(h["train_time_s"] for h in history) / max(len(history), 1),
             "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test),
         }
-        atomic_write_bytes(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+        atomic_write_json(out / "summary.json", summary)
         plot_history(history, labels, out / "accuracy.png", f"{cfg.model} {cfg.mode} {'' if bits is None else bits}")
         rows = [{"precision": lab.upper(), "best val": best_val.get(lab, float("nan")), "test": test_acc.get(lab, float("nan"))} for lab in labels]
         log.info("summary (best epoch %s of %d, chosen on validation):\n%s", info["best_epoch"], cfg.epochs, format_table(rows, list(rows[0])))
