@@ -565,6 +565,15 @@ class _Translator:
                     b.onnx.helper.make_node("Mul", [cast, sname], [dq_name], name=dq_name),
                 ]
 
+    def _conv_with_bias(self, p: dict[str, Any]) -> tuple[int, Any, Any] | None:
+        """(node index, conv node, bias initializer) of the layer producing ``p["out"]``, or None without bias."""
+        b = self.b
+        idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == p["out"])
+        conv = b.nodes[idx]
+        if len(conv.input) < 3:
+            return None
+        return idx, conv, next(t for t in b.inits if t.name == conv.input[2])
+
     def _int32_bias(self, p: dict[str, Any]) -> None:
         """Re-store a fused layer's bias as int32 on the ``s_x * s_w`` grid (what QLinearConv takes).
 
@@ -572,11 +581,10 @@ class _Translator:
         coarser (int4) grids it would flip output codes, which is why only fused layers get it.
         """
         b = self.b
-        idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == p["out"])
-        conv = b.nodes[idx]
-        if len(conv.input) < 3:
+        found = self._conv_with_bias(p)
+        if found is None:
             return
-        init = next(t for t in b.inits if t.name == conv.input[2])
+        idx, conv, init = found
         bias = b.onnx.numpy_helper.to_array(init).astype(np.float64)
         bstep = (np.float32(p["s_x"]) * p["step"]).astype(np.float32)
         bint = np.round(bias / bstep.astype(np.float64))
@@ -596,11 +604,10 @@ class _Translator:
         the ``s_x * s_w`` grid, which on int4 grids is coarse enough to flip output codes.
         """
         b = self.b
-        idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == p["out"])
-        conv = b.nodes[idx]
-        if len(conv.input) < 3:
+        found = self._conv_with_bias(p)
+        if found is None:
             return
-        init = next(t for t in b.inits if t.name == conv.input[2])
+        idx, conv, init = found
         bias = b.onnx.numpy_helper.to_array(init).astype(np.float32)
         shape = [-1] + [1] * (p["ndim"] - 2) if conv.op_type == "Conv" else [-1]
         bname = b.init(f"{p['entry'].name}.bias_bcast", bias.reshape(shape))
