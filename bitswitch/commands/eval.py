@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..cost import bops, layer_costs, model_bytes
-    from ..data import DATASET_STATS, TensorLoader, load_dataset
+    from ..data import TensorLoader, dataset_stats, load_dataset
     from ..export.checkpoint import atomic_write_json, load, read_checkpoint
     from ..nn.convert import set_precision
     from ..nn.precision_file import read_precision_file
@@ -67,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
     extra = meta.get("extra") or {}
     name, root = _resolve_data(args, extra)
     ds = load_dataset(name, root, args.split)
-    from ..data import _canonical
-
-    stats = DATASET_STATS.get(_canonical(name), {})
+    stats = dataset_stats(name)
     mean, std = extra.get("mean", stats.get("mean")), extra.get("std", stats.get("std"))
     loader = TensorLoader(ds, args.batch_size, shuffle=False, mean=mean, std=std)
     model = load(path)

@@ -42,6 +42,8 @@ __all__ = [
     "ImageFolderDataset",
     "Preprocess",
     "TensorLoader",
+    "canonical_name",
+    "dataset_stats",
     "augment_batch",
     "batches",
     "cache_dir",
@@ -71,9 +73,18 @@ def default_data_root() -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The dataset's canonical name ("Fashion-MNIST" -> "fashion_mnist"), the key of ``DATASET_STATS``."""
     key = str(name).strip().lower().replace("-", "_")
     return _ALIASES.get(key, key)
+
+
+_canonical = canonical_name  # kept for old call sites
+
+
+def dataset_stats(name: str) -> dict[str, tuple[float, ...]]:
+    """Normalisation ``{"mean": ..., "std": ...}`` of a built-in dataset, or ``{}`` when it has none."""
+    return dict(DATASET_STATS.get(canonical_name(name), {}))
 
 
 def load_dataset(name: str, root: str | Path | None = None, split: str = "train") -> ArrayDataset:
@@ -84,7 +95,7 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
     if ``BITSWITCH_DATA`` is unset a :class:`DataError` asks for a path. ``digits`` needs no root
     (it ships with scikit-learn).
     """
-    key = _canonical(name)
+    key = canonical_name(name)
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if split not in ("train", "test"):

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["available", "build", "load_state_dict_strict", "load_weights", "register"]
+__all__ = ["accepted_kwargs", "available", "build", "load_state_dict_strict", "load_weights", "register"]
 
 _Factory = Callable[..., nn.Module]
 _F = TypeVar("_F", bound=_Factory)
@@ -48,6 +48,13 @@ def _accepted_kwargs(factory: _Factory) -> list[str] | None:
         if p.kind
         in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     ]
+
+
+def accepted_kwargs(name: str) -> list[str] | None:
+    """Keyword names model ``name`` accepts (``None``: any), so callers can fill in only what it takes."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    return _accepted_kwargs(_REGISTRY[name])
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:

@@ -68,10 +68,9 @@ class Data:
 
 def load_data(cfg: TrainConfig) -> Data:
     """Train/validation split carved from the training data (seeded, stratified) and the test split."""
-    from ..data import DATASET_STATS, load_dataset
-    from ..data import _canonical as canonical  # the dataset's canonical name, for its statistics
+    from ..data import canonical_name, dataset_stats, load_dataset
 
-    key = canonical(cfg.dataset)
+    key = canonical_name(cfg.dataset)
     full = load_dataset(cfg.dataset, cfg.data_root, "train")
     test = load_dataset(cfg.dataset, cfg.data_root, "test")
     if cfg.train_subset and cfg.train_subset < len(full):
@@ -80,7 +79,7 @@ def load_data(cfg: TrainConfig) -> Data:
     if cfg.test_subset and cfg.test_subset < len(test):
         test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(cfg.split_seed))[: cfg.test_subset].sort().values)
     train, val = full.split(cfg.val_fraction, seed=cfg.split_seed)
-    stats = DATASET_STATS.get(key, {"mean": (0.5,), "std": (0.25,)})
+    stats = dataset_stats(key) or {"mean": (0.5,), "std": (0.25,)}
     return Data(train, val, test, key, tuple(stats["mean"]), tuple(stats["std"]))
 
 
@@ -98,11 +97,9 @@ def make_loader(data: Data, split: str, cfg: TrainConfig, device: str, *, train:
 # --------------------------------------------------------------------------------------------- model
 def build_float_model(cfg: TrainConfig, data: Data) -> nn.Module:
     """The FP32 architecture; ``num_classes``/``in_channels``/``in_features`` come from the data."""
-    from ..models import _accepted_kwargs, _REGISTRY, build
+    from ..models import accepted_kwargs, build
 
-    if cfg.model not in _REGISTRY:
-        build(cfg.model)  # raises with the list of available models
-    accepted = _accepted_kwargs(_REGISTRY[cfg.model])
+    accepted = accepted_kwargs(cfg.model)  # raises with the list of available models
     c, h, w = data.input_shape
     auto = {"num_classes": data.num_classes, "in_channels": c, "in_features": c * h * w}
     kwargs = {k: v for k, v in auto.items() if accepted is None and k != "in_features" or accepted is not None and k in accepted}
