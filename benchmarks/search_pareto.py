@@ -41,6 +41,7 @@ from bitswitch.search import (
     uniform,
     weight_noise,
 )
+from bitswitch.search.measured import loss_deltas
 from bitswitch.search.evaluate import accuracy, evaluate_config
 from bitswitch.train.hasb import (
     RouletteSampler,
@@ -99,6 +100,14 @@ def main() -> None:
     ap.add_argument("--hasb-epochs", type=int, default=1)
     ap.add_argument("--hessian-samples", type=int, default=256)
     ap.add_argument("--recal-samples", type=int, default=256)
+    ap.add_argument("--loss-samples", type=int, default=1024, help="labelled training images for the measured `loss` objective")
+    ap.add_argument("--hasb-warmup", type=float, default=0.2, help="HASB warm-up (fraction of HASB steps at switch probability 0)")
+    ap.add_argument("--hasb-ramp", type=float, default=0.3, help="HASB ramp (fraction of HASB steps to reach --hasb-pmax)")
+    ap.add_argument("--hasb-pmax", type=float, default=0.5, help="final per-layer switch probability")
+    ap.add_argument("--note", default=None, help="paragraph placed at the top of the results file")
+    ap.add_argument("--objectives", default="bits,noise,loss", help="ILP objectives to compare")
+    ap.add_argument("--save-joint", default=None, help="pickle the joint model (phases 1-2) here, to re-run HASB on it with --load-joint")
+    ap.add_argument("--load-joint", default=None, help="skip phases 1-2: load a model pickled by --save-joint")
     ap.add_argument("--random", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -124,19 +133,28 @@ def main() -> None:
     hess_b = list(TensorLoader(subset(train, args.hessian_samples, args.seed + 3), 128, shuffle=False, mean=stats["mean"], std=stats["std"]))
     shape = tuple(train.images.shape[1:])
 
-    # 1. FP32
-    fp = build(args.model, in_channels=shape[0], width=args.width, num_classes=10)
-    timings["fp32_train_s"] = run_epochs(fp, loader, args.fp_epochs, 2e-3, lambda s: None, "fp32")
-    fp_acc = accuracy(fp, test_b)
-    log(f"fp32 test acc {fp_acc:.2f}")
+    if args.load_joint:
+        saved = torch.load(args.load_joint, weights_only=False)
+        model, fp_acc = saved["model"], saved["fp_acc"]
+        timings.update(saved["timings"])
+        log(f"loaded joint model from {args.load_joint} (phases 1-2 skipped; their times are from the run that saved it)")
+    else:
+        # 1. FP32
+        fp = build(args.model, in_channels=shape[0], width=args.width, num_classes=10)
+        timings["fp32_train_s"] = run_epochs(fp, loader, args.fp_epochs, 2e-3, lambda s: None, "fp32")
+        fp_acc = accuracy(fp, test_b)
+        log(f"fp32 test acc {fp_acc:.2f}")
 
-    # 2. joint multi-precision (every bit-width each step, uniform configurations)
-    model = bitswitch.quantize(fp, bits=bits)
-    bitswitch.calibrate(model, list(loader)[:4])
-    no_switch = SwitchSchedule(warmup_steps=10**9)
-    timings["joint_train_s"] = run_epochs(model, loader, args.joint_epochs, 1e-3, lambda s: supernet_plan(_dummy(model, bits), no_switch, s, bits), "joint")
+        # 2. joint multi-precision (every bit-width each step, uniform configurations)
+        model = bitswitch.quantize(fp, bits=bits)
+        bitswitch.calibrate(model, list(loader)[:4])
+        no_switch = SwitchSchedule(warmup_steps=10**9)
+        timings["joint_train_s"] = run_epochs(model, loader, args.joint_epochs, 1e-3, lambda s: supernet_plan(_dummy(model, bits), no_switch, s, bits), "joint")
+        if args.save_joint:
+            torch.save({"model": model, "fp_acc": fp_acc, "timings": dict(timings)}, args.save_joint)
     joint_acc = {b: evaluate_config(model, b, test_b, bn="native") for b in bits}
-    log(f"joint test acc {joint_acc}")
+    joint_recal = {b: evaluate_config(model, b, test_b, bn="recal", recal_batches=recal_b) for b in bits}
+    log(f"joint test acc {joint_acc}, with BN re-estimation {joint_recal}")
 
     # 3. Hessian traces of the joint model (FP32 function)
     t0 = time.perf_counter()
@@ -148,7 +166,9 @@ def main() -> None:
     # 4. HASB from the joint model: switchable BN, and transitional BN
     sampler = RouletteSampler(sens, bits)
     steps = args.hasb_epochs * len(loader)
-    sch = SwitchSchedule(warmup_steps=steps // 5, ramp_steps=max(1, (3 * steps) // 10), p_max=0.5)
+    sch = SwitchSchedule(warmup_steps=int(args.hasb_warmup * steps), ramp_steps=max(1, int(args.hasb_ramp * steps)), p_max=args.hasb_pmax)
+    coverage = _coverage(sampler, sch, steps, bits, layer_costs(model, shape), args.seed)
+    log(f"HASB sampling coverage: {coverage}")
     supernet = copy.deepcopy(model)
     bn_modes = tuple(args.bn_modes.split(","))
     transitional = to_transitional(copy.deepcopy(model)) if "transitional" in bn_modes else None
@@ -166,11 +186,20 @@ def main() -> None:
 
     # 5. search
     costs = layer_costs(supernet, shape)
-    problems = {
-        "bits": SearchProblem(costs, sens, bits),
-        "noise": SearchProblem(costs, sens, bits, objective="noise", noise=weight_noise(supernet)),
-    }
-    pb = problems["bits"]
+    objectives = args.objectives.split(",")
+    pb = SearchProblem(costs, sens, bits)
+    problems: dict[str, SearchProblem] = {}
+    if "bits" in objectives:
+        problems["bits"] = pb
+    if "noise" in objectives:
+        problems["noise"] = SearchProblem(costs, sens, bits, objective="noise", noise=weight_noise(supernet))
+    if "loss" in objectives:
+        loss_b = list(TensorLoader(subset(train, args.loss_samples, args.seed + 5), 128, shuffle=False, mean=stats["mean"], std=stats["std"]))
+        t0 = time.perf_counter()
+        deltas = loss_deltas(supernet, loss_b, bits, reference=bits[len(bits) // 2], recal_batches=recal_b)
+        timings["loss_deltas_s"] = time.perf_counter() - t0
+        log(f"loss deltas ({timings['loss_deltas_s']:.0f} s): " + json.dumps({n: {f"{w}": round(v, 4) for (w, _), v in d.items()} for n, d in deltas.items()}))
+        problems["loss"] = SearchProblem(costs, sens, bits, objective="loss", loss_delta=deltas)
     lo, hi = uniform(pb, bits[-1]).summary["rel_bops_w8a8"], uniform(pb, bits[0]).summary["rel_bops_w8a8"]
     grid = [lo + (hi - lo) * i / 6 for i in range(7)]
     u_mid = uniform(pb, bits[1]).summary["rel_bops_w8a8"]
@@ -230,14 +259,16 @@ def main() -> None:
     _plot(rows, best_mode, bits, plot_path, f"{args.dataset} {args.model} (width {args.width}), supernet {{{args.bits}}}")
     table_rows = [{k: (round(v, 2) if isinstance(v, float) and k not in ("rel_bops",) else (round(v, 4) if isinstance(v, float) else v)) for k, v in r.items() if k != "config"} for r in rows]
     md = [
-        f"# Mixed-precision search on {args.dataset}: accuracy vs relative BOPs", "",
+        f"# Mixed-precision search on {args.dataset}: accuracy vs relative BOPs", "", *([args.note, ""] if args.note else []),
         (f"Reduced budget: {args.model} width {args.width}, {args.train_subset} training images, FP32 {args.fp_epochs} epoch(s) "
         f"-> joint {{{args.bits}}} {args.joint_epochs} epoch(s) -> Hessian ({args.hessian_samples} images) -> HASB {args.hasb_epochs} "
-        f"epoch(s) (switch probability ramps to 0.5 after 20 % warm-up); accuracy on {args.test_subset} test images "
+        f"epoch(s) (switch probability 0 for {args.hasb_warmup:.0%} of its steps, then a linear ramp over {args.hasb_ramp:.0%} to {args.hasb_pmax}); accuracy on {args.test_subset} test images "
         f"(one seed, so differences below ~1 point are noise: SE ≈ {100 * (0.85 * 0.15 / args.test_subset) ** 0.5:.1f} points); "
         f"BN re-estimation on {args.recal_samples} training images. Relative BOPs are vs all-W8A8 of the quantized layers "
         "(first conv and last linear are FP32 and outside the budget)."), "",
-        f"FP32 accuracy {fp_acc:.2f} %; joint model (before HASB) {json.dumps({f'W{k}A{k}': round(v, 2) for k, v in joint_acc.items()})}.", "",
+        f"FP32 accuracy {fp_acc:.2f} %; joint model (before HASB) {json.dumps({f'W{k}A{k}': round(v, 2) for k, v in joint_acc.items()})}, "
+        f"with BN re-estimation {json.dumps({f'W{k}A{k}': round(v, 2) for k, v in joint_recal.items()})}.", "",
+        f"HASB sampling (replayed, no training): {json.dumps(coverage)}.", "",
         "## BatchNorm for mixed configurations (mean accuracy over the uniform and ILP configurations)", "",
         md_table([{"bn": m, "mean_acc": round(v, 2)} for m, v in mode_mean.items()]), "",
         f"Default for evaluation: **{best_mode}**.", "",
@@ -247,8 +278,30 @@ def main() -> None:
         f"![pareto]({plot_path.name})",
     ]
     write_results(name, {"args": vars(args), "fp32_acc": fp_acc, "joint_acc": joint_acc, "bn_mode_means": mode_mean, "bn_default": best_mode,
-                         "verdict": verdict, "rows": rows, "timings": timings, "traces": {k: v.as_dict() for k, v in traces.items()}, "log": LOG},
+                         "verdict": verdict, "rows": rows, "joint_recal": joint_recal, "hasb_coverage": coverage, "timings": timings, "traces": {k: v.as_dict() for k, v in traces.items()}, "log": LOG},
                   "\n".join(md))
+
+
+def _coverage(sampler: RouletteSampler, sch: SwitchSchedule, steps: int, bits, costs, seed: int) -> dict[str, float]:
+    """What HASB actually trains: share of mixed configurations, layers off the iteration's uniform
+    bit-width, and how many mixed configurations land near the cost of uniform mid-bit (the budget
+    the goal is judged at). Pure RNG replay of :func:`supernet_plan`, no training."""
+    from bitswitch.cost import relative_bops
+
+    q = [c for c in costs if c.quantized]
+    mid = relative_bops(q, {c.name: (bits[len(bits) // 2],) * 2 for c in q}, "w8a8")
+    n_cfg = mixed = near = off = 0
+    for step in range(steps):
+        for b, cfg in zip(sorted(bits, reverse=True), supernet_plan(sampler, sch, step, bits, seed=seed)):
+            n_cfg += 1
+            ws = {w for w, _ in cfg.values()}
+            off += sum(w != b for w, _ in cfg.values())
+            if len(ws) > 1:
+                mixed += 1
+                if abs(relative_bops(q, cfg, "w8a8") / mid - 1) <= 0.1:
+                    near += 1
+    return {"configs": n_cfg, "mixed_share": round(mixed / n_cfg, 3), "layers_off_uniform_share": round(off / (n_cfg * len(sampler.probs)), 3),
+            "mixed_within_10pct_of_uniform_mid_cost_share": round(near / n_cfg, 3)}
 
 
 def _dummy(model, bits):
@@ -267,7 +320,8 @@ def _plot(rows, mode, bits, path: Path, title: str) -> None:
     style = {"random": {"c": "0.6", "marker": ".", "ls": "none", "label": "random (same cost)"},
              "greedy": {"c": "tab:orange", "marker": "s", "ls": "none", "label": "greedy flip"},
              "ilp-bits": {"c": "tab:blue", "marker": "o", "ls": "-", "label": "ILP, O=Σ(t/n)·b"},
-             "ilp-noise": {"c": "tab:green", "marker": "^", "ls": "-", "label": "ILP, min Σ(t/n)·‖ΔW‖²"}}
+             "ilp-noise": {"c": "tab:green", "marker": "^", "ls": "-", "label": "ILP, min Σ(t/n)·‖ΔW‖²"},
+             "ilp-loss": {"c": "tab:purple", "marker": "v", "ls": "-", "label": "ILP, min Σ measured Δloss (W and A)"}}
     for method, st in style.items():
         pts = sorted((r["rel_bops"], r[mode]) for r in rows if r["method"] == method)
         if pts:

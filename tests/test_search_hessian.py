@@ -107,18 +107,23 @@ def test_hessian_and_search_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     trace_file = tmp_path / "m.hessian.json"
     assert trace_file.is_file()
     out = tmp_path / "subnet.json"
-    assert main(["search", str(ckpt), "--budget", "avg-bits=3", "--baselines", "--random", "5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(ckpt), "--budget", "avg-bits=3"]) == 2  # default objective 'loss' needs data
+    assert "--objective noise" in capsys.readouterr().err
+    assert main(["search", str(ckpt), "--budget", "avg-bits=3", "--baselines", "--random", "5", "--out", str(out),
+                 "--data", "digits", "--samples", "64", "--recal-samples", "32"]) == 0
     config = read_precision_file(out)
     assert set(config) == set(bitswitch.quantized_layers(model))
     assert sum(w for w, _ in config.values()) / len(config) <= 3
     bitswitch.set_precision(model, config)  # what `bitswitch eval --config` does with it
-    assert main(["search", str(ckpt), "--sweep", "bops=0.07:0.25:4", "--out", str(tmp_path / "p.json"), "--out-dir", str(tmp_path / "sw")]) == 0
+    assert json.loads(out.read_text())["objective"] == "loss"
+    assert main(["search", str(ckpt), "--objective", "noise", "--sweep", "bops=0.07:0.25:4", "--out", str(tmp_path / "p.json"), "--out-dir", str(tmp_path / "sw")]) == 0
     points = json.loads((tmp_path / "p.json").read_text())["points"]
     assert points and len(list((tmp_path / "sw").glob("*.json"))) == len(points)
     capsys.readouterr()
-    assert main(["search", str(ckpt), "--budget", "bops=0.01"]) == 2
+    assert main(["search", str(ckpt), "--objective", "bits", "--budget", "bops=0.01"]) == 2
     assert "smallest feasible budget is bops=0.0625x" in capsys.readouterr().err
-    assert main(["search", str(ckpt), "--budget", "bops=lots"]) == 2
+    assert main(["search", str(ckpt), "--objective", "bits", "--budget", "bops=lots"]) == 2
     assert "malformed budget" in capsys.readouterr().err
-    assert main(["search", str(ckpt), "--hessian", str(tmp_path / "none.json"), "--budget", "avg-bits=3"]) == 2
+    assert main(["search", str(ckpt), "--objective", "bits", "--hessian", str(tmp_path / "none.json"), "--budget", "avg-bits=3"]) == 2
     assert "bitswitch hessian" in capsys.readouterr().err

@@ -43,12 +43,14 @@ BUDGETS = ["avg-bits=3", "avg-bits=5.2", "wavg-bits=3.5", "bytes=0.4", "bops=0.3
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("objective", ["bits", "noise"])
+@pytest.mark.parametrize("objective", ["bits", "noise", "loss"])
 def test_ilp_matches_brute_force(seed: int, objective: str) -> None:
     costs = fake_costs(5, seed)
     bits = (8, 6, 4, 2)
     noise = {c.name: {b: c.params * 4.0 ** (-b) * (1 + 0.3 * seed) for b in bits} for c in costs if c.quantized}
-    problem = SearchProblem(costs, fake_sens(costs, seed), bits, objective=objective, noise=noise)
+    rng = random.Random(seed + 7)  # measured deltas are noisy and may be negative or non-monotone
+    deltas = {c.name: {(b, b): rng.gauss(0.05 * (8 - b), 0.05) for b in bits} for c in costs if c.quantized}
+    problem = SearchProblem(costs, fake_sens(costs, seed), bits, objective=objective, noise=noise, loss_delta=deltas)
     for budget in BUDGETS:
         try:
             brute = problem.solve_exhaustive(budget)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..cost import layer_costs
 from ..export.checkpoint import atomic_write_bytes, load, read_checkpoint
+from ..nn.convert import quantized_layers
 from ..nn.precision_file import write_precision_file
 from ..search.baselines import greedy, random_at_cost, uniform
 from ..search.budget import parse_budget
@@ -21,13 +22,43 @@ from ..search.ilp import (
     pareto_front,
     weight_noise,
 )
-from .hessian import default_trace_path
+from .hessian import default_trace_path, resolve_data
+
+
+def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bits: list[int], act: Any) -> dict[str, Any]:
+    """Measured per-(layer, candidate) loss increases for ``--objective loss`` (why: sees activation bits)."""
+    from ..search.evaluate import dataset_batches
+    from ..search.ilp import candidate_pairs
+    from ..search.measured import loss_deltas
+
+    extra = meta.get("extra") or {}
+    try:
+        name, root = resolve_data(args, extra)
+    except ValueError:
+        raise ValueError("--objective loss measures each layer's loss increase on labelled training images: pass --data NAME "
+                         "(or --data FOLDER --dataset NAME), or use --objective noise for a data-free search") from None
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    batches, _ = dataset_batches(name, root, "train", args.samples, 128, seed=1, mean=extra.get("mean"), std=extra.get("std"))
+    recal = None
+    if args.recal_samples:
+        recal, _ = dataset_batches(name, root, "train", args.recal_samples, 128, seed=2, mean=extra.get("mean"), std=extra.get("std"))
+    pairs = candidate_pairs(bits, act)
+    weights = sorted({w for w, _ in pairs}, reverse=True)
+    ref = args.reference if args.reference is not None else weights[len(weights) // 2]
+    ref_pair = next((p for p in pairs if p[0] == ref), None)
+    if ref_pair is None:
+        raise ValueError(f"--reference {ref} is not a candidate weight bit-width ({weights})")
+    n_img = sum(int(x.shape[0]) for x, _ in batches)
+    print(f"measuring loss increases: {len(pairs) - 1} candidate(s) x {len(quantized_layers(model))} layers on {n_img} images of {name} around uniform {ref_pair}", flush=True)
+    return loss_deltas(model, batches, pairs, reference=ref_pair, recal_batches=recal)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="choose per-layer bit-widths for a budget (ILP)",
-        description="Maximise the Hessian-weighted objective under a budget with an integer linear program "
+        description="Optimise a per-layer sensitivity objective (measured loss increases by default, or Hessian-weighted) "
+        "under a budget with an integer linear program "
         "(SciPy milp / HiGHS). Budgets: avg-bits=B, wavg-bits=B, bytes=X, bops=X; bytes/bops values <= 1 "
         "(or with an x or %% suffix) are relative to all-8-bit / all-W8A8 (bops=0.5@w8a16 for W8A16). "
         "Full-precision layers are outside every budget.",
@@ -38,7 +69,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", default=None, help="Pareto sweep: KIND=V1,V2,... or KIND=LO:HI:N (e.g. bops=0.1:1:10)")
     p.add_argument("--bits", default=None, help="candidate weight bit-widths, e.g. 4,3,2 (default: the checkpoint's)")
     p.add_argument("--act", default="tied", help="activation bits: tied (= weight bits, default) or a fixed bit-width")
-    p.add_argument("--objective", default="bits", choices=OBJECTIVES, help="bits: max Σ(t/n)·b (paper); noise: min Σ(t/n)·‖ΔW‖²")
+    p.add_argument(
+        "--objective", default="loss", choices=OBJECTIVES,
+        help="loss (default): min Σ_l Δloss_l, each layer's loss increase measured on labelled training images with only "
+        "that layer at the candidate (weights and activations), around the uniform middle precision; it needs data "
+        "(--data, or the dataset the checkpoint names). noise: min Σ(t/n)·‖ΔW‖² (data-free, weight-only). "
+        "bits: max Σ(t/n)·b (the paper's objective, weight-only). Measured on Fashion-MNIST: loss > noise > bits at "
+        "the cost of uniform 3-bit, see docs/search.md",
+    )
+    p.add_argument("--data", default=None, help="--objective loss: dataset name (fashion_mnist, cifar10, digits) or folder; default: the checkpoint's")
+    p.add_argument("--dataset", default=None, help="--objective loss: dataset name when --data is a folder the checkpoint does not name")
+    p.add_argument("--data-root", default=None, help="--objective loss: dataset folder when --data is a name")
+    p.add_argument("--samples", type=int, default=1024, help="--objective loss: labelled training images per measurement (default 1024)")
+    p.add_argument("--recal-samples", type=int, default=256, help="--objective loss: images for BN re-estimation of every measured configuration (0: off; default 256)")
+    p.add_argument("--reference", type=int, default=None, help="--objective loss: the uniform bit-width the other layers keep while one is measured (default: the middle candidate)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--pin", action="append", default=[], help="fix a layer: NAME=B or NAME=W,A (repeatable)")
     p.add_argument("--input-shape", default=None, help="one sample's shape for MACs, e.g. 3,32,32 (default: from the checkpoint or trace file)")
     p.add_argument("--baselines", action="store_true", help="also report uniform, greedy and random configurations at the same budget")
@@ -97,6 +142,10 @@ HEADER = f"{'method':<14} {'objective':>12} {'avg-bits':>8} {'wavg-bits':>9} {'b
 def run(args: argparse.Namespace) -> int:
     if not args.budget and not args.sweep:
         raise ValueError("give --budget KIND=VALUE (e.g. --budget avg-bits=3) or --sweep KIND=LO:HI:N")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     _, meta = read_checkpoint(args.checkpoint)
     trace_path = Path(args.hessian) if args.hessian else default_trace_path(args.checkpoint)
     traces = load_traces(trace_path)
@@ -108,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     problem = SearchProblem(
         costs, sensitivity(traces), bits, act=act, objective=args.objective,
         noise=weight_noise(model, bits) if args.objective == "noise" else None, pinned=_pins(args.pin),
+        loss_delta=_loss_deltas(args, model, meta, bits, act) if args.objective == "loss" else None,
     )
     extra = {"checkpoint": str(args.checkpoint), "hessian": str(trace_path), "objective": args.objective}
     if args.sweep:

@@ -3,6 +3,7 @@
 from .baselines import greedy, greedy_path, random_at_cost, uniform
 from .budget import Budget, parse_budget
 from .hessian import LayerTrace, hessian_traces, load_traces, save_traces, sensitivity
+from .measured import loss_deltas
 from .ilp import (
     SearchProblem,
     SearchResult,
@@ -13,6 +14,6 @@ from .ilp import (
 
 __all__ = [
     "Budget", "LayerTrace", "SearchProblem", "SearchResult", "candidate_pairs", "greedy", "greedy_path",
-    "hessian_traces", "load_traces", "pareto_front", "parse_budget", "random_at_cost", "save_traces",
+    "hessian_traces", "load_traces", "loss_deltas", "pareto_front", "parse_budget", "random_at_cost", "save_traces",
     "sensitivity", "uniform", "weight_noise",
 ]

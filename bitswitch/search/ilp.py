@@ -14,6 +14,9 @@ Objectives (maximised):
 * ``"noise"`` (HAWQ-v2 style): ``O = −Σ_l (t_l/n_l)·‖Ŵ_l(b_l) − W_l‖²``: the second-order
   estimate of the loss increase, with the layer's actual rounding error at each bit-width
   (:func:`weight_noise`) instead of assuming it is linear in ``b``.
+* ``"loss"`` (measured, activation-aware): ``O = −Σ_l Δ_l(w_l, a_l)``, the loss increase measured
+  on calibration batches with only layer ``l`` at ``(w, a)`` (:func:`bitswitch.search.measured.loss_deltas`);
+  sees activation quantization, which the weight-Hessian objectives do not.
 
 Every solve builds its constraints afresh: a failed or infeasible solve leaves nothing behind
 (the reference code kept a failed re-solve's constraint in place).
@@ -39,7 +42,7 @@ from .budget import Budget, parse_budget
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("bits", "noise")
+OBJECTIVES = ("bits", "noise", "loss")
 Pair = tuple[int, int]
 
 
@@ -130,6 +133,7 @@ class SearchProblem:
         objective: str = "bits",
         noise: Mapping[str, Mapping[int, float]] | None = None,
         pinned: Mapping[str, int | Pair] | None = None,
+        loss_delta: Mapping[str, Mapping[Pair, float]] | None = None,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
@@ -165,6 +169,14 @@ class SearchProblem:
                     if n not in noise or w not in noise[n]:
                         raise ValueError(f"no weight noise for layer {n!r} at {w} bits")
         self.noise = noise
+        if objective == "loss":
+            if loss_delta is None:
+                raise ValueError("objective 'loss' needs measured loss increases: pass loss_delta=loss_deltas(model, batches, bits)")
+            for n, cands in zip(self.names, self.candidates):
+                for p in cands:
+                    if n not in loss_delta or tuple(p) not in {tuple(k) for k in loss_delta[n]}:
+                        raise ValueError(f"no measured loss increase for layer {n!r} at (w, a) = {p}; measure every candidate with loss_deltas")
+        self.loss_delta = {n: {(int(k[0]), int(k[1])): float(v) for k, v in d.items()} for n, d in loss_delta.items()} if loss_delta is not None else None
         # flattened variables
         self.var_layer = np.array([l for l, cands in enumerate(self.candidates) for _ in cands])
         self.var_pair: list[Pair] = [p for cands in self.candidates for p in cands]
@@ -174,6 +186,8 @@ class SearchProblem:
     def _score(self, l: int, pair: Pair) -> float:
         if self.objective == "bits":
             return float(self.sens[l] * pair[0])
+        if self.objective == "loss":
+            return -self.loss_delta[self.names[l]][tuple(pair)]  # type: ignore[index]
         return float(-self.sens[l] * self.noise[self.names[l]][pair[0]])  # type: ignore[index]
 
     def int_costs(self, kind: str) -> list[int]:
