@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pareto", action="store_true", help="evaluate the full Pareto curve")
     p.add_argument("--pareto-every", type=int, default=1)
     p.add_argument("--priority", default="sqnr", choices=["sqnr", "noise_per_bops"])
-    p.add_argument("--adaround", action="store_true")
+    p.add_argument("--adaround", action="store_true", help="AdaRound the <8-bit weights (once per layer and bit-width, reused in both phases)")
+    p.add_argument("--adaround-iters", type=int, default=300)
+    p.add_argument("--bias-correct", action="store_true", help="empirical bias correction of the quantized weights")
+    p.add_argument("--phase1-samples", type=int, default=None, help="calibration samples for phase 1 (default: all)")
     p.add_argument("--out", default="ptq_out", help="output folder (JSON, plots, cache, checkpoint)")
     p.set_defaults(func=run)
 
@@ -86,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
             return 100.0 * sum(int((m(xe[i:i + 64]).argmax(1) == ye[i:i + 64]).sum()) for i in range(0, len(xe), 64)) / len(xe)
 
     eval_fn = top1 if len(xe) else None
-    session = prepare(model, [xc], _pairs(args.candidates), adaround=args.adaround)
-    session.sensitivity(cache_path=out / "phase1_cache.json")
+    session = prepare(model, [xc], _pairs(args.candidates), adaround=args.adaround, adaround_iters=args.adaround_iters,
+                      bias_correct=args.bias_correct)
+    session.sensitivity(cache_path=out / "phase1_cache.json", max_samples=args.phase1_samples)
     res = session.search(args.budget, accuracy_target=args.accuracy_target, eval_fn=eval_fn, pareto=args.pareto,
                          pareto_every=args.pareto_every, priority=args.priority)
     atomic_write_json(out / "result.json", res.as_dict(), indent=1)
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         plot_pareto(res.pareto, out / "pareto.png", html=out / "pareto.html",
                     metric_name="top-1 (%)" if eval_fn else "output SQNR (dB)")
     arch = getattr(model, "bitswitch_arch", None)
+    session.model.to(memory_format=torch.contiguous_format)  # the session runs channels-last; files want contiguous
     session.model.bitswitch_arch = None  # BN is folded: the built-in architecture no longer matches
     save(session.model, out / "model.safetensors", extra={"ptq_layer_config": {k: list(v) for k, v in res.layer_config.items()},
                                                          "source_arch": arch, "input_shape": list(session.input_shape)})
