@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import bitswitch
@@ -44,21 +45,25 @@ def _init_types(path) -> dict[str, int]:
     return {t.name: t.data_type for t in m.graph.initializer}
 
 
-@pytest.mark.parametrize("bits", [8, 6, 4, 2], ids=lambda b: f"w{b}a{b}")
-def test_uniform_round_trip(resnet8, tmp_path, bits):
+@pytest.mark.parametrize("bits,container", [(8, "int8"), (6, "int8"), (4, "int8"), (2, "int8"), (4, "int4"), (2, "int4")], ids=lambda v: str(v))
+def test_uniform_round_trip(resnet8, tmp_path, bits, container):
     q, x = resnet8
     bitswitch.set_precision(q, bits)
     path = tmp_path / f"m{bits}.onnx"
-    rep = export_onnx(q, path, input_shape=SHAPE)
+    rep = export_onnx(q, path, input_shape=SHAPE, container=container)
     res = verify_onnx(q, path, [x])
     assert res.passed and res.top1_agreement >= 0.995
     T = onnx.TensorProto
     types = _init_types(path)
     weights = [v for k, v in types.items() if k.endswith("weight_int")]
-    assert weights and all(v == (T.INT4 if bits <= 4 else T.INT8) for v in weights)  # integers in the file
+    int4 = container == "int4" and bits <= 4
+    assert weights and all(v == (T.INT4 if int4 else T.INT8) for v in weights)  # integers in the file
     assert not any(k.endswith(".weight") or k.endswith("_weight") for k in types if k.startswith("layer")), "a quantized weight stored as float"
     assert rep.op_counts["QuantizeLinear"] >= len(bitswitch.quantized_layers(q)) - 1
-    assert all(lt.act_clipped == (bits not in (8, 4)) for lt in rep.layers if lt.a_bits is not None)
+    full = (8, 4) if int4 else (8,)
+    assert all(lt.act_clipped == (bits not in full) for lt in rep.layers if lt.a_bits is not None)
+    # 8-bit containers: every activation is uint8 (signed grids shifted by 128), what u8s8 kernels take
+    assert all(lt.act_type in (("int4", "uint4") if int4 else ("uint8",)) for lt in rep.layers if lt.a_bits is not None)
     # pre-activation blocks normalise a residual sum: those BNs are kept as ops and reported
     assert rep.unfolded_bn and all(".bn1" in n or n == "bn" for n in rep.unfolded_bn)
 
@@ -82,7 +87,7 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path):
     bitswitch.save(q, ckpt, extra={"input_shape": list(SHAPE)})
     cfg = write_precision_file(tmp_path / "subnet.json", config)
     out = tmp_path / "cli.onnx"
-    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64"]) == 0
+    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--container", "int8"]) == 0
     reloaded = bitswitch.load(ckpt)
     bitswitch.set_precision(reloaded, config)
     np.testing.assert_allclose(run_onnx(out, x), run_onnx(path, x), rtol=0, atol=0)
@@ -156,3 +161,123 @@ def test_missing_onnx_gives_install_hint(resnet8, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"bitswitch\[export\]"):
         export_onnx(resnet8[0], tmp_path / "m.onnx", input_shape=SHAPE)
+
+
+class _PaddedNet(nn.Module):
+    """Conv -> BN -> ReLU6 -> TF 'same' zero Pad -> strided conv: the EfficientNet pattern."""
+
+    def __init__(self):
+        super().__init__()
+        from bitswitch.models.efficientnet_lite import SamePad2d
+
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 16, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.act = nn.ReLU6()
+        self.pad = SamePad2d(3, 2)
+        self.dw = nn.Conv2d(16, 16, 3, 2, groups=16, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(self.stem(x))))
+        x = self.act(self.bn2(self.dw(self.pad(x))))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(self.conv3(x), 1), 1))
+
+
+def _padded_model(bits=(8, 4)) -> tuple[nn.Module, torch.Tensor]:
+    m = _PaddedNet()
+    x = torch.randn(16, *SHAPE)
+    m.train()
+    with torch.no_grad():
+        m(x)
+        m.dw.weight[3].zero_()  # a dead filter: its bias must still reach the integer kernel intact
+        m.bn2.bias[3] = 0.7
+    q = bitswitch.quantize(m.eval(), bits=bits)
+    bitswitch.calibrate(q, [x])
+    return q.eval(), x
+
+
+def _conv_pads(path) -> dict[str, list[int]]:
+    return {n.name: list(onnx.helper.get_attribute_value(a)) for n in onnx.load(str(path)).graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "pads"}
+
+
+def test_zero_pad_folded_into_conv_and_fused(tmp_path):
+    q, x = _padded_model()
+    bitswitch.set_precision(q, 8)
+    path = tmp_path / "pad.onnx"
+    rep = export_onnx(q, path, input_shape=SHAPE)
+    assert "Pad" not in rep.op_counts
+    assert _conv_pads(path)["dw"] == [0, 0, 1, 1]  # TF "same" for 16x16, k3 s2: the extra pixel bottom/right
+    res = verify_onnx(q, path, [x])
+    assert res.top1_agreement == 1.0 and res.max_diff_steps < 2
+    fused = {lt.name for lt in rep.layers if lt.fusable}
+    assert {"conv1", "dw"} <= fused  # ReLU6 and Pad no longer sit between the Conv and the next Q
+    kernels = executed_kernels(path, x[:1], threads=1)
+    assert kernels.get("QLinearConv", 0) >= len(fused) and "Pad" not in kernels
+    # the FP32 baseline folds the Pad too and still equals the float model up to float rounding
+    fp = tmp_path / "fp.onnx"
+    bitswitch.set_precision(q, None)
+    assert "Pad" not in export_onnx(q, fp, input_shape=SHAPE, fp32=True).op_counts
+    with torch.no_grad():
+        np.testing.assert_allclose(run_onnx(fp, x), q(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_int8_container_runs_low_bit_grids_with_integer_kernels(tmp_path):
+    q, x = _padded_model()
+    bitswitch.set_precision(q, 4)
+    results = {}
+    for container in ("int8", "int4"):
+        path = tmp_path / f"{container}.onnx"
+        rep = export_onnx(q, path, input_shape=SHAPE, container=container)
+        res = verify_onnx(q, path, [x])
+        assert res.top1_agreement == 1.0 and res.max_diff_steps < 2, (container, res.summary())
+        results[container] = (rep, executed_kernels(path, x[:1], threads=1), _init_types(path))
+    rep8, k8, types8 = results["int8"]
+    rep4, k4, types4 = results["int4"]
+    T = onnx.TensorProto
+    assert types8["dw_weight_int"] == T.INT8 and types4["dw_weight_int"] == T.INT4
+    assert all(lt.act_clipped for lt in rep8.layers if lt.a_bits)  # 4-bit codes clipped inside uint8
+    assert k8.get("QLinearConv", 0) >= 2 and "QLinearConv" not in k4
+    # the narrower grid is an integer Clip on the codes, not a float Clip in front of the Q
+    clips = [n for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "Clip"]
+    assert clips and all(i.endswith("_act_q") for c in clips for i in c.input[:1])
+    assert rep4.file_bytes < rep8.file_bytes
+
+
+def test_asymmetric_activations_match_in_onnxruntime(tmp_path):
+    m = build("preact_resnet8")
+    x = torch.randn(32, *SHAPE)
+    m.train()
+    with torch.no_grad():
+        m(x)
+    q = bitswitch.quantize(m.eval(), bits=(8, 4), act_asymmetric=True).eval()
+    layers = bitswitch.quantized_layers(q)
+    seen: dict[str, tuple[float, float]] = {}
+    hooks = [l.register_forward_pre_hook(lambda mod, a, n=n: seen.__setitem__(n, (float(a[0].min()), float(a[0].max())))) for n, l in layers.items()]
+    bitswitch.set_precision(q, None)
+    with torch.no_grad():
+        q(x)
+    for h in hooks:
+        h.remove()
+    for n, layer in layers.items():
+        lo, hi = seen[n]
+        for b in (8, 4):  # ranges that do not start at 0: non-zero zero points
+            layer.act_quant.set_range(b, lo - 0.3 * (hi - lo), hi * 0.8)
+    assert all(layer.act_quant.zero_point(b) > 0 for layer in layers.values() for b in (8, 4))
+    for bits in (8, 4):
+        bitswitch.set_precision(q, bits)
+        path = tmp_path / f"asym{bits}.onnx"
+        rep = export_onnx(q, path, input_shape=SHAPE)
+        res = verify_onnx(q, path, [x])
+        assert res.top1_agreement == 1.0 and res.max_diff_steps < 2, res.summary()
+        file_zps = [int(onnx.numpy_helper.to_array(t).reshape(-1)[0]) for t in onnx.load(str(path)).graph.initializer if "_act_zp" in t.name]
+        assert any(z != 0 for z in file_zps) and all(lt.act_type == "uint8" for lt in rep.layers if lt.a_bits)
+
+
+def test_container_argument_is_checked(resnet8, tmp_path):
+    with pytest.raises(ValueError, match="container"):
+        export_onnx(resnet8[0], tmp_path / "m.onnx", input_shape=SHAPE, container="int2")
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(resnet8[0], tmp_path / "m.onnx", input_shape=SHAPE, container="int4", opset=17)

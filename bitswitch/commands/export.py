@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compact", default=None, help="comma-separated bit-widths a device keeps, e.g. 4,3,2: write a packed checkpoint instead of ONNX")
     p.add_argument("--input-shape", default=None, help="one sample's shape, e.g. 3,32,32 (default: from the checkpoint or the data)")
     p.add_argument("--opset", type=int, default=21)
-    p.add_argument("--no-int4", action="store_true", help="store <=4-bit grids in int8 containers with a clip instead of int4")
+    p.add_argument("--container", choices=("int8", "int4"), default="int8",
+                   help="integer type of <=4-bit grids: int8 (default) keeps them in int8/uint8 with the narrower grid clipped, so "
+                        "onnxruntime runs integer kernels (QLinearConv); int4 (opset 21) halves those weights' bytes but onnxruntime "
+                        "has no int4 convolution and runs them in float, slower than the FP32 file")
+    p.add_argument("--no-int4", action="store_true", help=argparse.SUPPRESS)  # older spelling of --container int8
     p.add_argument("--fp32", action="store_true", help="write the unquantized float network (a baseline for latency and size)")
     p.add_argument("--data", default=None, help="dataset folder or name for verification (default: the checkpoint's dataset)")
     p.add_argument("--dataset", default=None, help="dataset name when --data is a folder the checkpoint does not name")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         shape = list(inputs.shape[1:])
     if shape is None:
         raise ValueError("cannot tell the input shape: pass --input-shape C,H,W")
-    report = export_onnx(model, args.out, input_shape=shape, opset=args.opset, int4=not args.no_int4, fp32=args.fp32)
+    report = export_onnx(model, args.out, input_shape=shape, opset=args.opset, container="int8" if args.no_int4 else args.container, fp32=args.fp32)
     kinds = sorted({f"W{lt.w_bits}A{lt.a_bits}:{lt.weight_type}/{lt.act_type}" for lt in report.layers if lt.w_bits is not None})
     print(f"wrote {args.out} ({report.file_bytes:,} bytes, opset {report.opset}); quantized layers: {', '.join(kinds) or 'none'}")
     if report.unfolded_bn:

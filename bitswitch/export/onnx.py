@@ -44,6 +44,8 @@ from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from ..nn.transitional_bn import TransitionalBatchNorm
 
 DEFAULT_OPSET = 21
+#: integer containers for <= 4-bit grids (see :func:`export_onnx`)
+CONTAINERS = ("int8", "int4")
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
@@ -126,6 +128,7 @@ class ExportReport:
     file_bytes: int
     fp32: bool
     input_shape: list[int]
+    container: str = "int8"
     layers: list[LayerExport] = field(default_factory=list)
     unfolded_bn: list[str] = field(default_factory=list)
     op_counts: dict[str, int] = field(default_factory=dict)
@@ -161,6 +164,57 @@ def _container_for(bits: int, lo: int, hi: int, int4: bool) -> str:
     raise ValueError(f"a {bits}-bit grid [{lo}, {hi}] fits no ONNX integer container")
 
 
+def _act_container(bits: int, lo: int, hi: int, int4: bool) -> tuple[str, int]:
+    """``(container, code shift)`` of an activation grid ``[lo, hi]``.
+
+    8-bit containers are always ``uint8``: a signed grid with zero point ``z`` is the same set of
+    values as the unsigned grid shifted by 128 with zero point ``z + 128`` (``Q_u8(x) = Q_s8(x) + 128``
+    exactly, saturation included). onnxruntime's integer convolution needs input and output of the
+    same type and its fast path is uint8 activations with int8 weights (u8s8), so one activation type
+    everywhere lets every Conv -> Q pattern fuse.
+    """
+    name = _container_for(bits, lo, hi, int4)
+    if name in ("int8", "uint8"):
+        return "uint8", (128 if lo < 0 else 0)
+    return name, 0
+
+
+def _q_code(value: float, scale: float, zero_point: int, clo: int, chi: int) -> int:
+    """The code ``QuantizeLinear`` gives ``value`` (float32 division, half-to-even, saturation)."""
+    v = np.float32(value) / np.float32(scale) if math.isfinite(value) else value
+    if not math.isfinite(float(v)):
+        return clo if v < 0 else chi
+    return int(min(max(int(np.round(np.float32(v))) + zero_point, clo), chi))
+
+
+#: largest weight code after :func:`_widen_codes`: ``255 * 64 * 2 < 2^15``, so even CPUs without VNNI
+#: (whose u8s8 kernels add pairs of products in int16 with saturation) compute such layers exactly.
+WIDE_CODE_LIMIT = 64
+
+
+def _widen_codes(codes: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | None, s_x: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-express each output channel's weights on a finer grid with the same values.
+
+    An integer kernel adds the bias as an int32 on the ``s_x * s_w`` grid; the rounding error (up to
+    half of it) can flip output codes when ``s_w`` is coarse, as for <= 4-bit weights in an int8
+    container. Multiplying a channel's codes by a power of two ``k`` (as far as :data:`WIDE_CODE_LIMIT`
+    allows) and dividing its step by ``k`` is exact in floating point and makes that grid ``k`` times
+    finer. A channel whose codes are all zero (a dead filter) has a free step: it is chosen so its bias
+    sits on a grid ``2^-24`` of its size (the model's step, often ~1e-12, would overflow int32).
+    """
+    flat = codes.reshape(codes.shape[0], -1).abs().amax(1).double()
+    alive = flat > 0
+    k = torch.ones_like(step)
+    k[alive] = torch.floor(torch.log2(WIDE_CODE_LIMIT / flat[alive])).clamp(min=0).exp2()
+    view = (-1,) + (1,) * (codes.dim() - 1)
+    codes = codes * k.to(codes.dtype).reshape(view)
+    step = step / k
+    if s_x is not None and not bool(alive.all()):
+        mag = bias.abs()[~alive] if bias is not None else torch.zeros(int((~alive).sum()), dtype=step.dtype)
+        step[~alive] = torch.where(mag > 0, mag / (s_x * 2.0**24), torch.ones_like(mag))
+    return codes, step
+
+
 # --------------------------------------------------------------------------------------------------
 # graph builder
 
@@ -169,6 +223,8 @@ class _Builder:
     def __init__(self, opset: int, int4: bool, fp32: bool):
         self.onnx = require_onnx()
         self.opset, self.int4, self.fp32 = opset, int4, fp32
+        self.q_clip: dict[str, tuple[str, int, int]] = {}  # Q output -> (integer Clip output, lo, hi) after it
+        self.act_bounds: dict[str, tuple[float, float]] = {}  # ReLU/Clip output -> its (lo, hi), for absorption
         self.nodes: list = []
         self.inits: list = []
         self.counter = Counter()
@@ -205,14 +261,22 @@ class _Builder:
         return out
 
     def qdq(self, x: str, scale: float, zero_point: int, lo: int, hi: int, bits: int, base: str) -> tuple[str, str, bool]:
-        """``x`` through the model's activation grid; returns (dequantized name, container, clipped)."""
-        container = _container_for(bits, lo, hi, self.int4 and self.opset >= 21)
+        """``x`` through the model's activation grid; returns (dequantized name, container, clipped).
+
+        A grid narrower than its 8-bit container is an integer ``Clip`` on the codes after the
+        ``QuantizeLinear`` (``Q -> Clip -> DQ``), which keeps the producing Conv directly in front of
+        the Q so onnxruntime can still fuse it into an integer kernel. Other containers (int4, 16 bit:
+        onnxruntime has no integer ``Clip`` for them) get a float ``Clip`` before the Q instead.
+        """
+        container, shift = _act_container(bits, lo, hi, self.int4 and self.opset >= 21)
         onnx_type, clo, chi = _containers()[container]
-        key = (x, scale, zero_point, lo, hi, container)
+        lo, hi, zero_point = lo + shift, hi + shift, zero_point + shift
         clipped = (lo, hi) != (clo, chi)
+        key = (x, scale, zero_point, lo, hi, container)
         if key in self.qdq_cache:
             return self.qdq_cache[key], container, clipped
-        if clipped:  # the runtime saturates at the container's range; the model's grid is narrower
+        integer_clip = container in ("uint8", "int8")
+        if clipped and not integer_clip:  # the runtime saturates at the container's range; the model's grid is narrower
             cmin = np.float32(np.float32(lo - zero_point) * np.float32(scale))
             cmax = np.float32(np.float32(hi - zero_point) * np.float32(scale))
             x = self.node("Clip", [x, self.init(f"{base}_clip_min", np.array(cmin, np.float32)), self.init(f"{base}_clip_max", np.array(cmax, np.float32))], f"{base}_clip")
@@ -220,14 +284,77 @@ class _Builder:
         z = self.init(f"{base}_act_zp", np.array(zero_point), onnx_type)
         q = self.node("QuantizeLinear", [x, s, z], f"{base}_act_q")
         self.q_info[q] = (container, float(scale), int(zero_point))
-        dq = self.node("DequantizeLinear", [q, s, z], f"{base}_act_dq")
+        codes = self.code_clip(q, lo, hi) if integer_clip and clipped else q
+        dq = self.node("DequantizeLinear", [codes, s, z], f"{base}_act_dq")
         self.qdq_cache[key] = dq
         return dq, container, clipped
 
-    def model(self, input_shape: Sequence[int], output_shape: Sequence[int], dynamic_batch: bool):
-        h, T = self.onnx.helper, self.onnx.TensorProto
+    def code_clip(self, q: str, lo: int, hi: int) -> str:
+        """An integer ``Clip`` of the codes ``q`` to ``[lo, hi]`` (recorded so its bounds can narrow later)."""
+        container = self.q_info[q][0]
+        onnx_type = _containers()[container][0]
+        out = self.node("Clip", [q, self.init(f"{q}_code_min", np.array(lo), onnx_type), self.init(f"{q}_code_max", np.array(hi), onnx_type)], f"{q}_code_clip")
+        self.q_clip[q] = (out, lo, hi)
+        return out
+
+    def absorb_activations(self) -> None:
+        """Turn ``ReLU/Clip -> QuantizeLinear`` into ``QuantizeLinear -> integer Clip`` (8-bit containers).
+
+        ``Q(clip(x, a, b)) == clip(Q(x), Q(a), Q(b))`` because ``Q`` is monotone, so this is exact; it
+        puts the producing Conv directly in front of the Q, which is the pattern onnxruntime fuses into
+        ``QLinearConv`` whatever the activation range (its own Clip/Relu removal needs the Q range to
+        lie inside the clip range). Only activations whose sole consumer is the Q are moved.
+        """
+        self.prune()
+        producer = {o: n for n in self.nodes for o in n.output}
+        consumers: dict[str, int] = Counter(i for n in self.nodes for i in n.input)
+        for q in [n for n in self.nodes if n.op_type == "QuantizeLinear"]:
+            container, scale, zp = self.q_info.get(q.output[0], ("", 0.0, 0))
+            act = producer.get(q.input[0])
+            if container not in ("uint8", "int8") or act is None or act.output[0] not in self.act_bounds or consumers[act.output[0]] != 1:
+                continue
+            _, clo, chi = _containers()[container]
+            alo, ahi = self.act_bounds[act.output[0]]
+            prev = self.q_clip.get(q.output[0])
+            lo = max(prev[1] if prev else clo, _q_code(alo, scale, zp, clo, chi))
+            hi = min(prev[2] if prev else chi, _q_code(ahi, scale, zp, clo, chi))
+            q.input[0] = act.input[0]
+            if prev is not None:  # narrow the existing integer Clip
+                clip = producer[prev[0]]
+                onnx_type = _containers()[container][0]
+                clip.input[1] = self.init(f"{q.output[0]}_code_min", np.array(lo), onnx_type)
+                clip.input[2] = self.init(f"{q.output[0]}_code_max", np.array(hi), onnx_type)
+                self.q_clip[q.output[0]] = (prev[0], lo, hi)
+            elif (lo, hi) != (clo, chi):
+                users = [n for n in self.nodes if q.output[0] in n.input]
+                out = self.code_clip(q.output[0], lo, hi)
+                clip_node = self.nodes.pop()
+                self.nodes.insert(self.nodes.index(q) + 1, clip_node)
+                for n in users:
+                    for k, i in enumerate(n.input):
+                        if i == q.output[0]:
+                            n.input[k] = out
+        self.prune()
+
+    def prune(self) -> None:
+        """Drop nodes and initializers the graph output does not depend on (folded Pads, absorbed activations)."""
+        producer = {o: n for n in self.nodes for o in n.output}
+        needed: set[str] = set()
+        todo = [OUTPUT_NAME]
+        while todo:
+            t = todo.pop()
+            n = producer.get(t)
+            if n is None or n.name in needed:
+                continue
+            needed.add(n.name)
+            todo.extend(i for i in n.input if i)
+        self.nodes = [n for n in self.nodes if n.name in needed]
         used = {i for n in self.nodes for i in n.input}
         self.inits = [t for t in self.inits if t.name in used]
+
+    def model(self, input_shape: Sequence[int], output_shape: Sequence[int], dynamic_batch: bool):
+        h, T = self.onnx.helper, self.onnx.TensorProto
+        self.prune()
         batch = "N" if dynamic_batch else input_shape[0]
         inp = h.make_tensor_value_info(INPUT_NAME, T.FLOAT, [batch, *input_shape[1:]])
         out = h.make_tensor_value_info(OUTPUT_NAME, T.FLOAT, [batch, *output_shape[1:]])
@@ -276,6 +403,7 @@ class _Translator:
         self.fold: dict[fx.Node, tuple[str, nn.modules.batchnorm._BatchNorm]] = {}
         self.folded_bn_nodes: set[fx.Node] = set()
         self.clip_bounds: dict[str, tuple[float, float]] = {}
+        self.pads: dict[str, tuple[str, tuple[int, int, int, int]]] = {}  # Pad output -> (input, (top, left, bottom, right))
 
     def shape(self, node: fx.Node) -> list[int]:
         meta = node.meta.get("tensor_meta")
@@ -348,7 +476,7 @@ class _Translator:
                           b.init(f"{name}.bias", bn.bias.detach().float().numpy() if bn.bias is not None else np.zeros(bn.num_features, np.float32)),
                           b.init(f"{name}.mean", bn.running_mean.float().numpy()), b.init(f"{name}.var", bn.running_var.float().numpy())], name, epsilon=float(bn.eps))
         if isinstance(m, nn.ReLU):
-            return self.b.node("Relu", [self.env[x]], name)
+            return self.relu(self.env[x], name)
         if isinstance(m, (nn.ReLU6, nn.Hardtanh)):
             lo, hi = (0.0, 6.0) if isinstance(m, nn.ReLU6) else (float(m.min_val), float(m.max_val))
             return self.clip(self.env[x], lo, hi, name)
@@ -380,7 +508,7 @@ class _Translator:
         if f in (operator.mul, torch.mul):
             return self.b.node("Mul", [self.arg(a[0]), self.arg(a[1])], "mul")
         if f in (F.relu, torch.relu):
-            return self.b.node("Relu", [self.arg(a[0])], "relu")
+            return self.relu(self.arg(a[0]), "relu")
         if f is F.relu6:
             return self.clip(self.arg(a[0]), 0.0, 6.0, "relu6")
         if f is F.hardtanh:
@@ -408,7 +536,7 @@ class _Translator:
     def call_method(self, node: fx.Node) -> str:
         meth, a = node.target, node.args
         if meth == "relu":
-            return self.b.node("Relu", [self.arg(a[0])], "relu")
+            return self.relu(self.arg(a[0]), "relu")
         if meth == "flatten":
             return self.flatten(self.arg(a[0]), node.kwargs.get("start_dim", a[1] if len(a) > 1 else 0), node.kwargs.get("end_dim", a[2] if len(a) > 2 else -1), node, "flatten")
         if meth in ("view", "reshape"):
@@ -418,15 +546,37 @@ class _Translator:
         raise UnsupportedOpError(f"unsupported tensor method .{meth}() (node {node.name!r}): the ONNX exporter has no translation for it")
 
     # ---------------------------------------------------------------------------------------------
+    def relu(self, x: str, base: str) -> str:
+        out = self.b.node("Relu", [x], base)
+        self.b.act_bounds[out] = (0.0, math.inf)
+        return out
+
     def clip(self, x: str, lo: float, hi: float, base: str) -> str:
         out = self.b.node("Clip", [x, self.b.init(f"{base}_min", np.array(lo, np.float32)), self.b.init(f"{base}_max", np.array(hi, np.float32))], base)
         self.clip_bounds[out] = (lo, hi)
+        self.b.act_bounds[out] = (lo, hi)
         return out
 
     def pad(self, x: str, lrtb: Sequence[int], base: str) -> str:
         left, right, top, bottom = (int(v) for v in lrtb)
         pads = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
-        return self.b.node("Pad", [x, self.b.init(f"{base}_pads", pads)], base, mode="constant")
+        out = self.b.node("Pad", [x, self.b.init(f"{base}_pads", pads)], base, mode="constant")
+        self.pads[out] = (x, (top, left, bottom, right))
+        return out
+
+    def fold_pad(self, node: fx.Node, m: nn.Module) -> tuple[str, tuple[int, int, int, int]]:
+        """The conv's input and extra ``(top, left, bottom, right)`` padding, skipping a zero ``Pad`` in front.
+
+        A constant-zero Pad whose only consumer is this convolution becomes part of the Conv's
+        ``pads`` attribute (asymmetric pads are legal ONNX). Quantization commutes with it: the
+        padded zeros quantize to the zero point, which is what a Conv pads a quantized input with.
+        This keeps Pad out of the ``Q -> DQ -> Conv`` pattern onnxruntime fuses.
+        """
+        src = node.args[0]
+        x = self.env[src]
+        if isinstance(m, nn.Conv2d) and x in self.pads and isinstance(src, fx.Node) and len(src.users) == 1:
+            return self.pads[x]
+        return x, (0, 0, 0, 0)
 
     def flatten(self, x: str, start: int, end: int, node: fx.Node, base: str) -> str:
         if end != -1 and end != len(self.shape(node.args[0])) - 1:  # type: ignore[arg-type]
@@ -446,7 +596,7 @@ class _Translator:
 
     def layer(self, node: fx.Node, name: str, m: nn.Module) -> str:
         b, fp32 = self.b, self.b.fp32
-        x = self.env[node.args[0]]
+        x, extra = self.fold_pad(node, m)
         quant = isinstance(m, QuantLayer)
         w_bits = m.w_bits if quant else None
         a_bits = m.a_bits if quant else None
@@ -495,6 +645,8 @@ class _Translator:
         if codes is not None and not fp32:
             wtype = _container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, b.int4 and b.opset >= 21)
             onnx_type = _containers()[wtype][0]
+            if wtype == "int8":
+                codes, step = _widen_codes(codes, step, bias, s_x)
             wq = b.init(f"{name}.weight_int", codes.numpy(), onnx_type)
             ws = b.init(f"{name}.weight_step", step.float().numpy())
             wz = b.init(f"{name}.weight_zp", np.zeros(step.shape[0], np.int64), onnx_type)
@@ -512,7 +664,9 @@ class _Translator:
             if isinstance(m.padding, str):
                 raise UnsupportedOpError(f"Conv2d {name!r} with padding={m.padding!r} is not supported; use integer padding")
             ph, pw = m.padding
-            out = b.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=list(m.stride), pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=int(m.groups))
+            top, left, bottom, right = extra
+            out = b.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=list(m.stride), pads=[ph + top, pw + left, ph + bottom, pw + right],
+                         dilations=list(m.dilation), group=int(m.groups))
             op = "Conv"
         else:
             if len(self.shape(node.args[0])) != 2:  # type: ignore[arg-type]
@@ -533,6 +687,7 @@ class _Translator:
         costs a full dequantization per inference). The file still holds the integer codes either way.
         """
         b = self.b
+        b.absorb_activations()
         consumers: dict[str, list] = {}
         for n in b.nodes:
             for i in n.input:
@@ -542,8 +697,8 @@ class _Translator:
             entry: LayerExport = p["entry"]
             q_after = self._q_after(p["out"], consumers)
             entry.fusable = q_after is not None and self._fusable(q_after, entry, containers)
-            if entry.fusable:
-                self._int32_bias(p)
+            if entry.fusable and not self._int32_bias(p):
+                entry.fusable = False
             if q_after is not None:
                 if not entry.fusable:
                     self._bias_as_add(p)
@@ -574,28 +729,33 @@ class _Translator:
             return None
         return idx, conv, next(t for t in b.inits if t.name == conv.input[2])
 
-    def _int32_bias(self, p: dict[str, Any]) -> None:
+    def _int32_bias(self, p: dict[str, Any]) -> bool:
         """Re-store a fused layer's bias as int32 on the ``s_x * s_w`` grid (what QLinearConv takes).
 
-        The rounding error is at most half of ``s_x * s_w``, far below an 8-bit output step; on
-        coarser (int4) grids it would flip output codes, which is why only fused layers get it.
+        The rounding error is at most half of ``s_x * s_w`` (kept small by :func:`_widen_codes`). Only
+        fused layers get it. Returns False when a channel's bias would overflow int32: such a layer
+        must not be left in the fusable pattern with a float bias, because onnxruntime would then
+        quantize the bias itself and saturate it.
         """
         b = self.b
         found = self._conv_with_bias(p)
         if found is None:
-            return
+            return True
         idx, conv, init = found
         bias = b.onnx.numpy_helper.to_array(init).astype(np.float64)
         bstep = (np.float32(p["s_x"]) * p["step"]).astype(np.float32)
+        if not np.all(bstep > 0):
+            return False
         bint = np.round(bias / bstep.astype(np.float64))
-        if not np.all(np.abs(bint) < 2**31 - 1) or not np.all(bstep > 0):
-            return  # would overflow int32: keep the float bias (the runtime then does not fuse)
+        if not np.all(np.abs(bint) < 2**31 - 1):
+            return False
         name = p["entry"].name
         dq = b.fresh(f"{name}_bias_dq")
         node = b.onnx.helper.make_node("DequantizeLinear", [b.init(f"{name}.bias_int", bint.astype(np.int32)), b.init(f"{name}.bias_step", bstep),
                                                             b.init(f"{name}.bias_zp", np.zeros(bstep.shape[0], np.int32))], [dq], name=dq, axis=0)
         conv.input[2] = dq
         b.nodes.insert(idx, node)
+        return True
 
     def _bias_as_add(self, p: dict[str, Any]) -> None:
         """Move the float bias of a non-fused DQ->Conv into an ``Add`` after it.
@@ -673,7 +833,8 @@ def export_onnx(
     input_shape: Sequence[int] | None = None,
     example: torch.Tensor | None = None,
     opset: int = DEFAULT_OPSET,
-    int4: bool = True,
+    container: str = "int8",
+    int4: bool | None = None,
     fp32: bool = False,
     dynamic_batch: bool = True,
 ) -> ExportReport:
@@ -681,24 +842,33 @@ def export_onnx(
 
     Args:
         input_shape: one sample's shape without the batch dimension (or give ``example``).
-        int4: store <= 4-bit grids in int4/uint4 (opset 21); ``False`` uses int8 containers with a
-            clip, which onnxruntime can run with integer kernels.
+        container: integer type of <= 4-bit grids. ``"int8"`` (default) stores them in int8 (weights)
+            and uint8 (activations) with the narrower grid kept by clipping the codes, so onnxruntime
+            runs them with its integer kernels; ``"int4"`` stores int4/uint4 (opset 21): half the
+            weight bytes, but onnxruntime 1.32 has no int4 convolution and runs those layers in float,
+            slower than the FP32 file. 5-8 bit grids always use 8-bit, 9-16 bit 16-bit containers.
+        int4: older spelling: ``True`` is ``container="int4"``, ``False`` is ``container="int8"``.
         fp32: write the same network without any quantization (weights dequantized, BN folded):
             the fair float baseline for latency and size comparisons.
     Returns an :class:`ExportReport` (per-layer containers, folded/unfolded BNs, op counts).
     """
     onnx = require_onnx()
+    if int4 is not None:
+        container = "int4" if int4 else "int8"
+    if container not in CONTAINERS:
+        raise ValueError(f"unknown container {container!r}; valid: {', '.join(CONTAINERS)}")
     if opset < 13:
         raise ValueError(f"opset {opset} is too old: per-channel DequantizeLinear needs opset >= 13")
-    if int4 and opset < 21:
-        int4 = False
+    if container == "int4" and opset < 21:
+        raise ValueError(f"int4 containers need opset >= 21 (got opset {opset}); use container='int8'")
+    int4 = container == "int4"
     was_training = model.training
     model.eval()
     try:
         x = _example(input_shape, example, model)
         gm = _trace(model, x)
         builder = _Builder(opset, int4, fp32)
-        report = ExportReport(str(path), opset, 0, fp32, list(x.shape[1:]))
+        report = ExportReport(str(path), opset, 0, fp32, list(x.shape[1:]), container)
         tr = _Translator(gm, builder, report)
         tr.run()
         tr.finalize_weights()
@@ -833,6 +1003,6 @@ def verify_onnx(
 
 
 __all__ = [
-    "Agreement", "ExportReport", "INTEGER_KERNELS", "LayerExport", "UnsupportedOpError", "VerificationError",
+    "CONTAINERS", "Agreement", "ExportReport", "INTEGER_KERNELS", "LayerExport", "UnsupportedOpError", "VerificationError",
     "executed_kernels", "export_onnx", "run_onnx", "verify_onnx",
 ]
