@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import register
+from ._init import torchvision_init
 from .weights import load_weights
 
 __all__ = ["EfficientNetLite", "MBConvBlock", "SamePad2d", "efficientnet_lite0", "pretrained_weights_path"]
@@ -126,15 +127,7 @@ class EfficientNetLite(nn.Module):
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        torchvision_init(self, init_linear=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._relu(self._bn0(self._conv_stem(self._stem_pad(x))))

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import register
+from ._init import torchvision_init
 
 __all__ = ["Conv2dNormActivation", "InvertedResidual", "MobileNetV2", "mobilenet_v2"]
 
@@ -117,17 +118,7 @@ class MobileNetV2(nn.Module):
             nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes)
         )
         # Same initialisation as torchvision.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        torchvision_init(self, init_linear=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)

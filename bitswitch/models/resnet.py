@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import register
+from ._init import torchvision_init
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
 
@@ -101,12 +102,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         # Same initialisation as torchvision (fc keeps PyTorch's default).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        torchvision_init(self, init_linear=False)
 
     def _make_layer(
         self,

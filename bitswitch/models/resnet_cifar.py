@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import register
+from ._init import torchvision_init
 
 __all__ = ["PreActBlock", "PreActResNet", "preact_resnet8", "preact_resnet20"]
 
@@ -65,12 +66,7 @@ class PreActResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        torchvision_init(self, init_linear=False)
 
     @staticmethod
     def _make_stage(
