@@ -53,17 +53,28 @@ def header() -> dict[str, Any]:
 
 def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path | None = None) -> Path:
     """Write ``<name>.json`` and ``<name>.md`` (a table plus the provenance lines)."""
+    from bitswitch.export.checkpoint import atomic_write_bytes
+
     out = out_dir or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     doc = {**header(), **data}
-    (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    text = json.dumps(doc, indent=2) + "\n"
+    atomic_write_bytes(out / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
     m = doc["machine"]
     prov = (
         f"\n\nCommand: `{doc['command']}`  \n"
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m.get('gpu', 'CPU')}); {doc['date']}\n"
     )
-    (out / f"{name}.md").write_text(markdown.rstrip() + prov)
+    atomic_write_bytes(out / f"{name}.md", lambda tmp: Path(tmp).write_text(markdown.rstrip() + prov))
     return out / f"{name}.md"
+
+
+def publish(args: Any, data: dict[str, Any], markdown: str) -> int:
+    """Write the results named ``args.name`` (into ``args.out`` if set), echo the table; exit code 0."""
+    path = write_results(args.name, data, markdown, Path(args.out) if args.out else None)
+    print(markdown)
+    print(f"wrote {path}")
+    return 0
 
 
 def timeit(fn, repeat: int = 10, warmup: int = 2) -> list[float]:

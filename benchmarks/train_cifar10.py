@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import md_table, write_results  # noqa: E402
+from _common import md_table, publish  # noqa: E402
 
 from bitswitch.train import TrainConfig, train  # noqa: E402
 
@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"budget": budget, "results": results, "wall_time_s": times, "paper": PAPER, "rows": rows}
     md = (f"# CIFAR-10 pre-activation ResNet-20: FP32, joint {{8,6,4,2}} with/without ALRS, {{4,3,2}}\n\n"
           f"Test top-1 (%), checkpoints chosen on the validation split. {budget}\n\n" + md_table(rows, cols) + "\n")
-    path = write_results(args.name, data, md, Path(args.out) if args.out else None)
-    print(md)
-    print(f"wrote {path}")
-    return 0
+    return publish(args, data, md)
 
 
 if __name__ == "__main__":

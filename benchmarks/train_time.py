@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import md_table, write_results  # noqa: E402
+from _common import md_table, publish  # noqa: E402
 
 from bitswitch.train import TrainConfig  # noqa: E402
 from bitswitch.train.ddp import DistInfo  # noqa: E402
@@ -123,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     md = (f"# Training time: joint vs separate vs FP32\n\n{budget}. Shared 2-core CPU: other jobs ran at the same time, "
           f"so read medians, not single numbers.\n\n" + md_table(rows) +
           f"\n\nJoint iteration / sum of separate steps: {joint['median_s'] / sep_sum:.2f}.\n")
-    path = write_results(args.name, data, md, Path(args.out) if args.out else None)
-    print(md)
-    print(f"wrote {path}")
-    return 0
+    return publish(args, data, md)
 
 
 if __name__ == "__main__":
