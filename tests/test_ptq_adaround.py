@@ -132,3 +132,30 @@ def test_bad_adaround_arguments() -> None:
         adaround_weight(torch.randn(4, 4), torch.ones(4), 4, torch.eye(4).unsqueeze(0), 1, iters=0)
     with pytest.raises(ValueError, match="no input rows"):
         InputStats(1, 4).finish()
+
+
+def test_output_aware_weight_range_beats_weight_mse_on_output_error() -> None:
+    from bitswitch.ptq.adaround import weight_scale_output_mse
+    from bitswitch.quant.ranges import weight_scale_mse
+
+    lin, _, gram, _ = _layer_problem(3)
+    w = lin.weight.detach()
+    s_out = weight_scale_output_mse(w, gram, 1, 4)
+    s_mse = weight_scale_mse(w, 4, (4,))
+    q = lambda s: weight_codes(w, s, 4) * channel_view(s, 2)  # noqa: E731
+    assert reconstruction_error(w, q(s_out), gram, 1) <= reconstruction_error(w, q(s_mse), gram, 1) + 1e-6
+    with pytest.raises(ValueError, match="weight_ranges"):
+        prepare(_net(), [torch.randn(4, 3, 8, 8)], weight_ranges="minmax", progress=False)
+
+
+def test_nearest_rounding_context_restores_learned_roundings() -> None:
+    x = torch.randn(16, 3, 8, 8)
+    s = prepare(_net(), [x], [(8, 16), (8, 8), (4, 8)], adaround=True, bias_correct=True, adaround_iters=10,
+                progress=False, chunk_size=8)
+    name = next(iter(s.layers))
+    with s.nearest_rounding():
+        s.apply(s.uniform((4, 8)))
+        assert torch.equal(s.layers[name].weight, s.fp_weights[name]) and s.layers[name].w_bits == 4
+        assert torch.equal(s.layers[name].bias, s.fp_biases[name])
+    s.apply(s.uniform((4, 8)))
+    assert torch.equal(s.layers[name].weight, s.rounded[(name, 4)])

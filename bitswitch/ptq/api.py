@@ -24,7 +24,7 @@ from torch import nn
 
 from ..cost import layer_costs
 from ..nn.convert import _first_tensor, _Reservoir, quantize, quantized_layers, set_precision
-from .adaround import InputStats, _conv_geometry, adaround_layers, bias_correction, sample_rows
+from .adaround import InputStats, _conv_geometry, adaround_layers, bias_correction, sample_rows, weight_scale_output_mse
 from .fold import fold_batchnorms
 from .groups import QuantizerGroup, assign_candidates, find_groups, parse_candidates
 from .pareto import Flip, config_at, greedy_sequence, group_bops, steps_for_budget
@@ -88,6 +88,7 @@ class PTQSession:
         adaround_iters: int = 300,
         adaround_rows: int = 256,
         bias_correct: bool = False,
+        weight_ranges: str = "mse",
         channels_last: bool = True,
         sample_size: int = 1 << 16,
         chunk_size: int = 32,
@@ -130,8 +131,15 @@ class PTQSession:
             for layer in self.layers.values():
                 if layer.bias is None:
                     layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
-        need_stats = adaround or bias_correct
+        if weight_ranges not in ("mse", "output"):
+            raise ValueError(f"weight_ranges must be 'mse' (weight error) or 'output' (layer output error), got {weight_ranges!r}")
+        need_stats = adaround or bias_correct or weight_ranges == "output"
         self.input_stats = self._set_ranges(sample_size, seed, adaround_rows if need_stats else 0)
+        if weight_ranges == "output":
+            for n, layer in self.layers.items():
+                groups, _ = _conv_geometry(layer)
+                for b in layer.weight_quant.bits:
+                    layer.weight_quant.scales[str(b)].data.copy_(weight_scale_output_mse(layer.weight, self.input_stats[n][0], groups, b))
         self.timings["ranges_s"] = time.perf_counter() - t0
         self.gm = trace(self.model)
         self.runner = GraphRunner(self.gm)
@@ -223,7 +231,6 @@ class PTQSession:
             yield
         finally:
             self._plain = False
-        layer.w_bits, layer.a_bits = (None, None) if pair is None else pair
 
     def set_group(self, group: QuantizerGroup, pair: Pair | None) -> None:
         for n in group.layers:
