@@ -626,17 +626,16 @@ class _Translator:
             bn_name, bn = self.fold[node]
             factor, shift = _bn_affine(bn)
             if codes is not None:
-                neg = factor < 0
-                lo_code = -(2 ** (w_bits - 1))
-                if bool(neg.any()) and bool((codes[neg] == lo_code).any()):
-                    # negating the most negative code would leave the grid: keep this BN as an op
-                    self.fold.pop(node)
-                    self.folded_bn_nodes.discard(next(iter(node.users)))
-                else:
-                    codes = torch.where(neg.reshape(-1, *[1] * (codes.dim() - 1)), -codes, codes)
-                    step = step * factor.abs()
-                    bias = (bias * factor if bias is not None else 0) + shift
-                    folded = bn_name
+                # a negative factor negates the channel's codes; where a code is the container's minimum
+                # (-128 in int8) that would overflow, so that channel's step carries the sign instead
+                # (onnxruntime's DequantizeLinear and QLinearConv handle negative per-channel scales).
+                clo = _containers()[_container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, b.int4 and b.opset >= 21)][1]
+                stuck = (codes.reshape(codes.shape[0], -1) == clo).any(1)
+                flip = (factor < 0) & ~stuck
+                codes = torch.where(flip.reshape(-1, *[1] * (codes.dim() - 1)), -codes, codes)
+                step = step * torch.where(flip, -factor, factor)
+                bias = (bias * factor if bias is not None else 0) + shift
+                folded = bn_name
             else:
                 weight = weight * factor.reshape(-1, *[1] * (weight.dim() - 1))
                 bias = (bias * factor if bias is not None else 0) + shift
@@ -744,7 +743,7 @@ class _Translator:
         idx, conv, init = found
         bias = b.onnx.numpy_helper.to_array(init).astype(np.float64)
         bstep = (np.float32(p["s_x"]) * p["step"]).astype(np.float32)
-        if not np.all(bstep > 0):
+        if not np.all(bstep != 0):
             return False
         bint = np.round(bias / bstep.astype(np.float64))
         if not np.all(np.abs(bint) < 2**31 - 1):
