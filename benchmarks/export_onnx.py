@@ -1,15 +1,19 @@
-"""ONNX export benchmark: onnxruntime vs PyTorch agreement, file sizes and CPU latency.
+"""ONNX export benchmark: onnxruntime vs PyTorch agreement, file sizes, CPU latency and integer kernels.
 
-For ResNet-20 (CIFAR-10 test set) and EfficientNet-Lite0 (the 1,000 ImageNet sample images):
+For ResNet-20 (CIFAR-10, all 10,000 test images) and EfficientNet-Lite0 (the 744 ImageNet sample
+images after the first 256 in sorted file order; the first 256 calibrate it):
 
-* top-1 agreement and max |diff| (in output steps, max|y|/127) of the exported file vs PyTorch at
-  8 and 4 bits, on every test image;
-* file sizes of the FP32 ONNX, the 8-bit and 4-bit QDQ ONNX files (int4 storage and int8 storage);
-* latency in onnxruntime (CPU, 2 intra-op threads) at batch 1 and 32, FP32 and quantized files
-  interleaved round by round in one process (the cores are shared, so medians and spreads);
-* which ops ran as integer kernels, from onnxruntime's profiler.
+* top-1 agreement of onnxruntime with PyTorch, the maximum |diff| of the logits in output steps
+  (``max|y| / 127``) and both top-1 accuracies, at W8A8 and W4A4 (4-bit in int8 and in int4 containers);
+* file sizes: FP32 ONNX (same network, BN folded, no Q/DQ), 8-bit, 4-bit in int8 containers and 4-bit
+  packed in int4 containers;
+* latency in onnxruntime (CPU) at batch 1 and 32 as a ratio to the FP32 file, every file measured in
+  the same process, interleaved round by round, so the ratios share the machine's state;
+* which kernels onnxruntime ran (its profiler), integer ones listed separately.
 
-Run: ``python benchmarks/export_onnx.py [--quick]``; writes ``benchmarks/results/export_onnx.{json,md}``.
+Run everything: ``python benchmarks/export_onnx.py``; timing only (skips the PyTorch reference
+passes, a few minutes): ``python benchmarks/export_onnx.py --no-agreement``. Writes
+``benchmarks/results/export_onnx.{json,md}`` (or ``export_onnx_<models>`` for a subset).
 """
 
 from __future__ import annotations
@@ -20,58 +24,109 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, write_results  # noqa: E402
 
 import bitswitch  # noqa: E402
-from bitswitch.export.onnx import INTEGER_KERNELS, _session, executed_kernels, export_onnx, verify_onnx  # noqa: E402
+from bitswitch.export.onnx import INTEGER_KERNELS, _session, executed_kernels, export_onnx  # noqa: E402
 from bitswitch.models import build  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RESNET_JOINT = REPO / "runs" / "cifar10_resnet20_joint" / "best.safetensors"
+RESNET_FP32 = REPO / "runs" / "cifar10_resnet20_fp32"
+
+#: (label, weight/activation bits, container); the FP32 file is exported separately
+FILES = (("w8a8", 8, "int8"), ("w4a4 int8", 4, "int8"), ("w4a4 int4", 4, "int4"))
 
 
-def cifar_resnet20(n_test: int | None):
+def _is_bitswitch_checkpoint(path: Path) -> bool:
+    """A quantized bitswitch checkpoint (as opposed to an FP32 run's weights)."""
+    from bitswitch.export.checkpoint import CheckpointError, read_checkpoint
+
+    if not path.is_file():
+        return False
+    try:
+        read_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def cifar_resnet20(n_test: int | None, checkpoint: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str, str]:
+    """The trained joint {8,6,4,2} checkpoint if there is one, else the FP32 one calibrate-quantized."""
     from bitswitch.data import DATASET_STATS, TensorLoader, load_dataset
 
     stats = DATASET_STATS["cifar10"]
-    train = load_dataset("cifar10", DATA / "cifar10", "train")
     test = load_dataset("cifar10", DATA / "cifar10", "test")
-    calib = next(iter(TensorLoader(train, 256, shuffle=True, seed=0, mean=stats["mean"], std=stats["std"])))[0]
-    xs = torch.cat([x for x, _ in TensorLoader(test, 500, shuffle=False, mean=stats["mean"], std=stats["std"])])
+    path = Path(checkpoint) if checkpoint != "auto" else (RESNET_JOINT if RESNET_JOINT.is_file() else RESNET_FP32)
+    if _is_bitswitch_checkpoint(path):
+        q = bitswitch.load(path)
+        extra = getattr(q, "bitswitch_extra", {}) or {}
+        mean, std = extra.get("mean", stats["mean"]), extra.get("std", stats["std"])
+        what = f"trained joint {{8,6,4,2}} ResNet-20 ({path.relative_to(REPO) if path.is_relative_to(REPO) else path})"
+    else:
+        from bitswitch.train.loop import load_fp32_weights
+
+        m = build("preact_resnet20", num_classes=10, in_channels=3)
+        src = load_fp32_weights(m, path)
+        mean, std = stats["mean"], stats["std"]
+        train = load_dataset("cifar10", DATA / "cifar10", "train")
+        calib = next(iter(TensorLoader(train, 256, shuffle=True, seed=0, mean=mean, std=std)))[0]
+        q = bitswitch.quantize(m.eval(), bits=(8, 6, 4, 2))
+        bitswitch.calibrate(q, calib.split(64))
+        what = (f"trained FP32 ResNet-20 ({src.relative_to(REPO) if src.is_relative_to(REPO) else src}) quantized {{8,6,4,2}} and "
+                "calibrated on 256 training images (no QAT: the joint checkpoint did not exist yet)")
+    xs, ys = [], []
+    for x, y in TensorLoader(test, 500, shuffle=False, mean=mean, std=std):
+        xs.append(x)
+        ys.append(y)
+    x, y = torch.cat(xs), torch.cat(ys)
     if n_test:
-        xs = xs[:n_test]
-    m = build("preact_resnet20")
-    # No trained ResNet-20 checkpoint exists yet: random init, BN statistics from one pass over 256
-    # training images, then calibrated on them. Agreement is a property of the export, not accuracy.
-    m.train()
-    with torch.no_grad():
-        m(calib)
-    q = bitswitch.quantize(m.eval(), bits=(8, 6, 4, 2))
-    bitswitch.calibrate(q, calib.split(64))
-    return q.eval(), xs, "random-init ResNet-20 (BN stats + calibration on 256 CIFAR-10 train images)", f"CIFAR-10 test ({xs.shape[0]} images)"
+        x, y = x[:n_test], y[:n_test]
+    return q.eval(), x, y, what, f"CIFAR-10 test ({x.shape[0]} images)"
 
 
-def effnet_lite0(n_test: int | None):
+def effnet_lite0(n_test: int | None, checkpoint: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str, str]:
+    """Pretrained EfficientNet-Lite0, calibrated on the first 256 sample images, evaluated on the rest."""
     from bitswitch.data import batches, efficientnet_lite_preprocess, load_imagenet_samples
 
     ds = load_imagenet_samples(DATA / "imagenet_samples", efficientnet_lite_preprocess())
-    n = min(n_test or len(ds), len(ds))
-    xs = torch.cat([x for x, _ in batches(ds, 50, indices=range(n), num_threads=2)])
+    order = sorted(range(len(ds)), key=lambda i: Path(ds.samples[i][0]).name)
+    calib_idx, eval_idx = order[:256], order[256:]
+    if n_test:
+        eval_idx = eval_idx[:n_test]
+    calib = torch.cat([x for x, _ in batches(ds, 64, indices=calib_idx, num_threads=2)])
+    pairs = list(batches(ds, 50, indices=eval_idx, num_threads=2))
+    x, y = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     q = bitswitch.quantize(build("efficientnet_lite0", pretrained=True), bits=(8, 6, 4))
-    bitswitch.calibrate(q, xs[:64].split(16))
-    return q.eval(), xs, "pretrained EfficientNet-Lite0 (package weights), calibrated on 64 of the sample images", f"ImageNet samples ({n} images)"
+    bitswitch.calibrate(q, calib.split(32))
+    what = "pretrained EfficientNet-Lite0 (package weights) quantized {8,6,4}, calibrated on the first 256 sample images (no QAT)"
+    return q.eval(), x, y, what, f"ImageNet samples after the first 256 ({x.shape[0]} images)"
 
 
-def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, inner: int) -> dict[str, dict[str, float]]:
-    sessions = {k: _session(p, threads=2) for k, p in files.items()}
+def agreement(ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    step = float(ref.abs().max()) / 127
+    d = (got - ref).abs()
+    return {"images": ref.shape[0], "top1_agreement": float((got.argmax(1) == ref.argmax(1)).float().mean()),
+            "max_diff_steps": float(d.max()) / step, "mean_diff_steps": float(d.mean()) / step,
+            "pytorch_top1": float((ref.argmax(1) == labels).float().mean()), "onnx_top1": float((got.argmax(1) == labels).float().mean())}
+
+
+def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, inner: int, warmup: int, threads: int) -> dict[str, dict[str, float]]:
+    """Median ms per run of every file, interleaved round by round; ratios use medians of the same process."""
+    sessions = {k: _session(p, threads=threads) for k, p in files.items()}
     xb = x[:batch].numpy()
-    for s in sessions.values():  # warm-up
-        s.run(None, {"input": xb})
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, {"input": xb})
     times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):  # interleaved: every round measures every file
+    for _ in range(rounds):
         for k, s in sessions.items():
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -80,85 +135,112 @@ def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, in
     out = {}
     for k, v in times.items():
         q = statistics.quantiles(v, n=4) if len(v) >= 4 else [min(v), 0, max(v)]
-        out[k] = {"median_ms": statistics.median(v), "p25_ms": q[0], "p75_ms": q[2], "min_ms": min(v), "rounds": len(v)}
+        ratio = [a / b for a, b in zip(v, times["fp32"])]  # same round: shares the machine's state
+        out[k] = {"median_ms": statistics.median(v), "p25_ms": q[0], "p75_ms": q[2], "min_ms": min(v), "rounds": len(v),
+                  "ratio_vs_fp32": statistics.median(v) / statistics.median(times["fp32"]), "ratio_per_round_median": statistics.median(ratio)}
     return out
 
 
-def run_model(name: str, loader, n_test: int | None, lat_cfg: dict[int, tuple[int, int]], tmp: Path) -> dict:
+def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int | None, lat_cfg: dict[int, tuple[int, int]], tmp: Path) -> dict:
     t0 = time.time()
-    q, xs, what, data = loader(n_test)
+    q, xs, ys, what, data = loader(n_test, args.resnet_checkpoint)
     shape = tuple(xs.shape[1:])
     files: dict[str, Path] = {}
-    agreement, sizes, layers = {}, {}, {}
+    sizes, layers, agree = {}, {}, {}
     bitswitch.set_precision(q, 8)
     files["fp32"] = tmp / f"{name}_fp32.onnx"
     sizes["fp32"] = export_onnx(q, files["fp32"], input_shape=shape, fp32=True).file_bytes
-    for label, bits, int4 in (("w8a8", 8, True), ("w4a4 int4", 4, True), ("w4a4 int8+clip", 4, False)):
+    refs: dict[int, torch.Tensor] = {}
+    for label, bits, container in FILES:
         bitswitch.set_precision(q, bits)
-        path = tmp / f"{name}_{label.replace(' ', '_').replace('+', '_')}.onnx"
-        rep = export_onnx(q, path, input_shape=shape, int4=int4)
+        path = tmp / f"{name}_{label.replace(' ', '_')}.onnx"
+        rep = export_onnx(q, path, input_shape=shape, container=container)
         files[label], sizes[label] = path, rep.file_bytes
-        layers[label] = {"layers": len(rep.layers), "fusable_integer_conv": sum(lt.fusable for lt in rep.layers), "unfolded_bn": rep.unfolded_bn}
-        if True:  # every file is verified on every image
-            res = verify_onnx(q, path, xs.split(100), raise_on_failure=False)
-            agreement[label] = res.as_dict()
-            print(f"{name} {label}: {res.summary()}", flush=True)
-    kernels = {k: executed_kernels(p, xs[:1], threads=2) for k, p in files.items()}
+        layers[label] = {"layers": sum(lt.w_bits is not None for lt in rep.layers), "fusable": sum(lt.fusable for lt in rep.layers),
+                         "unfolded_bn": rep.unfolded_bn}
+        if args.no_agreement:
+            continue
+        if bits not in refs:
+            with torch.no_grad():
+                refs[bits] = torch.cat([q(b) for b in xs.split(50)])
+        sess = _session(path, threads=args.threads)
+        got = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
+        agree[label] = agreement(refs[bits], got, ys)
+        a = agree[label]
+        print(f"{name} {label}: agreement {100 * a['top1_agreement']:.2f} %, max diff {a['max_diff_steps']:.2f} steps, "
+              f"top-1 PyTorch {100 * a['pytorch_top1']:.2f} % / ORT {100 * a['onnx_top1']:.2f} %", flush=True)
+    kernels = {k: executed_kernels(p, xs[:1], threads=args.threads) for k, p in files.items()}
     lat = {}
     for batch, (rounds, inner) in lat_cfg.items():
-        lat[str(batch)] = latency(files, xs, batch, rounds, inner)
-        print(name, batch, {k: round(v["median_ms"], 2) for k, v in lat[str(batch)].items()}, flush=True)
-    return {"model": what, "data": data, "agreement": agreement, "file_bytes": sizes, "export": layers, "kernels": kernels,
+        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads)
+        print(name, f"batch {batch}", {k: f"{v['median_ms']:.2f} ms ({v['ratio_vs_fp32']:.2f}x)" for k, v in lat[str(batch)].items()}, flush=True)
+    return {"model": what, "data": data, "agreement": agree, "file_bytes": sizes, "export": layers, "kernels": kernels,
             "latency": lat, "seconds": time.time() - t0}
 
 
 def markdown(results: dict) -> str:
     parts = ["# ONNX export: agreement with PyTorch, size and CPU latency in onnxruntime\n"]
     for name, r in results["models"].items():
-        parts.append(f"## {name}\n\n{r['model']}; verified on {r['data']}.\n")
-        rows = [{"file": k, "top-1 agreement %": 100 * a["top1_agreement"], "max |diff| (output steps)": a["max_diff_steps"],
-                 "mean |diff| (steps)": a["mean_diff_steps"], "images": a["images"]} for k, a in r["agreement"].items()]
-        parts.append(md_table(rows) + "\n")
+        parts.append(f"## {name}\n\n{r['model']}; {r['data']}.\n")
+        if r["agreement"]:
+            rows = [{"file": k, "top-1 agreement %": 100 * a["top1_agreement"], "max |diff| (output steps)": a["max_diff_steps"],
+                     "mean |diff| (steps)": a["mean_diff_steps"], "PyTorch top-1 %": 100 * a["pytorch_top1"], "ORT top-1 %": 100 * a["onnx_top1"],
+                     "images": a["images"]} for k, a in r["agreement"].items()]
+            parts.append(md_table(rows) + "\n")
         rows = []
         for k, size in r["file_bytes"].items():
             row = {"file": k, "bytes": size, "vs fp32": size / r["file_bytes"]["fp32"]}
             for b, lat in r["latency"].items():
-                row[f"batch {b} median ms (p25-p75)"] = f"{lat[k]['median_ms']:.2f} ({lat[k]['p25_ms']:.2f}-{lat[k]['p75_ms']:.2f})"
-                row[f"batch {b} / fp32"] = lat[k]["median_ms"] / lat["fp32"]["median_ms"]
+                row[f"batch {b} ms (p25-p75)"] = f"{lat[k]['median_ms']:.2f} ({lat[k]['p25_ms']:.2f}-{lat[k]['p75_ms']:.2f})"
+                row[f"batch {b} / fp32"] = lat[k]["ratio_vs_fp32"]
             ints = {op: n for op, n in r["kernels"][k].items() if op in INTEGER_KERNELS}
             row["integer kernels"] = ", ".join(f"{op} x{n}" for op, n in ints.items()) or "none"
             rows.append(row)
         parts.append(md_table(rows) + "\n")
-        parts.append("Kernels run (onnxruntime profiler, all files): \n" + "\n".join(f"- {k}: {v}" for k, v in r["kernels"].items()) + "\n")
-        parts.append("Export: " + "; ".join(f"{k}: {v['fusable_integer_conv']}/{v['layers']} quantized layers in a fusable QDQ pattern, BN kept as op: {len(v['unfolded_bn'])}" for k, v in r["export"].items()) + "\n")
+        parts.append("Kernels run (onnxruntime profiler): \n" + "\n".join(f"- {k}: {v}" for k, v in r["kernels"].items()) + "\n")
+        parts.append("Export: " + "; ".join(f"{k}: {v['fusable']}/{v['layers']} quantized layers in a fusable Conv->Q pattern, BN kept as op: {len(v['unfolded_bn'])}"
+                                            for k, v in r["export"].items()) + "\n")
     parts.append(results["notes"])
     return "\n".join(parts)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="few images and rounds (smoke run)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet20,efficientnet_lite0")
-    ap.add_argument("--effnet-images", type=int, default=1000, help="ImageNet sample images used for EfficientNet-Lite0 (max 1000)")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch threads) for everything (default 1)")
+    ap.add_argument("--rounds", type=float, default=1.0, help="multiply the number of timing rounds (default per model/batch: "
+                    "ResNet-20 b1 15x20 runs, b32 9x2; EfficientNet-Lite0 b1 9x3, b32 5x1)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs per file and batch size before timing (default 3)")
+    ap.add_argument("--no-agreement", action="store_true", help="skip the PyTorch reference passes: sizes, kernels and latency only")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 200 CIFAR / 32 ImageNet images, few rounds")
+    ap.add_argument("--resnet-checkpoint", default="auto", help="joint .safetensors checkpoint or FP32 run dir (default: the joint run if it exists, else the FP32 run)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     quick = args.quick
+
+    def r(n: int) -> int:
+        return max(2 if quick else 3, round(n * args.rounds * (0.34 if quick else 1)))
+
     todo = {
-        "resnet20": (cifar_resnet20, 200 if quick else None, {1: (5 if quick else 15, 20), 32: (3 if quick else 9, 2)}),
-        "efficientnet_lite0": (effnet_lite0, 64 if quick else args.effnet_images, {1: (3 if quick else 9, 3), 32: (2 if quick else 4, 1)}),
+        "resnet20": (cifar_resnet20, 200 if quick else None, {1: (r(15), 20), 32: (r(9), 2)}),
+        "efficientnet_lite0": (effnet_lite0, 32 if quick else None, {1: (r(9), 3), 32: (r(5), 1)}),
     }
-    results = {"models": {}, "quick": quick, "effnet_images": args.effnet_images}
+    results: dict = {"models": {}, "quick": quick, "threads": args.threads, "warmup": args.warmup, "rounds_factor": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             loader, n, lat = todo[name]
-            results["models"][name] = run_model(name, loader, n, lat, Path(tmp))
+            results["models"][name] = run_model(name, loader, args, n, lat, Path(tmp))
     results["notes"] = (
-        "Latency: onnxruntime 1.32 CPU, 2 intra-op threads, ORT_ENABLE_ALL, FP32 and quantized sessions interleaved round by "
-        "round in one process; the 2 cores are shared with 4 other engineers' jobs, so absolute times are noisy: compare the "
-        "ratios within a table. FP32 = the same network with BN folded and dequantized weights, no activation Q/DQ.\n\n"
-        "Integer kernels: onnxruntime fuses DQ->Conv->[Relu]->Q with int8 weights, int32 bias and equal 8-bit input/output types "
-        "into QLinearConv. int4 grids are stored as int4 (half the bytes) but onnxruntime has no int4 conv kernel, so they run as "
-        "float convs on dequantized values; 'int8+clip' stores 4-bit codes in int8 with a Clip before each QuantizeLinear.\n"
+        f"Latency: onnxruntime CPU execution provider, {args.threads} intra-op thread(s), ORT_ENABLE_ALL, {args.warmup} warm-up runs per file, "
+        "then rounds of (inner) runs, the files interleaved round by round in one process; the table gives the median ms per run "
+        "(p25-p75 over rounds) and the ratio of medians to the FP32 file measured in the same process. FP32 = the same network "
+        "with BN and zero Pads folded and dequantized weights, no Q/DQ.\n\n"
+        "Integer kernels: onnxruntime fuses DQ(uint8) -> Conv(DQ(int8 W), DQ(int32 bias)) -> Q(uint8) into QLinearConv. Only "
+        "convolutions whose output is quantized by the model feed a Q: a conv whose output goes to a float residual addition "
+        "(the PyTorch model adds in float) or to the float head stays a float conv on dequantized inputs, so there is no "
+        "QLinearAdd or QLinearGlobalAveragePool. 'w4a4 int8': 4-bit codes in int8/uint8 containers (integer Clip to the "
+        "4-bit grid), run by the integer kernels; 'w4a4 int4': packed int4/uint4 (smallest file), which onnxruntime 1.32 "
+        "runs in float.\n"
     )
     name = "export_onnx" if args.models == "resnet20,efficientnet_lite0" else f"export_onnx_{args.models.replace(',', '_')}"
     path = write_results(name, results, markdown(results))

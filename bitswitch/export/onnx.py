@@ -4,17 +4,20 @@ The graph is built directly from a ``torch.fx`` trace with ``onnx.helper`` (no `
 every scale and integer grid in the file is the one the model computes with, read only through
 ``layer.weight_qparams(bits)`` and ``layer.act_quant.qparams(bits)``:
 
-* a quantized layer becomes ``Q(x) -> DQ -> Conv/Gemm`` with its weight stored as integer codes in
-  the file and dequantized per output channel (``DQ(codes, step, axis=0)``); a bias becomes an int32
-  initializer on the ``s_x · s_w`` grid, which is what onnxruntime needs to fuse the pattern into an
-  integer kernel (``QLinearConv``);
-* containers: 5-8 bit grids use int8/uint8, <= 4 bit grids int4/uint4 (opset 21), 9-16 bit int16/
-  uint16; a grid narrower than its container (e.g. 6-bit codes in int8) is expressed by a ``Clip``
-  before the ``QuantizeLinear`` so the runtime saturates at exactly the model's codes;
+* a quantized layer becomes ``Q(x) -> [integer Clip] -> DQ -> Conv/Gemm`` with its weight stored as
+  integer codes in the file and dequantized per output channel (``DQ(codes, step, axis=0)``); where
+  the conv's output is quantized next, its bias becomes an int32 initializer on the ``s_x · s_w`` grid
+  and a ReLU/Clip in between becomes an integer Clip after the Q, which is the pattern onnxruntime
+  fuses into an integer kernel (``QLinearConv``, uint8 activations x int8 weights);
+* containers: 5-8 bit grids use int8 weights / uint8 activations (a signed activation grid is
+  shifted by 128), <= 4 bit grids the same (``container="int8"``, default) or int4/uint4 (``"int4"``,
+  opset 21, half the bytes but no integer kernels in onnxruntime), 9-16 bit int16/uint16; a grid
+  narrower than its container (e.g. 6-bit codes in uint8) is clipped to exactly the model's codes;
+* a zero ``Pad`` feeding only a convolution is folded into the conv's ``pads``;
 * a BatchNorm that directly follows a convolution is folded into it: the integer codes stay, the
-  per-channel step absorbs ``gamma/sigma`` (a negative factor flips the codes' sign). A BatchNorm
-  that cannot be folded (pre-activation ResNets normalise the sum of a residual addition) is kept
-  as a ``BatchNormalization`` op and listed in the report;
+  per-channel step absorbs ``gamma/sigma`` (a negative factor flips the codes' sign, or the step's
+  where a code is the container minimum). A BatchNorm that cannot be folded (pre-activation ResNets
+  normalise the sum of a residual addition) is kept as a ``BatchNormalization`` op and listed in the report;
 * anything the exporter does not know raises :class:`UnsupportedOpError` naming the op.
 
 ``onnx`` and ``onnxruntime`` are optional (``pip install 'bitswitch[export]'``) and imported lazily.
