@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -281,3 +282,17 @@ def test_container_argument_is_checked(resnet8, tmp_path):
         export_onnx(resnet8[0], tmp_path / "m.onnx", input_shape=SHAPE, container="int2")
     with pytest.raises(ValueError, match="opset"):
         export_onnx(resnet8[0], tmp_path / "m.onnx", input_shape=SHAPE, container="int4", opset=17)
+
+
+def test_snap_bias_makes_pytorch_compute_the_integer_bias(tmp_path):
+    q, x = _padded_model()
+    bitswitch.set_precision(q, 4)
+    plain, snapped = tmp_path / "plain.onnx", tmp_path / "snapped.onnx"
+    export_onnx(q, plain, input_shape=SHAPE)
+    copy_ = copy.deepcopy(q)
+    before = copy_.bn1.bn["4"].bias.detach().clone()
+    rep = export_onnx(copy_, snapped, input_shape=SHAPE, snap_bias=True)
+    assert plain.read_bytes() == snapped.read_bytes()  # the file does not change, the model does
+    moved = (copy_.bn1.bn["4"].bias.detach() - before).abs()
+    assert rep.layers[1].fusable and 0 < float(moved.max()) < 1e-2
+    assert verify_onnx(copy_, snapped, [x]).max_diff_steps <= verify_onnx(q, plain, [x]).max_diff_steps

@@ -399,8 +399,8 @@ def _pair(v: Any) -> list[int]:
 
 
 class _Translator:
-    def __init__(self, gm: fx.GraphModule, builder: _Builder, report: ExportReport):
-        self.gm, self.b, self.report = gm, builder, report
+    def __init__(self, gm: fx.GraphModule, builder: _Builder, report: ExportReport, snap_bias: bool = False):
+        self.gm, self.b, self.report, self.snap_bias = gm, builder, report, snap_bias
         self.modules = dict(gm.named_modules())
         self.env: dict[fx.Node, str] = {}
         self.fold: dict[fx.Node, tuple[str, nn.modules.batchnorm._BatchNorm]] = {}
@@ -751,6 +751,8 @@ class _Translator:
         bint = np.round(bias / bstep.astype(np.float64))
         if not np.all(np.abs(bint) < 2**31 - 1):
             return False
+        if self.snap_bias:
+            self._snap(p["entry"], bint * bstep.astype(np.float64) - bias)
         name = p["entry"].name
         dq = b.fresh(f"{name}_bias_dq")
         node = b.onnx.helper.make_node("DequantizeLinear", [b.init(f"{name}.bias_int", bint.astype(np.int32)), b.init(f"{name}.bias_step", bstep),
@@ -758,6 +760,19 @@ class _Translator:
         conv.input[2] = dq
         b.nodes.insert(idx, node)
         return True
+
+    @torch.no_grad()
+    def _snap(self, entry: LayerExport, delta: np.ndarray) -> None:
+        """Move the model's bias (the folded BN's shift, else the layer's own) by ``delta`` per channel.
+
+        The folded bias depends on the BN shift with slope 1, so afterwards PyTorch adds exactly
+        (up to float32) the int32 bias the file holds.
+        """
+        owner = _active_bn(self.modules[entry.folded_bn]) if entry.folded_bn else self.modules[entry.name]
+        target = getattr(owner, "bias", None)
+        if target is None:
+            raise ValueError(f"snap_bias: {entry.name!r} has no bias parameter to move (a BatchNorm with affine=False)")
+        target.add_(torch.as_tensor(delta, dtype=target.dtype, device=target.device))
 
     def _bias_as_add(self, p: dict[str, Any]) -> None:
         """Move the float bias of a non-fused DQ->Conv into an ``Add`` after it.
@@ -839,6 +854,7 @@ def export_onnx(
     int4: bool | None = None,
     fp32: bool = False,
     dynamic_batch: bool = True,
+    snap_bias: bool = False,
 ) -> ExportReport:
     """Write ``model`` at its current precision (uniform or mixed) as a QDQ ONNX file.
 
@@ -852,6 +868,12 @@ def export_onnx(
         int4: older spelling: ``True`` is ``container="int4"``, ``False`` is ``container="int8"``.
         fp32: write the same network without any quantization (weights dequantized, BN folded):
             the fair float baseline for latency and size comparisons.
+        snap_bias: also move the *model's* bias of every layer that runs as an integer kernel onto
+            the int32 grid the file stores (``s_x * s_w``; by at most half a step, through the folded
+            BN's shift or the layer's bias, for the BN of the exported precision). The file is the
+            same; PyTorch then computes what the integer kernel computes, instead of differing by
+            up to half a bias step, which flips activation codes near rounding ties (it matters at
+            <= 4-bit activations). It changes the model in place: use it on a deployment copy.
     Returns an :class:`ExportReport` (per-layer containers, folded/unfolded BNs, op counts).
     """
     onnx = require_onnx()
@@ -871,7 +893,7 @@ def export_onnx(
         gm = _trace(model, x)
         builder = _Builder(opset, int4, fp32)
         report = ExportReport(str(path), opset, 0, fp32, list(x.shape[1:]), container)
-        tr = _Translator(gm, builder, report)
+        tr = _Translator(gm, builder, report, snap_bias)
         tr.run()
         tr.finalize_weights()
         out_shape = list(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["tensor_meta"].shape)
