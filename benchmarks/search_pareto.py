@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--hasb-epochs", type=int, default=1)
     ap.add_argument("--hessian-samples", type=int, default=256)
     ap.add_argument("--recal-samples", type=int, default=256)
-    ap.add_argument("--loss-samples", type=int, default=1024, help="labelled training images for the measured `loss` objective")
+    ap.add_argument("--loss-samples", type=int, default=4096, help="labelled training images for the measured `loss` objective")
     ap.add_argument("--hasb-warmup", type=float, default=0.2, help="HASB warm-up (fraction of HASB steps at switch probability 0)")
     ap.add_argument("--hasb-ramp", type=float, default=0.3, help="HASB ramp (fraction of HASB steps to reach --hasb-pmax)")
     ap.add_argument("--hasb-pmax", type=float, default=0.5, help="final per-layer switch probability")

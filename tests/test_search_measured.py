@@ -13,7 +13,7 @@ import bitswitch
 from bitswitch.cost import layer_costs
 from bitswitch.search import SearchProblem, parse_budget, uniform
 from bitswitch.search.evaluate import accuracy
-from bitswitch.search.measured import loss_deltas
+from bitswitch.search.measured import loss_deltas, monotone_deltas
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +43,7 @@ def test_deltas_are_one_layer_loss_increases_and_leave_the_model_unchanged() -> 
     names = list(bitswitch.quantized_layers(q))
     bitswitch.set_precision(q, 2)
     before = accuracy(q, batches)
-    d = loss_deltas(q, batches, BITS, reference=3)
+    d = loss_deltas(q, batches, BITS, reference=3, monotone=False)
     assert accuracy(q, batches) == before  # precision and statistics of the caller's model untouched
     assert set(d) == set(names)
     ref = {n: (3, 3) for n in names}
@@ -52,16 +52,35 @@ def test_deltas_are_one_layer_loss_increases_and_leave_the_model_unchanged() -> 
         assert d[n][(3, 3)] == 0.0
         for b in (4, 2):
             assert d[n][(b, b)] == pytest.approx(loss_at(q, {**ref, n: (b, b)}, batches) - base, abs=1e-6)
+    around = loss_deltas(q, batches, BITS, reference={n: 3 for n in names}, monotone=False)
+    assert around == d  # a per-layer reference configuration (re-linearising around a solution)
     # default reference: the highest candidate; lowering a layer then costs loss on average
-    top = loss_deltas(q, batches, [(4, 4), (2, 2)])
+    top = loss_deltas(q, batches, [(4, 4), (2, 2)], monotone=False)
     assert all(v[(4, 4)] == 0.0 for v in top.values())
     assert sum(v[(2, 2)] for v in top.values()) > 0
 
 
 def test_deltas_see_activation_bits_that_weight_objectives_ignore() -> None:
     q, batches = tiny()
-    d = loss_deltas(q, batches, [(4, 4), (4, 2)], layers=["2"])
+    d = loss_deltas(q, batches, [(4, 4), (4, 2)], layers=["2"], monotone=False)
     assert list(d) == ["2"] and d["2"][(4, 2)] != 0.0  # same weights, only the activation grid differs
+
+
+def test_monotone_projection_keeps_the_reference_and_orders_by_precision() -> None:
+    raw = {(4, 4): 0.01, (3, 3): 0.0, (2, 2): -0.02, (4, 2): 0.03, (2, 4): -0.01}
+    m = monotone_deltas(raw, (3, 3))
+    assert m[(3, 3)] == 0.0 and m[(4, 4)] == 0.0  # more precise than the reference: never worse than it
+    assert m[(2, 2)] >= max(m[(4, 2)], m[(2, 4)], 0.0)  # dominated by both: at least as bad as either
+    assert m[(4, 2)] == 0.03  # incomparable with the reference: only ordered against what dominates it
+    for p, v in m.items():
+        for q, w in m.items():
+            if p[0] >= q[0] and p[1] >= q[1]:
+                assert v <= w
+    already = {(4, 4): -0.5, (3, 3): 0.0, (2, 2): 0.7}
+    assert monotone_deltas(already, (3, 3)) == already
+    q, batches = tiny()
+    d = loss_deltas(q, batches, BITS, reference=3)
+    assert all(v[(4, 4)] <= 0.0 <= v[(2, 2)] for v in d.values())
 
 
 def test_loss_objective_ilp_matches_brute_force_on_measured_deltas() -> None:
@@ -89,6 +108,8 @@ def test_recalibrated_deltas_and_errors() -> None:
         loss_deltas(q, batches, BITS, recal_batches=batches)
     with pytest.raises(ValueError, match="calibration data"):
         loss_deltas(q, [], BITS)
+    with pytest.raises(ValueError, match="lacks"):
+        loss_deltas(q, batches, BITS, reference={"0": 3})
     with pytest.raises(ValueError, match="not quantized"):
         loss_deltas(q, batches, BITS, layers=["nope"])
     with pytest.raises(ValueError, match="quantized"):

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="--objective loss: dataset name (fashion_mnist, cifar10, digits) or folder; default: the checkpoint's")
     p.add_argument("--dataset", default=None, help="--objective loss: dataset name when --data is a folder the checkpoint does not name")
     p.add_argument("--data-root", default=None, help="--objective loss: dataset folder when --data is a name")
-    p.add_argument("--samples", type=int, default=1024, help="--objective loss: labelled training images per measurement (default 1024)")
+    p.add_argument("--samples", type=int, default=4096, help="--objective loss: labelled training images per measurement (default 4096: "
+                   "one-layer differences are small, and 1,024 images measured worse)")
     p.add_argument("--recal-samples", type=int, default=256, help="--objective loss: images for BN re-estimation of every measured configuration (0: off; default 256)")
     p.add_argument("--reference", type=int, default=None, help="--objective loss: the uniform bit-width the other layers keep while one is measured (default: the middle candidate)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")

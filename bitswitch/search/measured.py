@@ -43,26 +43,31 @@ def loss_deltas(
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     candidates: Sequence[int | Pair],
     *,
-    reference: int | Pair | None = None,
+    reference: int | Pair | Mapping[str, int | Pair] | None = None,
     recal_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     layers: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    monotone: bool = True,
 ) -> dict[str, dict[Pair, float]]:
     """``Δ_l(p) = L(reference with layer l at p) − L(reference)`` for every quantized layer and candidate.
 
     Args:
         batches: labelled ``(inputs, targets)`` calibration batches (a few hundred images).
         candidates: bit-widths (activation bits tied) or ``(w, a)`` pairs to measure.
-        reference: the configuration every other layer keeps (a bit-width or pair; default: the
-            highest candidate). Measuring around the uniform precision nearest the budget makes the
-            additive model local to where the search operates.
+        reference: the configuration every other layer keeps: a bit-width or pair for a uniform
+            one (default: the highest candidate), or a per-layer mapping (e.g. a previous search
+            result, to re-linearise around it). Measuring around the uniform precision nearest the
+            budget makes the additive model local to where the search operates.
         recal_batches: if given, BatchNorm statistics are re-estimated on them for every measured
             configuration (on a copy; the model is left unchanged).
         loss_fn: ``loss_fn(logits, targets, reduction="sum")`` (default cross-entropy).
         layers: restrict to these quantized layers (default: all).
+        monotone: project each layer's deltas onto "more bits never hurt" (:func:`monotone_deltas`):
+            one-layer differences are small and noisy, and an ILP maximising their sum picks
+            exactly the layers whose noise says a cheaper precision *helps* (winner's curse).
 
-    Returns ``{layer: {(w, a): Δ}}``; the reference candidate itself gets ``0.0``.
+    Returns ``{layer: {(w, a): Δ}}``; each layer's reference candidate gets ``0.0``.
     """
     pairs = sorted({(int(c), int(c)) if isinstance(c, int) else (int(c[0]), int(c[1])) for c in candidates}, key=lambda p: (-p[0], -p[1]))
     if not pairs:
@@ -77,9 +82,17 @@ def loss_deltas(
     unknown = [n for n in names if n not in quant]
     if unknown:
         raise ValueError(f"not quantized layers of this model: {unknown[:5]}")
-    ref: Pair = pairs[0] if reference is None else ((int(reference), int(reference)) if isinstance(reference, int) else (int(reference[0]), int(reference[1])))
+    def as_pair(v: int | Pair) -> Pair:
+        return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+    if isinstance(reference, Mapping):
+        lacking = [n for n in quant if n not in reference]
+        if lacking:
+            raise ValueError(f"reference configuration lacks quantized layer(s) {lacking[:5]}")
+        base_cfg = {n: as_pair(reference[n]) for n in quant}
+    else:
+        base_cfg = {n: pairs[0] if reference is None else as_pair(reference) for n in quant}
     loss_fn = loss_fn or F.cross_entropy
-    base_cfg = {n: ref for n in quant}
 
     work = copy.deepcopy(model)  # the caller's model keeps its precision and statistics
 
@@ -93,10 +106,38 @@ def loss_deltas(
     base = measure(base_cfg)
     out: dict[str, dict[Pair, float]] = {}
     for n in names:
-        out[n] = {p: 0.0 if p == ref else measure({**base_cfg, n: p}) - base for p in pairs}
+        out[n] = {p: 0.0 if p == base_cfg[n] else measure({**base_cfg, n: p}) - base for p in pairs}
+        if monotone:
+            out[n] = monotone_deltas(out[n], base_cfg[n])
         if progress is not None:
             progress(n)
     return out
 
 
-__all__ = ["loss_deltas"]
+def _dominates(p: Pair, q: Pair) -> bool:
+    return p[0] >= q[0] and p[1] >= q[1]
+
+
+def monotone_deltas(deltas: Mapping[Pair, float], reference: Pair) -> dict[Pair, float]:
+    """Make one layer's deltas non-increasing in precision, keeping the reference at 0.
+
+    A candidate at least as precise as the reference (in both weight and activation bits) is
+    clipped to ``<= 0``, a less precise one to ``>= 0``; then every candidate is raised to at least
+    the delta of any candidate that dominates it (visited from most to least expensive). The
+    reference's 0 never moves: candidates dominating it are already ``<= 0``.
+    """
+    out: dict[Pair, float] = {}
+    for p, v in deltas.items():
+        if p != reference and _dominates(p, reference):
+            v = min(v, 0.0)
+        elif p != reference and _dominates(reference, p):
+            v = max(v, 0.0)
+        out[p] = float(v)
+    for q in sorted(out, key=lambda p: (-(p[0] + p[1]), -p[0])):
+        above = [out[p] for p in out if p != q and _dominates(p, q)]
+        if above and q != reference:
+            out[q] = max(out[q], max(above))
+    return out
+
+
+__all__ = ["loss_deltas", "monotone_deltas"]
