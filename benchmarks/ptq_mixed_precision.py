@@ -99,8 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--adaround", action="store_true", help="AdaRound the 4-bit weights (cached per layer, reused in both phases)")
     ap.add_argument("--adaround-iters", type=int, default=300)
     ap.add_argument("--bias-correct", action="store_true", help="empirical bias correction of quantized weights")
+    ap.add_argument("--weight-ranges", default="mse", choices=["mse", "output"], help="per-channel weight clipping by weight or layer-output MSE")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--priority", default="sqnr", choices=["sqnr", "noise_per_bops"])
+    ap.add_argument("--priority", default="sqnr", choices=["sqnr", "noise_per_bops"], help="greedy rule for the curve")
+    ap.add_argument("--also-priority", default=None, choices=["sqnr", "noise_per_bops"],
+                    help="evaluate the budgets with this second greedy rule too (phase 1 is shared, so it only costs evaluations)")
     ap.add_argument("--pareto-every", type=int, default=10, help="evaluate accuracy at every k-th flip of the full curve (0: none)")
     ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--phase1-samples", type=int, default=None, help="calibration samples used by phase 1 (default: all)")
@@ -111,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     short = {"efficientnet_lite0": "efficientnet_lite0", "preact_resnet20": "resnet20"}[args.model]
-    tag = (f"ptq_{short}" + ("_adaround" if args.adaround else "") + ("_bc" if args.bias_correct else "")
+    tag = (f"ptq_{short}" + ("_adaround" if args.adaround else "") + ("_bc" if args.bias_correct else "") + ("_outrange" if args.weight_ranges == "output" else "")
            + (f"_{args.priority}" if args.priority != "sqnr" else "") + args.tag)
     out_dir = RESULTS / tag
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     session = prepare(model, [xc], CANDIDATES, adaround=args.adaround, adaround_iters=args.adaround_iters,
-                      bias_correct=args.bias_correct, chunk_size=args.chunk_size)
+                      bias_correct=args.bias_correct, weight_ranges=args.weight_ranges, chunk_size=args.chunk_size)
     t["prepare_s"] = time.perf_counter() - t0  # BN folding, range setting, groups, AdaRound
     t.update(session.timings)
     uniform: dict[str, float] = {}
@@ -158,12 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     session.sensitivity(cache_path=cache, max_samples=args.phase1_samples)
     t["phase1_s"] = time.perf_counter() - t0
     mixed = []
-    for r in BUDGETS:
-        res = session.search(r, priority=args.priority)  # the search itself: no evaluation inside
-        t[f"phase2_s_budget_{r}"] = res.timings["phase2_s"]
-        mixed.append({"budget": r, "relative_bops": res.relative_bops, "top1": acc(session.model),
-                      "config": {g: f"W{c[0]}A{c[1]}" for g, c in res.group_config.items()}})
-        logging.info("budget %.3f: rel BOPs %.4f, top-1 %.2f", r, res.relative_bops, mixed[-1]["top1"])
+    for prio in [args.priority] + ([args.also_priority] if args.also_priority and args.also_priority != args.priority else []):
+        for r in BUDGETS:
+            res = session.search(r, priority=prio)  # the search itself: no evaluation inside
+            t[f"phase2_s_budget_{r}"] = max(t.get(f"phase2_s_budget_{r}", 0.0), res.timings["phase2_s"])
+            mixed.append({"budget": r, "priority": prio, "relative_bops": res.relative_bops, "top1": acc(session.model),
+                          "config": {g: f"W{c[0]}A{c[1]}" for g, c in res.group_config.items()}})
+            logging.info("%s, budget %.3f: rel BOPs %.4f, top-1 %.2f", prio, r, res.relative_bops, mixed[-1]["top1"])
     t0 = time.perf_counter()
     curve = session.search(None, priority=args.priority)
     t["pareto_curve_search_s"] = time.perf_counter() - t0
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pts[s]["metric"] = acc(session.model)
     t["pareto_curve_eval_s"] = time.perf_counter() - t0
     for m in mixed:  # the budget points were evaluated too; put them on the curve
-        for p in pts:
+        for p in pts if m["priority"] == args.priority else []:
             if abs(p["relative_bops"] - m["relative_bops"]) < 1e-12:
                 p["metric"] = m["top1"]
     t["search_one_budget_s"] = t["ranges_s"] + t.get("adaround_s", 0.0) + t["phase1_s"] + max(t[f"phase2_s_budget_{r}"] for r in BUDGETS)
@@ -198,11 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rel = session.relative_bops(session.uniform((int(k[1]), int(k.split("A")[1].split(" ")[0]))))
         rows.append(f"| uniform {k} | {rel:.3f} | {v:.2f} |")
     for m in mixed:
-        rows.append(f"| mixed, budget r={m['budget']} | {m['relative_bops']:.3f} | {m['top1']:.2f} |")
+        rows.append(f"| mixed ({m['priority']}), budget r={m['budget']} | {m['relative_bops']:.3f} | {m['top1']:.2f} |")
     rows += ["", "| phase | wall time (s) |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in t.items()]
     load = os.getloadavg()
     md = (f"# PTQ mixed precision, {args.model} ({'AdaRound ' + str(args.adaround_iters) + ' it' if args.adaround else 'nearest rounding'}"
-          f"{', bias correction' if args.bias_correct else ''}, priority {args.priority})\n\n"
+          f"{', bias correction' if args.bias_correct else ''}, {args.weight_ranges} weight ranges, priority {args.priority})\n\n"
           f"{len(session.groups)} quantizer groups; candidates {['W%dA%d' % c for c in CANDIDATES]}; BOPs relative to all-W8A16; "
           f"calibration {n_cal} images (phase 1 on {args.phase1_samples or n_cal}), evaluation {n_eval} images; "
           f"{args.threads} torch threads; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) "
@@ -212,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           + "\n".join(rows) + ("\n\nNotes:\n" + "\n".join(f"- {n}" for n in args.note) if args.note else ""))
     write_results(tag, {"model": args.model, "fp32": fp32, "uniform": uniform, "mixed": mixed, "timings_s": t,
                         "groups": len(session.groups), "candidates": CANDIDATES, "adaround": args.adaround,
-                        "adaround_iters": args.adaround_iters, "bias_correct": args.bias_correct, "priority": args.priority,
+                        "adaround_iters": args.adaround_iters, "bias_correct": args.bias_correct, "weight_ranges": args.weight_ranges, "priority": args.priority,
                         "phase1_samples": args.phase1_samples or n_cal, "load_average": load}, md)
     print(md)
     return 0

@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adaround", action="store_true", help="AdaRound the <8-bit weights (once per layer and bit-width, reused in both phases)")
     p.add_argument("--adaround-iters", type=int, default=300)
     p.add_argument("--bias-correct", action="store_true", help="empirical bias correction of the quantized weights")
+    p.add_argument("--weight-ranges", default="mse", choices=["mse", "output"], help="per-channel weight clipping by weight or layer-output MSE")
     p.add_argument("--phase1-samples", type=int, default=None, help="calibration samples for phase 1 (default: all)")
     p.add_argument("--out", default="ptq_out", help="output folder (JSON, plots, cache, checkpoint)")
     p.set_defaults(func=run)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     eval_fn = top1 if len(xe) else None
     session = prepare(model, [xc], _pairs(args.candidates), adaround=args.adaround, adaround_iters=args.adaround_iters,
-                      bias_correct=args.bias_correct)
+                      bias_correct=args.bias_correct, weight_ranges=args.weight_ranges)
     session.sensitivity(cache_path=out / "phase1_cache.json", max_samples=args.phase1_samples)
     res = session.search(args.budget, accuracy_target=args.accuracy_target, eval_fn=eval_fn, pareto=args.pareto,
                          pareto_every=args.pareto_every, priority=args.priority)
