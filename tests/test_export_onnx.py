@@ -88,7 +88,7 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path):
     bitswitch.save(q, ckpt, extra={"input_shape": list(SHAPE)})
     cfg = write_precision_file(tmp_path / "subnet.json", config)
     out = tmp_path / "cli.onnx"
-    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--container", "int8"]) == 0
+    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--container", "int8", "--snap-bias"]) == 0
     reloaded = bitswitch.load(ckpt)
     bitswitch.set_precision(reloaded, config)
     np.testing.assert_allclose(run_onnx(out, x), run_onnx(path, x), rtol=0, atol=0)
