@@ -9,6 +9,13 @@ on a fixed random subset of the test set. Absolute accuracies are far below a fu
 comparison between methods on the same supernet is the point.
 
     python benchmarks/search_pareto.py --dataset fashion_mnist --model preact_resnet20 --width 8
+
+v3 (results/search_pareto_fashion_mnist_v3.md, ~45 min on one shared thread; add --save-joint/--load-joint
+to re-run HASB and search on the same joint model):
+
+    python benchmarks/search_pareto.py --train-subset 30000 --test-subset 5000 --fp-epochs 4 --joint-epochs 2 \
+        --hasb-epochs 2 --hasb-warmup 0 --hasb-ramp 0.25 --hasb-pmax 0.8 --hessian-samples 512 \
+        --loss-samples 4096 --random 10 --bn-modes recal --name search_pareto_fashion_mnist_v3
 """
 
 from __future__ import annotations
