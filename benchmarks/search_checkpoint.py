@@ -25,7 +25,14 @@ from _common import md_table, write_results
 import bitswitch
 from bitswitch.cost import layer_costs
 from bitswitch.nn.recalibrate import recalibrate_bn
-from bitswitch.search import SearchProblem, hessian_traces, random_at_cost, sensitivity, uniform, weight_noise
+from bitswitch.search import (
+    SearchProblem,
+    hessian_traces,
+    random_at_cost,
+    sensitivity,
+    uniform,
+    weight_noise,
+)
 from bitswitch.search.evaluate import dataset_batches
 from bitswitch.search.measured import loss_deltas
 

@@ -48,8 +48,8 @@ from bitswitch.search import (
     uniform,
     weight_noise,
 )
-from bitswitch.search.measured import loss_deltas
 from bitswitch.search.evaluate import accuracy, evaluate_config
+from bitswitch.search.measured import loss_deltas
 from bitswitch.train.hasb import (
     RouletteSampler,
     SwitchSchedule,
@@ -273,8 +273,8 @@ def main() -> None:
         f"(one seed, so differences below ~1 point are noise: SE ≈ {100 * (0.85 * 0.15 / args.test_subset) ** 0.5:.1f} points); "
         f"BN re-estimation on {args.recal_samples} training images. Relative BOPs are vs all-W8A8 of the quantized layers "
         "(first conv and last linear are FP32 and outside the budget)."), "",
-        f"FP32 accuracy {fp_acc:.2f} %; joint model (before HASB) {json.dumps({f'W{k}A{k}': round(v, 2) for k, v in joint_acc.items()})}, "
-        f"with BN re-estimation {json.dumps({f'W{k}A{k}': round(v, 2) for k, v in joint_recal.items()})}.", "",
+        (f"FP32 accuracy {fp_acc:.2f} %; joint model (before HASB) {json.dumps({f'W{k}A{k}': round(v, 2) for k, v in joint_acc.items()})}, "
+         f"with BN re-estimation {json.dumps({f'W{k}A{k}': round(v, 2) for k, v in joint_recal.items()})}."), "",
         f"HASB sampling (replayed, no training): {json.dumps(coverage)}.", "",
         "## BatchNorm for mixed configurations (mean accuracy over the uniform and ILP configurations)", "",
         md_table([{"bn": m, "mean_acc": round(v, 2)} for m, v in mode_mean.items()]), "",

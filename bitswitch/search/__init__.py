@@ -3,7 +3,6 @@
 from .baselines import greedy, greedy_path, random_at_cost, uniform
 from .budget import Budget, parse_budget
 from .hessian import LayerTrace, hessian_traces, load_traces, save_traces, sensitivity
-from .measured import loss_deltas
 from .ilp import (
     SearchProblem,
     SearchResult,
@@ -11,6 +10,7 @@ from .ilp import (
     pareto_front,
     weight_noise,
 )
+from .measured import loss_deltas
 
 __all__ = [
     "Budget", "LayerTrace", "SearchProblem", "SearchResult", "candidate_pairs", "greedy", "greedy_path",
