@@ -215,6 +215,16 @@ def _widen_codes(codes: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | N
     if s_x is not None and not bool(alive.all()):
         mag = bias.abs()[~alive] if bias is not None else torch.zeros(int((~alive).sum()), dtype=step.dtype)
         step[~alive] = torch.where(mag > 0, mag / (s_x * 2.0**24), torch.ones_like(mag))
+    if s_x is not None and bias is not None:
+        # A nearly dead filter (tiny step, large bias) would put its bias beyond int32 on the s_x*s_w
+        # grid. Its weights are re-rounded onto the grid that fits (bias = 2^30 steps): each weight
+        # moves by at most 2^-31 of the bias, below float32 resolution of the bias it is added to.
+        limit = bias.abs() / (s_x * 2.0**30)
+        over = alive & (step.abs() < limit)
+        if bool(over.any()):
+            new = torch.where(over, limit * torch.sign(step), step)
+            codes = torch.where(over.reshape(view), torch.round(codes * (step / new).reshape(view)), codes)
+            step = new
     return codes, step
 
 
