@@ -195,6 +195,8 @@ def _padded_model(bits=(8, 4)) -> tuple[nn.Module, torch.Tensor]:
         m(x)
         m.dw.weight[3].zero_()  # a dead filter: its bias must still reach the integer kernel intact
         m.bn2.bias[3] = 0.7
+        m.dw.weight[5].mul_(1e-9)  # a nearly dead one: its bias would overflow int32 on the s_x*s_w grid
+        m.bn2.bias[5] = 2.0
     q = bitswitch.quantize(m.eval(), bits=bits)
     bitswitch.calibrate(q, [x])
     return q.eval(), x
