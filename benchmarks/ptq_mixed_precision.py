@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--num-calib", type=int, default=512, help="CIFAR-10 calibration images (ImageNet: always 256)")
     ap.add_argument("--adaround", action="store_true", help="AdaRound the 4-bit weights (cached per layer, reused in both phases)")
     ap.add_argument("--adaround-iters", type=int, default=300)
+    ap.add_argument("--adaround-rows", type=int, default=256, help="input rows sampled per image and layer for AdaRound / bias correction")
     ap.add_argument("--bias-correct", action="store_true", help="empirical bias correction of quantized weights")
     ap.add_argument("--weight-ranges", default="mse", choices=["mse", "output"], help="per-channel weight clipping by weight or layer-output MSE")
     ap.add_argument("--threads", type=int, default=2)
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.info("FP32 accuracy %.2f", fp32)
 
     t0 = time.perf_counter()
-    session = prepare(model, [xc], CANDIDATES, adaround=args.adaround, adaround_iters=args.adaround_iters,
+    session = prepare(model, [xc], CANDIDATES, adaround=args.adaround, adaround_iters=args.adaround_iters, adaround_rows=args.adaround_rows,
                       bias_correct=args.bias_correct, weight_ranges=args.weight_ranges, chunk_size=args.chunk_size)
     t["prepare_s"] = time.perf_counter() - t0  # BN folding, range setting, groups, AdaRound
     t.update(session.timings)
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           + "\n".join(rows) + ("\n\nNotes:\n" + "\n".join(f"- {n}" for n in args.note) if args.note else ""))
     write_results(tag, {"model": args.model, "fp32": fp32, "uniform": uniform, "mixed": mixed, "timings_s": t,
                         "groups": len(session.groups), "candidates": CANDIDATES, "adaround": args.adaround,
-                        "adaround_iters": args.adaround_iters, "bias_correct": args.bias_correct, "weight_ranges": args.weight_ranges, "priority": args.priority,
+                        "adaround_iters": args.adaround_iters, "adaround_rows": args.adaround_rows, "bias_correct": args.bias_correct, "weight_ranges": args.weight_ranges, "priority": args.priority,
                         "phase1_samples": args.phase1_samples or n_cal, "load_average": load}, md)
     print(md)
     return 0
