@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--no-agreement", action="store_true", help="skip the PyTorch reference passes: sizes, kernels and latency only")
     ap.add_argument("--quick", action="store_true", help="smoke run: 200 CIFAR / 32 ImageNet images, few rounds")
     ap.add_argument("--resnet-checkpoint", default="auto", help="joint .safetensors checkpoint or FP32 run dir (default: the joint run if it exists, else the FP32 run)")
+    ap.add_argument("--name", default=None, help="results file name (default: export_onnx[_<models>], plus _latency with --no-agreement)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     quick = args.quick
@@ -255,7 +256,9 @@ def main() -> None:
         "int32 bias grid (export_onnx(..., snap_bias=True)); the plain rows with the model as trained, which differs from the "
         "integer kernel by up to half a bias step (s_x*s_w) per channel.\n"
     )
-    name = "export_onnx" if args.models == "resnet20,efficientnet_lite0" else f"export_onnx_{args.models.replace(',', '_')}"
+    name = args.name or ("export_onnx" if args.models == "resnet20,efficientnet_lite0" else f"export_onnx_{args.models.replace(',', '_')}")
+    if args.no_agreement and not args.name:
+        name += "_latency"  # a timing-only run must not overwrite the agreement tables
     path = write_results(name, results, markdown(results))
     print(f"wrote {path}")
 
