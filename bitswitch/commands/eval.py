@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._data import resolve_data
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint at several bit-widths (accuracy, size, BOPs)",
@@ -37,21 +39,6 @@ def _parse_bits(text: str) -> list[int]:
     return bits
 
 
-def _resolve_data(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[str, str | None]:
-    from ..data import DATASETS
-
-    trained = extra.get("train_config") or {}
-    if args.data and args.data.replace("-", "_").lower() in DATASETS:
-        return args.data, None
-    name = args.dataset or extra.get("dataset") or trained.get("dataset")
-    root = args.data or trained.get("data_root")
-    if name is None and root is not None:
-        name = Path(root).name
-    if name is None:
-        raise ValueError("the checkpoint does not say which data it was trained on: pass --data FOLDER --dataset NAME (or --data digits)")
-    return name, root
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -65,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     _, meta = read_checkpoint(path)
     extra = meta.get("extra") or {}
-    name, root = _resolve_data(args, extra)
+    name, root = resolve_data(args, extra)
     ds = load_dataset(name, root, args.split)
     stats = dataset_stats(name)
     mean, std = extra.get("mean", stats.get("mean")), extra.get("std", stats.get("std"))

@@ -49,10 +49,10 @@ def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int]
     import torch
 
     from ..data import DATASET_STATS, TensorLoader, load_dataset
-    from .eval import _resolve_data
+    from ._data import resolve_data
 
     try:
-        name, root = _resolve_data(args, extra)
+        name, root = resolve_data(args, extra)
     except ValueError:
         return None, None
     from ..data import _canonical
@@ -89,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**info, "verification": check}, indent=2))
         return 0
 
-    from ..export.onnx import VerificationError, export_onnx, require_onnx, require_onnxruntime, verify_onnx
+    from ..export.onnx import (
+        VerificationError,
+        export_onnx,
+        require_onnx,
+        require_onnxruntime,
+        verify_onnx,
+    )
 
     try:
         require_onnx()

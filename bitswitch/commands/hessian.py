@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..export.checkpoint import load, read_checkpoint
 from ..search.evaluate import dataset_batches
 from ..search.hessian import hessian_traces, save_traces, trace_table
+from ._data import resolve_data
 
 
 def default_trace_path(checkpoint: str | Path) -> Path:
@@ -37,22 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default); on a shared CPU 1 is often much faster")
     p.add_argument("--out", default=None, help="output JSON (default: CKPT with .hessian.json)")
     p.set_defaults(func=run)
-
-
-def resolve_data(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[str, str | None]:
-    """(dataset name, folder) from --data/--dataset/--data-root or the checkpoint's metadata (as `bitswitch eval`)."""
-    from ..data import DATASETS
-
-    trained = extra.get("train_config") or {}
-    if args.data and args.data.replace("-", "_").lower() in DATASETS + ("fashionmnist",):
-        return args.data, args.data_root
-    name = args.dataset or extra.get("dataset") or trained.get("dataset")
-    root = args.data or args.data_root or trained.get("data_root")
-    if name is None and root is not None:
-        name = Path(root).name
-    if name is None:
-        raise ValueError("the checkpoint does not say which data it was trained on: pass --data NAME (or --data FOLDER --dataset NAME)")
-    return name, root
 
 
 def run(args: argparse.Namespace) -> int:
