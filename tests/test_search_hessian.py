@@ -117,6 +117,16 @@ def test_hessian_and_search_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert sum(w for w, _ in config.values()) / len(config) <= 3
     bitswitch.set_precision(model, config)  # what `bitswitch eval --config` does with it
     assert json.loads(out.read_text())["objective"] == "loss"
+    capsys.readouterr()
+    assert main(["search", str(ckpt), "--budget", "avg-bits=3", "--rerank", "3", "--rerank-samples", "48", "--out", str(out),
+                 "--data", "digits", "--samples", "64", "--recal-samples", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "re-ranking 3 ILP proposal(s)" in text and "on 48 held-out images" in text and text.count("measured loss") >= 4
+    assert "uniform W3 (reference, not a proposal)" in text
+    doc = json.loads(out.read_text())
+    assert doc["rerank"]["k"] == 3 and doc["avg_bits"] <= 3
+    assert main(["search", str(ckpt), "--sweep", "bops=0.1:0.2:2", "--rerank", "2", "--data", "digits"]) == 2
+    assert "not to --sweep" in capsys.readouterr().err
     assert main(["search", str(ckpt), "--objective", "noise", "--sweep", "bops=0.07:0.25:4", "--out", str(tmp_path / "p.json"), "--out-dir", str(tmp_path / "sw")]) == 0
     points = json.loads((tmp_path / "p.json").read_text())["points"]
     assert points and len(list((tmp_path / "sw").glob("*.json"))) == len(points)

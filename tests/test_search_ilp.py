@@ -63,6 +63,53 @@ def test_ilp_matches_brute_force(seed: int, objective: str) -> None:
         assert problem.fits(ilp.config, parse_budget(budget))
 
 
+def _brute_force_ranked(problem: SearchProblem, budgets: list[str]) -> list[float]:
+    import numpy as np
+
+    blist = [parse_budget(b) for b in budgets]
+    groups = [list(np.flatnonzero(problem.var_layer == l)) for l in range(len(problem.names))]
+    scores = []
+    for combo in itertools.product(*groups):
+        cfg = problem.config_of(combo)
+        if all(problem.fits(cfg, b) for b in blist):
+            scores.append(problem.objective_of(cfg))
+    return sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_k_best_are_distinct_within_budget_sorted_and_match_brute_force(seed: int) -> None:
+    costs = fake_costs(4, seed)
+    bits = (8, 6, 4, 2)
+    rng = random.Random(seed + 11)
+    deltas = {c.name: {(b, b): rng.gauss(0.05 * (8 - b), 0.05) for b in bits} for c in costs if c.quantized}
+    problem = SearchProblem(costs, fake_sens(costs, seed), bits, objective="loss", loss_delta=deltas)
+    for budgets in (["avg-bits=4"], ["bops=0.3"], ["bytes=0.4", "bops=0.5"]):
+        k = 12
+        best = problem.solve_k_best(budgets, k)
+        ranked = _brute_force_ranked(problem, budgets)
+        assert len(best) == min(k, len(ranked))
+        assert len({tuple(sorted(r.config.items())) for r in best}) == len(best)  # distinct
+        assert all(problem.fits(r.config, parse_budget(b)) for r in best for b in budgets)  # exact, in integers
+        objs = [r.objective for r in best]
+        assert objs == sorted(objs, reverse=True)
+        assert objs == pytest.approx(ranked[: len(best)], abs=1e-12)  # the k best, not just k good ones
+        assert best[0].objective == pytest.approx(problem.solve(budgets).objective, abs=1e-9)
+        assert [r.method for r in best] and all(r.method.startswith("ilp-k") for r in best)
+
+
+def test_k_best_returns_fewer_when_fewer_fit_and_rejects_bad_k() -> None:
+    costs = fake_costs(3, 0)
+    problem = SearchProblem(costs, fake_sens(costs, 0), (4, 3, 2))
+    # avg-bits=2.34 over 3 layers: total bits <= 7, i.e. all at 2 or one layer at 3: 4 configurations
+    best = problem.solve_k_best("avg-bits=2.34", 10)
+    assert len(best) == 4 and len({tuple(sorted(r.config.items())) for r in best}) == 4
+    assert len(problem.solve_k_best("avg-bits=2", 5)) == 1
+    with pytest.raises(ValueError, match="k must be"):
+        problem.solve_k_best("avg-bits=3", 0)
+    with pytest.raises(ValueError, match="smallest feasible"):
+        problem.solve_k_best("avg-bits=1", 3)
+
+
 def test_multiple_budgets_and_activation_pairs_brute_force() -> None:
     costs = fake_costs(4, 7)
     problem = SearchProblem(costs, fake_sens(costs, 7), (8, 4, 2), act=[(8, 8), (4, 8), (4, 4), (2, 8), (2, 2)])

@@ -13,7 +13,12 @@ import bitswitch
 from bitswitch.cost import layer_costs
 from bitswitch.search import SearchProblem, parse_budget, uniform
 from bitswitch.search.evaluate import accuracy
-from bitswitch.search.measured import loss_deltas, monotone_deltas
+from bitswitch.search.measured import (
+    config_losses,
+    loss_deltas,
+    monotone_deltas,
+    rerank,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,3 +145,35 @@ def test_recalibrated_deltas_on_a_batchnorm_model() -> None:
     assert all(v[(4, 4)] == 0.0 for v in d.values()) and all(torch.isfinite(torch.tensor(values)))
     # statistics are re-estimated on copies: the supernet's own BatchNorms are untouched
     assert all(torch.equal(v, q.state_dict()[k]) for k, v in stats.items())
+
+
+def test_rerank_picks_the_lowest_measured_whole_configuration_loss() -> None:
+    q, batches = tiny()
+    costs = layer_costs(q, (6,))
+    sens = {c.name: 1.0 for c in costs if c.quantized}
+    d = loss_deltas(q, batches[:1], BITS, reference=3)
+    problem = SearchProblem(costs, sens, BITS, objective="loss", loss_delta=d)
+    u3 = uniform(problem, 3)
+    props = problem.solve_k_best(f"bops={u3.summary['rel_bops_w8a8']}x", 6)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    best, losses = rerank(q, props, batches[1:])
+    assert len(losses) == len(props)
+    for r, loss in zip(props, losses):  # each loss is that whole configuration's, measured on the given batches
+        assert loss == pytest.approx(loss_at(copy_of(q), r.config, batches[1:]), rel=1e-6)
+    assert best is props[min(range(len(losses)), key=losses.__getitem__)]
+    assert all(losses[props.index(best)] <= v for v in losses)
+    assert all(torch.equal(before[k], v) for k, v in q.state_dict().items())  # the model is left unchanged
+    # plain mappings work too, and the first wins a tie
+    cfg = dict(props[0].config)
+    chosen, same = rerank(q, [cfg, dict(cfg)], batches)
+    assert chosen is cfg and same[0] == same[1]
+    with pytest.raises(ValueError, match="no proposals"):
+        rerank(q, [], batches)
+    with pytest.raises(ValueError, match="calibration data"):
+        config_losses(q, [cfg], [])
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

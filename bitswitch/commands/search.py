@@ -25,24 +25,36 @@ from ..search.ilp import (
 from .hessian import default_trace_path, resolve_data
 
 
+def _calibration(args: argparse.Namespace, meta: dict[str, Any], why: str) -> tuple[str, Any, dict[str, Any]]:
+    """(dataset name, root, checkpoint extra) for the measured objective and re-ranking."""
+    extra = meta.get("extra") or {}
+    try:
+        name, root = resolve_data(args, extra)
+    except ValueError:
+        raise ValueError(f"{why} on labelled training images: pass --data NAME "
+                         "(or --data FOLDER --dataset NAME), or use --objective noise for a data-free search") from None
+    return name, root, extra
+
+
+def _recal_batches(args: argparse.Namespace, name: str, root: Any, extra: dict[str, Any]) -> Any:
+    from ..search.evaluate import dataset_batches
+
+    if not args.recal_samples:
+        return None
+    return dataset_batches(name, root, "train", args.recal_samples, 128, seed=2, mean=extra.get("mean"), std=extra.get("std"))[0]
+
+
 def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bits: list[int], act: Any) -> dict[str, Any]:
     """Measured per-(layer, candidate) loss increases for ``--objective loss`` (why: sees activation bits)."""
     from ..search.evaluate import dataset_batches
     from ..search.ilp import candidate_pairs
     from ..search.measured import loss_deltas
 
-    extra = meta.get("extra") or {}
-    try:
-        name, root = resolve_data(args, extra)
-    except ValueError:
-        raise ValueError("--objective loss measures each layer's loss increase on labelled training images: pass --data NAME "
-                         "(or --data FOLDER --dataset NAME), or use --objective noise for a data-free search") from None
+    name, root, extra = _calibration(args, meta, "--objective loss measures each layer's loss increase")
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     batches, _ = dataset_batches(name, root, "train", args.samples, 128, seed=1, mean=extra.get("mean"), std=extra.get("std"))
-    recal = None
-    if args.recal_samples:
-        recal, _ = dataset_batches(name, root, "train", args.recal_samples, 128, seed=2, mean=extra.get("mean"), std=extra.get("std"))
+    recal = _recal_batches(args, name, root, extra)
     pairs = candidate_pairs(bits, act)
     weights = sorted({w for w, _ in pairs}, reverse=True)
     ref = args.reference if args.reference is not None else weights[len(weights) // 2]
@@ -52,6 +64,40 @@ def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bit
     n_img = sum(int(x.shape[0]) for x, _ in batches)
     print(f"measuring loss increases: {len(pairs) - 1} candidate(s) x {len(quantized_layers(model))} layers on {n_img} images of {name} around uniform {ref_pair}", flush=True)
     return loss_deltas(model, batches, pairs, reference=ref_pair, recal_batches=recal)
+
+
+def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem: SearchProblem, budgets: list[Any]) -> tuple[SearchResult, float]:
+    """``--rerank K``: the K best ILP configurations, each measured as a whole; the lowest loss wins."""
+    from ..search.evaluate import dataset_batches
+    from ..search.measured import config_losses
+
+    name, root, extra = _calibration(args, meta, "--rerank measures each proposal's loss")
+    if args.rerank_samples < 1:
+        raise ValueError(f"--rerank-samples must be >= 1, got {args.rerank_samples}")
+    # the same seeded permutation as the loss deltas, after their images: disjoint from them
+    skip = args.samples if args.objective == "loss" else 0
+    batches, _ = dataset_batches(name, root, "train", args.rerank_samples, 128, seed=1, skip=skip, mean=extra.get("mean"), std=extra.get("std"))
+    recal = _recal_batches(args, name, root, extra)
+    props = problem.solve_k_best(budgets, args.rerank)
+    n_img = sum(int(x.shape[0]) for x, _ in batches)
+    print(f"re-ranking {len(props)} ILP proposal(s) by measured loss on {n_img} held-out images of {name}"
+          f"{' (BN re-estimated for each)' if recal else ''}:", flush=True)
+    losses = config_losses(model, [r.config for r in props], batches, recal_batches=recal)
+    for rank, (r, loss) in enumerate(zip(props, losses), 1):
+        print(f"  #{rank:<3} objective {r.objective:>11.5g}  measured loss {loss:.5f}  BOPs/W8A8 {r.summary['rel_bops_w8a8']:.4f}", flush=True)
+    for w in sorted({p[0] for c in problem.candidates for p in c}, reverse=True):  # for reference: would uniform do better?
+        try:
+            u = uniform(problem, w)
+        except ValueError:
+            continue
+        if all(problem.fits(u.config, b) for b in budgets):
+            print(f"  uniform W{w} (reference, not a proposal): measured loss {config_losses(model, [u.config], batches, recal_batches=recal)[0]:.5f}", flush=True)
+            break
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    chosen = props[best]
+    chosen.method = f"ilp-rerank{len(props)}"
+    print(f"chose proposal #{best + 1} (measured loss {losses[best]:.5f}; ILP optimum {losses[0]:.5f})", flush=True)
+    return chosen, losses[best]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +130,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "one-layer differences are small, and 1,024 images measured worse)")
     p.add_argument("--recal-samples", type=int, default=256, help="--objective loss: images for BN re-estimation of every measured configuration (0: off; default 256)")
     p.add_argument("--reference", type=int, default=None, help="--objective loss: the uniform bit-width the other layers keep while one is measured (default: the middle candidate)")
+    p.add_argument(
+        "--rerank", type=int, default=0, metavar="K",
+        help="take the K best distinct ILP configurations (no-good cuts) and return the one whose measured loss, as a whole "
+        "configuration with BN re-estimated, is lowest: the objectives add per-layer effects, which do not add up exactly. "
+        "Needs data like --objective loss; uses training images disjoint from the loss deltas' (0: off, the default; "
+        "a single --budget only). Try 8-16",
+    )
+    p.add_argument("--rerank-samples", type=int, default=4096, help="--rerank: labelled training images to measure each proposal on (default 4096)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--pin", action="append", default=[], help="fix a layer: NAME=B or NAME=W,A (repeatable)")
     p.add_argument("--input-shape", default=None, help="one sample's shape for MACs, e.g. 3,32,32 (default: from the checkpoint or trace file)")
@@ -143,6 +197,10 @@ HEADER = f"{'method':<14} {'objective':>12} {'avg-bits':>8} {'wavg-bits':>9} {'b
 def run(args: argparse.Namespace) -> int:
     if not args.budget and not args.sweep:
         raise ValueError("give --budget KIND=VALUE (e.g. --budget avg-bits=3) or --sweep KIND=LO:HI:N")
+    if args.rerank < 0:
+        raise ValueError(f"--rerank must be >= 0, got {args.rerank}")
+    if args.rerank and args.sweep:
+        raise ValueError("--rerank applies to a --budget search, not to --sweep (it measures K configurations per budget)")
     if args.threads:
         import torch
 
@@ -180,7 +238,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}" + (f" and {len(front)} precision files in {args.out_dir}" if args.out_dir else ""))
         return 0
     budgets = [parse_budget(b) for b in args.budget]
-    best = problem.solve(budgets)
+    if args.rerank:
+        best, measured = _rerank(args, model, meta, problem, budgets)
+        extra["rerank"] = {"k": args.rerank, "samples": args.rerank_samples, "measured_loss": measured}
+    else:
+        best = problem.solve(budgets)
     print(HEADER)
     print(_row(best) + f"  ({best.solve_seconds * 1e3:.1f} ms)")
     if args.baselines:

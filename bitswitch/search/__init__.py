@@ -10,10 +10,26 @@ from .ilp import (
     pareto_front,
     weight_noise,
 )
-from .measured import loss_deltas
+from .measured import config_losses, loss_deltas, rerank
 
 __all__ = [
-    "Budget", "LayerTrace", "SearchProblem", "SearchResult", "candidate_pairs", "greedy", "greedy_path",
-    "hessian_traces", "load_traces", "loss_deltas", "pareto_front", "parse_budget", "random_at_cost", "save_traces",
-    "sensitivity", "uniform", "weight_noise",
+    "Budget",
+    "LayerTrace",
+    "SearchProblem",
+    "SearchResult",
+    "candidate_pairs",
+    "config_losses",
+    "greedy",
+    "greedy_path",
+    "hessian_traces",
+    "load_traces",
+    "loss_deltas",
+    "pareto_front",
+    "parse_budget",
+    "random_at_cost",
+    "rerank",
+    "save_traces",
+    "sensitivity",
+    "uniform",
+    "weight_noise",
 ]

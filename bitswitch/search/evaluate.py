@@ -53,20 +53,28 @@ def evaluate_config(
 
 def dataset_batches(
     name: str, root: str | Path | None, split: str, samples: int | None, batch_size: int, *, seed: int = 0,
-    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None, skip: int = 0,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[int, ...]]:
     """A seeded random subset of ``samples`` images (all if None), normalised with ``mean``/``std``
-    (default: the dataset's, as the trainer does); returns (batches, one image's shape)."""
+    (default: the dataset's, as the trainer does); returns (batches, one image's shape).
+
+    ``skip`` drops the first ``skip`` images of the same seeded permutation, so
+    ``(samples=a, seed=s)`` and ``(samples=b, seed=s, skip=a)`` are disjoint."""
     from ..data import DATASET_STATS, ArrayDataset, TensorLoader, load_dataset
 
     ds = load_dataset(name, root, split)
     key = str(name).strip().lower().replace("-", "_")
     key = {"fashionmnist": "fashion_mnist", "cifar": "cifar10"}.get(key, key)
     stats = DATASET_STATS.get(key, {})
-    if samples is not None and samples < len(ds):
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:samples]
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
+    if samples is not None and samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if skip >= len(ds):
+        raise ValueError(f"skip={skip} leaves no images of the {len(ds)} in {name} {split}")
+    if skip or (samples is not None and samples < len(ds)):
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[skip:]
+        idx = idx[:samples] if samples is not None else idx
         ds = ArrayDataset(ds.images[idx], ds.labels[idx], ds.classes)
     loader = TensorLoader(ds, batch_size, shuffle=False, mean=mean or stats.get("mean"), std=std or stats.get("std"))
     return list(loader), tuple(ds.images.shape[1:])

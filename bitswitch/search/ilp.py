@@ -259,8 +259,42 @@ class SearchProblem:
     # -- solving -------------------------------------------------------------------------------
     def solve(self, budgets: Budget | str | Sequence[Budget | str], *, time_limit: float = 30.0) -> SearchResult:
         """Maximise the objective under every budget; raise ``ValueError`` when infeasible."""
-        from scipy.optimize import Bounds, LinearConstraint, milp
+        blist = self._budgets(budgets)
+        t0 = time.perf_counter()
+        chosen = self._solve_once(blist, [], time_limit=time_limit)
+        if chosen is None:
+            raise ValueError(f"no configuration satisfies all budgets together ({', '.join(map(str, blist))})")
+        return self.result(self.config_of(chosen), "ilp", blist, time.perf_counter() - t0)
 
+    def solve_k_best(self, budgets: Budget | str | Sequence[Budget | str], k: int, *, time_limit: float = 30.0) -> list[SearchResult]:
+        """The ``k`` best *distinct* configurations under every budget, best first.
+
+        Solved exactly (``mip_rel_gap=0``) ``k`` times; after each solve a no-good cut
+        ``Σ_{v ∈ S} x_v <= #layers − 1`` excludes the configuration ``S`` just found, so solution
+        ``i`` is the optimum over all configurations but the first ``i − 1``. Fewer than ``k``
+        come back when fewer configurations fit. Why: the objectives are additive models of an
+        effect that does not add up exactly; a short list of near-optimal proposals can be
+        re-ranked by measuring each whole configuration (:func:`bitswitch.search.measured.rerank`).
+        Results carry ``method="ilp-k{i}"`` (``i`` from 1).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        blist = self._budgets(budgets)
+        cuts: list[list[int]] = []
+        out: list[SearchResult] = []
+        for i in range(k):
+            t0 = time.perf_counter()
+            chosen = self._solve_once(blist, cuts, time_limit=time_limit, exact=True)
+            if chosen is None:
+                if not out:
+                    raise ValueError(f"no configuration satisfies all budgets together ({', '.join(map(str, blist))})")
+                break
+            cuts.append(chosen)
+            out.append(self.result(self.config_of(chosen), f"ilp-k{i + 1}", blist, time.perf_counter() - t0))
+        # each solve is exact over a shrinking set, so this only orders exact ties (cheaper first, as solve does)
+        return sorted(out, key=lambda r: -r.objective)
+
+    def _budgets(self, budgets: Budget | str | Sequence[Budget | str]) -> list[Budget]:
         blist = [parse_budget(b) for b in ([budgets] if isinstance(budgets, (str, Budget)) else budgets)]
         if not blist:
             raise ValueError("give at least one budget (e.g. avg-bits=4)")
@@ -271,7 +305,12 @@ class SearchProblem:
                     f"budget {b} is infeasible: the smallest feasible budget is {b.describe(need)} "
                     f"(every quantized layer at its lowest candidate precision)"
                 )
-        t0 = time.perf_counter()
+        return blist
+
+    def _solve_once(self, blist: Sequence[Budget], cuts: Sequence[Sequence[int]], *, time_limit: float, exact: bool = False) -> list[int] | None:
+        """One MILP: the chosen variable indices, or ``None`` when nothing feasible is left."""
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
         n_var, n_layer = len(self.var_pair), len(self.names)
         one_hot = np.zeros((n_layer, n_var))
         one_hot[self.var_layer, np.arange(n_var)] = 1.0
@@ -281,6 +320,9 @@ class SearchProblem:
         for b in blist:
             costs = np.asarray(self.int_costs(b.kind), dtype=np.float64)
             c = c + 1e-9 * costs / max(self.scaled_limit(b), 1.0)
+        options: dict[str, Any] = {"time_limit": time_limit}
+        if exact:
+            options["mip_rel_gap"] = 0.0
         margins = [0.0] * len(blist)
         for attempt in range(4):
             constraints = [LinearConstraint(one_hot, 1.0, 1.0)]  # built fresh on every attempt
@@ -289,20 +331,25 @@ class SearchProblem:
                 limit = self._int_limit(b) - margin
                 norm = max(limit, 1.0)
                 constraints.append(LinearConstraint(costs[None, :] / norm, -np.inf, limit / norm))
-            res = milp(c, constraints=constraints, integrality=np.ones(n_var), bounds=Bounds(0, 1), options={"time_limit": time_limit})
+            if cuts:  # no-good cuts: at least one layer differs from every excluded configuration
+                rows = np.zeros((len(cuts), n_var))
+                for i, s in enumerate(cuts):
+                    rows[i, list(s)] = 1.0
+                constraints.append(LinearConstraint(rows, -np.inf, n_layer - 0.5))
+            res = milp(c, constraints=constraints, integrality=np.ones(n_var), bounds=Bounds(0, 1), options=options)
             if res.x is None:
+                if cuts and res.status == 2:  # infeasible only because every fitting configuration is cut
+                    return None
                 raise ValueError(f"no configuration satisfies all budgets together ({', '.join(map(str, blist))}); solver: {res.message}")
             chosen = [int(v) for v in np.flatnonzero(res.x > 0.5)]
-            config = self.config_of(chosen)
             over = [(i, sum(self.int_costs(b.kind)[v] for v in chosen) - self._int_limit(b)) for i, b in enumerate(blist)]
             over = [(i, d) for i, d in over if d > 0]
-            if len(chosen) == n_layer and not over:
-                break
+            repeated = any(set(chosen) == set(s) for s in cuts)
+            if len(chosen) == n_layer and not over and not repeated:
+                return chosen
             for i, d in over:  # a solver tolerance let it through: tighten by the excess and re-solve
                 margins[i] += d
-        else:
-            raise ValueError(f"the solver kept returning configurations over budget ({', '.join(map(str, blist))})")
-        return self.result(config, "ilp", blist, time.perf_counter() - t0)
+        raise ValueError(f"the solver kept returning configurations over budget or already excluded ({', '.join(map(str, blist))})")
 
     def _min_int(self, budget: Budget) -> int:
         costs = self.int_costs(budget.kind)

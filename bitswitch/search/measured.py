@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -140,4 +141,55 @@ def monotone_deltas(deltas: Mapping[Pair, float], reference: Pair) -> dict[Pair,
     return out
 
 
-__all__ = ["loss_deltas", "monotone_deltas"]
+def config_losses(
+    model: nn.Module,
+    configs: Sequence[Mapping[str, int | Pair]],
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    recal_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> list[float]:
+    """Mean loss of each whole configuration on ``batches``, BN re-estimated on ``recal_batches``
+    for each one (on a copy, as :func:`bitswitch.search.evaluate.evaluate_config` does)."""
+    data = list(batches)
+    if not data:
+        raise ValueError("no calibration data: pass at least one (inputs, targets) batch")
+    loss_fn = loss_fn or F.cross_entropy
+    out = []
+    for cfg in configs:
+        m = copy.deepcopy(model)
+        set_precision(m, {n: (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1])) for n, v in cfg.items()})
+        if recal_batches is not None:
+            recalibrate_bn(m, recal_batches)
+        out.append(_mean_loss(m, data, loss_fn))
+    return out
+
+
+def rerank(
+    model: nn.Module,
+    results: Sequence[Any],
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    recal_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> tuple[Any, list[float]]:
+    """Pick, among proposals, the configuration with the lowest *measured* loss of the whole configuration.
+
+    ``results`` are :class:`~bitswitch.search.ilp.SearchResult` (e.g. from
+    :meth:`~bitswitch.search.ilp.SearchProblem.solve_k_best`) or plain ``{layer: (w, a)}`` mappings.
+    Why: the ``loss`` objective adds one-layer effects, which do not add up exactly; measuring
+    each proposal as a whole corrects the ranking among near-optimal ones. Use labelled training
+    (calibration) images that were *not* used for the one-layer deltas, never test images.
+
+    Returns ``(best, losses)``: the chosen proposal (the first on ties) and every proposal's
+    loss, in the order given.
+    """
+    if not results:
+        raise ValueError("no proposals to re-rank")
+    configs = [getattr(r, "config", r) for r in results]
+    losses = config_losses(model, configs, batches, recal_batches=recal_batches, loss_fn=loss_fn)
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    return results[best], losses
+
+
+__all__ = ["config_losses", "loss_deltas", "monotone_deltas", "rerank"]
