@@ -298,3 +298,26 @@ def test_snap_bias_makes_pytorch_compute_the_integer_bias(tmp_path):
     moved = (copy_.bn1.bn["4"].bias.detach() - before).abs()
     assert rep.layers[1].fusable and 0 < float(moved.max()) < 1e-2
     assert verify_onnx(copy_, snapped, [x]).max_diff_steps <= verify_onnx(q, plain, [x]).max_diff_steps
+
+
+def test_post_training_mixed_precision_result_exports_and_agrees(tmp_path):
+    """A PTQ result (folded BN, asymmetric activations, AdaRound-ed 4-bit weights, mixed W8A16/W8A8/W4A8
+    groups) is an ordinary bitswitch model: it exports and onnxruntime computes what PyTorch does."""
+    from bitswitch.ptq import prepare
+
+    torch.manual_seed(0)
+    m = build("preact_resnet8")
+    x = torch.randn(48, *SHAPE)
+    m.train()
+    with torch.no_grad():
+        m(x)
+    s = prepare(m.eval(), [x[:32]], progress=False, chunk_size=16, adaround=True, adaround_iters=20, bias_correct=True)
+    res = s.search(0.35)
+    assert res.relative_bops <= 0.35 + 1e-9
+    pairs = set(res.layer_config.values())
+    assert (4, 8) in pairs and len(pairs) > 1  # really mixed, with AdaRound-ed 4-bit groups
+    s.model.to(memory_format=torch.contiguous_format)
+    path = tmp_path / "ptq.onnx"
+    export_onnx(s.model, path, input_shape=SHAPE)
+    agreement = verify_onnx(s.model, path, [x[32:]])
+    assert agreement.passed and agreement.top1_agreement >= 0.995
