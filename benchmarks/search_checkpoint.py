@@ -11,7 +11,6 @@ was trained on uniform configurations only.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -24,7 +23,6 @@ from _common import md_table, write_results
 
 import bitswitch
 from bitswitch.cost import layer_costs
-from bitswitch.nn.recalibrate import recalibrate_bn
 from bitswitch.search import (
     SearchProblem,
     hessian_traces,
@@ -33,20 +31,11 @@ from bitswitch.search import (
     uniform,
     weight_noise,
 )
-from bitswitch.search.evaluate import dataset_batches
+from bitswitch.search.evaluate import correct_per_image as correct
+from bitswitch.search.evaluate import dataset_batches, paired_difference
 from bitswitch.search.measured import loss_deltas
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@torch.no_grad()
-def correct(model, config, test_b, recal_b) -> torch.Tensor:
-    """Per-image correctness with BN re-estimated for ``config`` (for paired standard errors)."""
-    m = copy.deepcopy(model)
-    bitswitch.set_precision(m, config)
-    recalibrate_bn(m, recal_b)
-    m.eval()
-    return torch.cat([m(x).argmax(1) == y for x, y in test_b])
 
 
 def main() -> None:
@@ -89,14 +78,13 @@ def main() -> None:
     u = uniform(pb, args.at)
     budget = f"bops={round(u.summary['rel_bops_w8a8'], 6)}x"
     base = correct(model, u.config, test_b, recal_b)
-    n = int(base.numel())
     rows = [{"method": f"uniform W{args.at}A{args.at}", "rel_bops": u.summary["rel_bops_w8a8"], "acc": 100 * float(base.float().mean())}]
     for obj, p in problems.items():
         r = p.solve(budget)
         c = correct(model, r.config, test_b, recal_b)
-        g, lost = int((c & ~base).sum()), int((~c & base).sum())
+        diff, se = paired_difference(c, base)
         rows.append({"method": f"ilp-{obj}", "rel_bops": r.summary["rel_bops_w8a8"], "avg_bits": r.summary["avg_bits"], "acc": 100 * float(c.float().mean()),
-                     "diff_vs_uniform": 100 * (g - lost) / n, "paired_se": 100 * ((g + lost) - (g - lost) ** 2 / n) ** 0.5 / n,
+                     "diff_vs_uniform": diff, "paired_se": se,
                      "config": {k: v[0] for k, v in r.config.items()}})
         print(rows[-1], flush=True)
     rnd = []

@@ -20,7 +20,6 @@ images *outside* the 30,000 (never trained on), two disjoint sets (A selects, B 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -35,7 +34,6 @@ from _common import md_table, write_results
 import bitswitch
 from bitswitch.cost import layer_costs
 from bitswitch.data import DATASET_STATS, ArrayDataset, TensorLoader, load_dataset
-from bitswitch.nn.recalibrate import recalibrate_bn
 from bitswitch.search import (
     SearchProblem,
     load_traces,
@@ -44,6 +42,8 @@ from bitswitch.search import (
     uniform,
     weight_noise,
 )
+from bitswitch.search.evaluate import correct_per_image as correct
+from bitswitch.search.evaluate import paired_difference as paired
 from bitswitch.search.measured import config_losses, loss_deltas
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,21 +55,6 @@ def perm(n: int, seed: int) -> torch.Tensor:
 
 def take(ds: ArrayDataset, idx: torch.Tensor) -> ArrayDataset:
     return ArrayDataset(ds.images[idx], ds.labels[idx], ds.classes)
-
-
-@torch.no_grad()
-def correct(model, config, test_b, recal_b) -> torch.Tensor:
-    m = copy.deepcopy(model)
-    bitswitch.set_precision(m, config)
-    recalibrate_bn(m, recal_b)
-    m.eval()
-    return torch.cat([m(x).argmax(1) == y for x, y in test_b])
-
-
-def paired(c: torch.Tensor, base: torch.Tensor) -> tuple[float, float]:
-    n = int(base.numel())
-    g, lost = int((c & ~base).sum()), int((~c & base).sum())
-    return 100 * (g - lost) / n, 100 * ((g + lost) - (g - lost) ** 2 / n) ** 0.5 / n
 
 
 def main() -> None:

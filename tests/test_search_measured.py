@@ -177,3 +177,16 @@ def copy_of(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_paired_difference_counts_discordant_pairs():
+    from bitswitch.search.evaluate import paired_difference
+
+    base = torch.tensor([True, True, False, False, True, False, True, True])
+    new = torch.tensor([True, False, True, True, True, False, True, True])  # gains 2, loses 1
+    diff, se = paired_difference(new, base)
+    assert diff == pytest.approx(100 * 1 / 8)
+    assert se == pytest.approx(100 * (3 - 1 / 8) ** 0.5 / 8)
+    assert paired_difference(base, base) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_difference(new[:3], base)

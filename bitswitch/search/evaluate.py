@@ -51,6 +51,33 @@ def evaluate_config(
     return accuracy(m, batches)
 
 
+@torch.no_grad()
+def correct_per_image(
+    model: nn.Module,
+    config: Mapping[str, tuple[int, int]] | int,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    recal_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """Per-image top-1 correctness (bool) at ``config`` with BN re-estimated on a copy: the input
+    of :func:`paired_difference`, which compares two configurations on the same images."""
+    m = copy.deepcopy(model)
+    set_precision(m, dict(config) if isinstance(config, Mapping) else config)
+    recalibrate_bn(m, recal_batches)
+    m.eval()
+    return torch.cat([m(x).argmax(1) == y for x, y in batches])
+
+
+def paired_difference(correct: torch.Tensor, baseline: torch.Tensor) -> tuple[float, float]:
+    """Accuracy difference (points) of ``correct`` over ``baseline`` on the same images, and its
+    standard error from the discordant pairs (McNemar), far tighter than two independent SEs."""
+    n = int(baseline.numel())
+    if n == 0 or correct.shape != baseline.shape:
+        raise ValueError(f"need two equal, non-empty per-image results, got {tuple(correct.shape)} and {tuple(baseline.shape)}")
+    gained, lost = int((correct & ~baseline).sum()), int((~correct & baseline).sum())
+    diff = gained - lost
+    return 100.0 * diff / n, 100.0 * ((gained + lost) - diff**2 / n) ** 0.5 / n
+
+
 def dataset_batches(
     name: str, root: str | Path | None, split: str, samples: int | None, batch_size: int, *, seed: int = 0,
     mean: Sequence[float] | None = None, std: Sequence[float] | None = None, skip: int = 0,
