@@ -35,7 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, write_results  # noqa: E402
 
 import bitswitch  # noqa: E402
-from bitswitch.export.onnx import INTEGER_KERNELS, _session, executed_kernels, export_onnx  # noqa: E402
+from bitswitch.export.onnx import (  # noqa: E402
+    INTEGER_KERNELS,
+    _session,
+    executed_kernels,
+    export_onnx,
+)
 from bitswitch.models import build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,9 +99,13 @@ def cifar_resnet20(n_test: int | None, checkpoint: str) -> tuple[torch.nn.Module
     return q.eval(), x, y, what, f"CIFAR-10 test ({x.shape[0]} images)"
 
 
-def effnet_lite0(n_test: int | None, checkpoint: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str, str]:
-    """Pretrained EfficientNet-Lite0, calibrated on the first 256 sample images, evaluated on the rest."""
-    from bitswitch.data import batches, efficientnet_lite_preprocess, load_imagenet_samples
+def imagenet_split(n_test: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(calibration images = first 256 sample files in sorted order, evaluation images, their labels)."""
+    from bitswitch.data import (
+        batches,
+        efficientnet_lite_preprocess,
+        load_imagenet_samples,
+    )
 
     ds = load_imagenet_samples(DATA / "imagenet_samples", efficientnet_lite_preprocess())
     order = sorted(range(len(ds)), key=lambda i: Path(ds.samples[i][0]).name)
@@ -105,7 +114,12 @@ def effnet_lite0(n_test: int | None, checkpoint: str) -> tuple[torch.nn.Module, 
         eval_idx = eval_idx[:n_test]
     calib = torch.cat([x for x, _ in batches(ds, 64, indices=calib_idx, num_threads=2)])
     pairs = list(batches(ds, 50, indices=eval_idx, num_threads=2))
-    x, y = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    return calib, torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def effnet_lite0(n_test: int | None, checkpoint: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str, str]:
+    """Pretrained EfficientNet-Lite0, calibrated on the first 256 sample images, evaluated on the rest."""
+    calib, x, y = imagenet_split(n_test)
     q = bitswitch.quantize(build("efficientnet_lite0", pretrained=True), bits=(8, 6, 4))
     bitswitch.calibrate(q, calib.split(32))
     what = "pretrained EfficientNet-Lite0 (package weights) quantized {8,6,4}, calibrated on the first 256 sample images (no QAT)"
