@@ -15,6 +15,25 @@ from ..nn.recalibrate import recalibrate_bn
 BN_MODES = ("native", "recal")
 
 
+def at_config(
+    model: nn.Module,
+    config: Mapping[str, int | tuple[int, int]] | int | tuple[int, int],
+    recal_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    *,
+    inplace: bool = False,
+) -> nn.Module:
+    """``model`` switched to ``config``, BN statistics re-estimated on ``recal_batches`` if given.
+
+    Works on a deep copy unless ``inplace``, so a supernet keeps its own precision and BN
+    statistics: the one place evaluation, measured sensitivities and re-ranking build a subnet.
+    """
+    m = model if inplace else copy.deepcopy(model)
+    set_precision(m, dict(config) if isinstance(config, Mapping) else config)
+    if recal_batches is not None:
+        recalibrate_bn(m, recal_batches)
+    return m
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Top-1 accuracy (%) in eval mode."""
@@ -42,13 +61,11 @@ def evaluate_config(
     ``recal_batches`` first (on a copy: the supernet itself is left untouched)."""
     if bn not in BN_MODES:
         raise ValueError(f"unknown BN mode {bn!r}; valid: {', '.join(BN_MODES)}")
-    m = copy.deepcopy(model) if bn == "recal" else model
-    set_precision(m, dict(config) if isinstance(config, Mapping) else config)
-    if bn == "recal":
-        if not recal_batches:
-            raise ValueError("bn='recal' needs calibration batches (a few hundred training images)")
-        recalibrate_bn(m, recal_batches)
-    return accuracy(m, batches)
+    if bn == "native":
+        return accuracy(at_config(model, config, inplace=True), batches)
+    if not recal_batches:
+        raise ValueError("bn='recal' needs calibration batches (a few hundred training images)")
+    return accuracy(at_config(model, config, recal_batches), batches)
 
 
 @torch.no_grad()
@@ -60,10 +77,7 @@ def correct_per_image(
 ) -> torch.Tensor:
     """Per-image top-1 correctness (bool) at ``config`` with BN re-estimated on a copy: the input
     of :func:`paired_difference`, which compares two configurations on the same images."""
-    m = copy.deepcopy(model)
-    set_precision(m, dict(config) if isinstance(config, Mapping) else config)
-    recalibrate_bn(m, recal_batches)
-    m.eval()
+    m = at_config(model, config, recal_batches).eval()
     return torch.cat([m(x).argmax(1) == y for x, y in batches])
 
 

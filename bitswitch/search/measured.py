@@ -23,10 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.convert import quantized_layers, set_precision
-from ..nn.recalibrate import recalibrate_bn
+from ..nn.convert import quantized_layers
+from .evaluate import at_config
 
 Pair = tuple[int, int]
+
+
+def _as_pair(v: int | Pair) -> Pair:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @torch.no_grad()
@@ -70,7 +74,7 @@ def loss_deltas(
 
     Returns ``{layer: {(w, a): Δ}}``; each layer's reference candidate gets ``0.0``.
     """
-    pairs = sorted({(int(c), int(c)) if isinstance(c, int) else (int(c[0]), int(c[1])) for c in candidates}, key=lambda p: (-p[0], -p[1]))
+    pairs = sorted({_as_pair(c) for c in candidates}, key=lambda p: (-p[0], -p[1]))
     if not pairs:
         raise ValueError("no candidate precisions to measure")
     data = list(batches)
@@ -83,26 +87,19 @@ def loss_deltas(
     unknown = [n for n in names if n not in quant]
     if unknown:
         raise ValueError(f"not quantized layers of this model: {unknown[:5]}")
-    def as_pair(v: int | Pair) -> Pair:
-        return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
     if isinstance(reference, Mapping):
         lacking = [n for n in quant if n not in reference]
         if lacking:
             raise ValueError(f"reference configuration lacks quantized layer(s) {lacking[:5]}")
-        base_cfg = {n: as_pair(reference[n]) for n in quant}
+        base_cfg = {n: _as_pair(reference[n]) for n in quant}
     else:
-        base_cfg = {n: pairs[0] if reference is None else as_pair(reference) for n in quant}
+        base_cfg = {n: pairs[0] if reference is None else _as_pair(reference) for n in quant}
     loss_fn = loss_fn or F.cross_entropy
 
     work = copy.deepcopy(model)  # the caller's model keeps its precision and statistics
 
-    def measure(config: Mapping[str, Pair]) -> float:
-        m = copy.deepcopy(work) if recal_batches is not None else work
-        set_precision(m, dict(config))
-        if recal_batches is not None:
-            recalibrate_bn(m, recal_batches)
-        return _mean_loss(m, data, loss_fn)
+    def measure(config: Mapping[str, Pair]) -> float:  # re-estimated BN must not leak into the next measurement
+        return _mean_loss(at_config(work, config, recal_batches, inplace=recal_batches is None), data, loss_fn)
 
     base = measure(base_cfg)
     out: dict[str, dict[Pair, float]] = {}
@@ -157,11 +154,7 @@ def config_losses(
     loss_fn = loss_fn or F.cross_entropy
     out = []
     for cfg in configs:
-        m = copy.deepcopy(model)
-        set_precision(m, {n: (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1])) for n, v in cfg.items()})
-        if recal_batches is not None:
-            recalibrate_bn(m, recal_batches)
-        out.append(_mean_loss(m, data, loss_fn))
+        out.append(_mean_loss(at_config(model, {n: _as_pair(v) for n, v in cfg.items()}, recal_batches), data, loss_fn))
     return out
 
 
