@@ -37,7 +37,7 @@ def _h(v: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
 
 
-def _conv_geometry(layer: nn.Module) -> tuple[int, int]:
+def conv_geometry(layer: nn.Module) -> tuple[int, int]:
     """``(groups, K)``: the weight seen as ``(groups, out/groups, K)`` row multipliers."""
     if isinstance(layer, nn.Conv2d):
         return layer.groups, layer.weight.shape[1] * layer.weight.shape[2] * layer.weight.shape[3]
@@ -48,7 +48,7 @@ def _conv_geometry(layer: nn.Module) -> tuple[int, int]:
 
 def grouped_weight(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` reshaped to ``(groups, out/groups, K)`` (K = in/groups · kh · kw)."""
-    g, k = _conv_geometry(layer)
+    g, k = conv_geometry(layer)
     return weight.reshape(g, weight.shape[0] // g, k)
 
 
@@ -59,7 +59,7 @@ def sample_rows(layer: nn.Module, x: torch.Tensor, per_sample: int, gen: torch.G
     ``output[m, g·o] = grouped_weight[g, o] · row[m, g]`` (+ bias). A linear layer's rows are its
     inputs (all leading dims flattened).
     """
-    groups, k = _conv_geometry(layer)
+    groups, k = conv_geometry(layer)
     if isinstance(layer, nn.Linear):
         return x.detach().reshape(-1, 1, k).float()
     if isinstance(layer.padding, str):
@@ -222,7 +222,7 @@ def adaround_layers(layers: dict[str, nn.Module], stats: dict[str, tuple[torch.T
         if name not in stats:
             raise ValueError(f"no input statistics for layer {name!r}")
         gram, _, rows = stats[name]
-        groups, _ = _conv_geometry(layer)
+        groups, _ = conv_geometry(layer)
         for b in bits:
             if (name, b) in out or b not in layer.weight_quant.bits:
                 continue

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..cost import layer_costs
 from ..nn.convert import _first_tensor, _Reservoir, quantize, quantized_layers, set_precision
-from .adaround import InputStats, _conv_geometry, adaround_layers, bias_correction, sample_rows, weight_scale_output_mse
+from .adaround import InputStats, conv_geometry, adaround_layers, bias_correction, sample_rows, weight_scale_output_mse
 from .fold import fold_batchnorms
 from .groups import QuantizerGroup, assign_candidates, find_groups, parse_candidates
 from .pareto import Flip, config_at, greedy_sequence, group_bops, steps_for_budget
@@ -137,7 +137,7 @@ class PTQSession:
         self.input_stats = self._set_ranges(sample_size, seed, adaround_rows if need_stats else 0)
         if weight_ranges == "output":
             for n, layer in self.layers.items():
-                groups, _ = _conv_geometry(layer)
+                groups, _ = conv_geometry(layer)
                 for b in layer.weight_quant.bits:
                     layer.weight_quant.scales[str(b)].data.copy_(weight_scale_output_mse(layer.weight, self.input_stats[n][0], groups, b))
         self.timings["ranges_s"] = time.perf_counter() - t0
@@ -164,7 +164,7 @@ class PTQSession:
         if bias_correct:
             for n, layer in self.layers.items():
                 _, mean, _ = self.input_stats[n]
-                groups, _ = _conv_geometry(layer)
+                groups, _ = conv_geometry(layer)
                 for b in layer.weight_quant.bits:
                     wq = self.rounded.get((n, b))
                     if wq is None:
@@ -188,7 +188,7 @@ class PTQSession:
         correction input statistics, from the same FP32 calibration pass."""
         gen = torch.Generator().manual_seed(seed)
         res = {n: _Reservoir(sample_size, gen) for n in self.layers}
-        stats = {n: InputStats(*_conv_geometry(m)) for n, m in self.layers.items()} if rows_per_sample else {}
+        stats = {n: InputStats(*conv_geometry(m)) for n, m in self.layers.items()} if rows_per_sample else {}
 
         def hook(m: nn.Module, a: tuple, n: str) -> None:
             res[n].add(a[0])
