@@ -72,6 +72,17 @@ def _digest(tensors: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def _calibration_tensor(calibration: Iterable[Any]) -> torch.Tensor:
+    """All calibration inputs as one float tensor; refuses empty or non-finite data."""
+    xs = [_first_tensor(b) for b in calibration]
+    if not xs:
+        raise ValueError("calibration data is empty: pass at least one batch")
+    data = torch.cat([x.float() for x in xs])
+    if not torch.isfinite(data).all():
+        raise ValueError("calibration inputs contain NaN or Inf")
+    return data
+
+
 class PTQSession:
     """A folded, quantized copy of ``model`` with ranges set, quantizer groups and a phase-1 cache."""
 
@@ -96,21 +107,55 @@ class PTQSession:
         progress: bool = True,
     ) -> None:
         t0 = time.perf_counter()
+        if adaround_iters < 1 or adaround_rows < 1:
+            raise ValueError(f"adaround_iters and adaround_rows must be positive, got {adaround_iters}, {adaround_rows}")
+        if weight_ranges not in ("mse", "output"):
+            raise ValueError(f"weight_ranges must be 'mse' (weight error) or 'output' (layer output error), got {weight_ranges!r}")
         self.timings: dict[str, float] = {}
         self.progress = progress
         self.table = parse_candidates(candidates)
-        xs = [_first_tensor(b) for b in calibration]
-        if not xs:
-            raise ValueError("calibration data is empty: pass at least one batch")
-        data = torch.cat([x.float() for x in xs])
-        if not torch.isfinite(data).all():
-            raise ValueError("calibration inputs contain NaN or Inf")
-        if adaround_iters < 1 or adaround_rows < 1:
-            raise ValueError(f"adaround_iters and adaround_rows must be positive, got {adaround_iters}, {adaround_rows}")
+        data = _calibration_tensor(calibration)
         # channels-last is ~3x faster for depthwise-heavy CNNs on CPU (oneDNN); results are the same
         self.memory_format = torch.channels_last if channels_last and data.dim() == 4 else torch.contiguous_format
         self.chunks = [c.contiguous(memory_format=self.memory_format) for c in data.split(chunk_size)]
         self.input_shape = tuple(data.shape[1:])
+        self.bias_correct = bias_correct
+        self._plain = False
+        wbits = self._build_model(model, fold_bn, full_precision)
+
+        need_stats = adaround or bias_correct or weight_ranges == "output"
+        stats = self._set_ranges(sample_size, seed, adaround_rows if need_stats else 0)
+        if weight_ranges == "output":
+            self._output_weight_ranges(stats)
+        self.timings["ranges_s"] = time.perf_counter() - t0
+
+        self._find_groups()
+        # Per-layer, per-bit effective weights: FP32 latent by default, AdaRound-ed where asked
+        # (computed once per (layer, bits) and reused by phase 1, phase 2 and the final model).
+        self.fp_weights = {n: l.weight.detach().clone() for n, l in self.layers.items()}
+        self.fp_biases = {n: None if l.bias is None else l.bias.detach().clone() for n, l in self.layers.items()}
+        self.rounded: dict[tuple[str, int], torch.Tensor] = {}
+        self.biases: dict[tuple[str, int], torch.Tensor] = {}
+        self.adaround_bits = tuple(adaround_bits) if adaround_bits is not None else tuple(b for b in wbits if b < 8)
+        if adaround:
+            t1 = time.perf_counter()
+            adaround_layers(self.layers, stats, self.adaround_bits, iters=adaround_iters, cache=self.rounded,
+                            weights=self.fp_weights, progress=progress)
+            self.timings["adaround_s"] = time.perf_counter() - t1
+        if bias_correct:
+            self._correct_biases(stats)
+        del stats  # frees the Gram matrices
+        for k, w in self.rounded.items():
+            self.rounded[k] = w.contiguous(memory_format=self.memory_format) if w.dim() == 4 else w
+        self.fingerprint = self._fingerprint(data)
+        self.sqnr: dict[str, dict[Pair, float]] | None = None
+        set_precision(self.model, None)
+        log.info("PTQ session: %d layers in %d quantizer groups, %d calibration samples, BN folded into %d layers",
+                 len(self.layers), len(self.groups), data.shape[0], len(self.folded_pairs))
+
+    # -- construction steps ----------------------------------------------------------------------
+    def _build_model(self, model: nn.Module, fold_bn: bool, full_precision: Sequence[str]) -> list[int]:
+        """A BN-folded, quantized copy (unshared weights, asymmetric activations); returns its weight bits."""
         fp = copy.deepcopy(model).eval()
         for m in fp.modules():  # in-place ops would overwrite cached FP32 values in suffix re-runs
             if hasattr(m, "inplace"):
@@ -125,22 +170,21 @@ class PTQSession:
         self.model.eval()
         self.model.to(memory_format=self.memory_format)
         self.layers = quantized_layers(self.model)
-        self.bias_correct = bias_correct
-        self._plain = False
-        if bias_correct:  # every layer needs a bias to take the correction
+        if self.bias_correct:  # every layer needs a bias to take the correction
             for layer in self.layers.values():
                 if layer.bias is None:
                     layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
-        if weight_ranges not in ("mse", "output"):
-            raise ValueError(f"weight_ranges must be 'mse' (weight error) or 'output' (layer output error), got {weight_ranges!r}")
-        need_stats = adaround or bias_correct or weight_ranges == "output"
-        self.input_stats = self._set_ranges(sample_size, seed, adaround_rows if need_stats else 0)
-        if weight_ranges == "output":
-            for n, layer in self.layers.items():
-                groups, _ = conv_geometry(layer)
-                for b in layer.weight_quant.bits:
-                    layer.weight_quant.scales[str(b)].data.copy_(weight_scale_output_mse(layer.weight, self.input_stats[n][0], groups, b))
-        self.timings["ranges_s"] = time.perf_counter() - t0
+        return wbits
+
+    def _output_weight_ranges(self, stats: Mapping[str, tuple]) -> None:
+        """Weight scales that minimise the layer *output* error on the sampled input rows."""
+        for n, layer in self.layers.items():
+            groups, _ = conv_geometry(layer)
+            for b in layer.weight_quant.bits:
+                layer.weight_quant.scales[str(b)].data.copy_(weight_scale_output_mse(layer.weight, stats[n][0], groups, b))
+
+    def _find_groups(self) -> None:
+        """Trace the model, find its quantizer groups, their candidates and MACs."""
         self.gm = trace(self.model)
         self.runner = GraphRunner(self.gm)
         self.groups: list[QuantizerGroup] = find_groups(self.model, self.gm)
@@ -149,37 +193,23 @@ class PTQSession:
         costs = {c.name: c for c in layer_costs(self.model, self.input_shape)}
         self.macs = {g.name: sum(costs[n].macs for n in g.layers) for g in self.groups}
         self.reference_bops = float(sum(m * REFERENCE[0] * REFERENCE[1] for m in self.macs.values()))
-        # Per-layer, per-bit effective weights: FP32 latent by default, AdaRound-ed where asked
-        # (computed once per (layer, bits) and reused by phase 1, phase 2 and the final model).
-        self.fp_weights = {n: l.weight.detach().clone() for n, l in self.layers.items()}
-        self.fp_biases = {n: None if l.bias is None else l.bias.detach().clone() for n, l in self.layers.items()}
-        self.rounded: dict[tuple[str, int], torch.Tensor] = {}
-        self.biases: dict[tuple[str, int], torch.Tensor] = {}
-        self.adaround_bits = tuple(adaround_bits) if adaround_bits is not None else tuple(b for b in wbits if b < 8)
-        if adaround:
-            t1 = time.perf_counter()
-            adaround_layers(self.layers, self.input_stats, self.adaround_bits, iters=adaround_iters, cache=self.rounded,
-                            weights=self.fp_weights, progress=progress)
-            self.timings["adaround_s"] = time.perf_counter() - t1
-        if bias_correct:
-            for n, layer in self.layers.items():
-                _, mean, _ = self.input_stats[n]
-                groups, _ = conv_geometry(layer)
-                for b in layer.weight_quant.bits:
-                    wq = self.rounded.get((n, b))
-                    if wq is None:
-                        wq = layer.weight_quant(self.fp_weights[n], b).detach()
-                    self.biases[(n, b)] = self.fp_biases[n] + bias_correction(self.fp_weights[n], wq, mean, groups)
-        self.input_stats = {}  # only needed above; frees the Gram matrices
-        for k, w in self.rounded.items():
-            self.rounded[k] = w.contiguous(memory_format=self.memory_format) if w.dim() == 4 else w
-        self.fingerprint = _digest([data, *(p for p in self.model.state_dict().values() if p.is_floating_point())]) + (
+
+    def _correct_biases(self, stats: Mapping[str, tuple]) -> None:
+        """Per (layer, bits): the bias that cancels the mean output shift of the rounded weights."""
+        for n, layer in self.layers.items():
+            _, mean, _ = stats[n]
+            groups, _ = conv_geometry(layer)
+            for b in layer.weight_quant.bits:
+                wq = self.rounded.get((n, b))
+                if wq is None:
+                    wq = layer.weight_quant(self.fp_weights[n], b).detach()
+                self.biases[(n, b)] = self.fp_biases[n] + bias_correction(self.fp_weights[n], wq, mean, groups)
+
+    def _fingerprint(self, data: torch.Tensor) -> str:
+        """Identifies the phase-1 cache: calibration data, weights, groups, rounding and biases."""
+        return _digest([data, *(p for p in self.model.state_dict().values() if p.is_floating_point())]) + (
             f"|{sorted((g.name, tuple(g.candidates)) for g in self.groups)}|ada={sorted((k, _digest([v])) for k, v in self.rounded.items())}"
             f"|bc={sorted((k, _digest([v])) for k, v in self.biases.items())}")
-        self.sqnr: dict[str, dict[Pair, float]] | None = None
-        set_precision(self.model, None)
-        log.info("PTQ session: %d layers in %d quantizer groups, %d calibration samples, BN folded into %d layers",
-                 len(self.layers), len(self.groups), data.shape[0], len(self.folded_pairs))
 
     # -- range setting ---------------------------------------------------------------------------
     @torch.no_grad()
