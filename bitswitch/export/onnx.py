@@ -310,6 +310,16 @@ class _Builder:
         self.q_clip[q] = (out, lo, hi)
         return out
 
+    def links(self) -> tuple[dict[str, Any], dict[str, list]]:
+        """``(producer, consumers)`` of every tensor name in the current node list (rebuilt per pass:
+        each pass rewires the graph)."""
+        producer = {o: n for n in self.nodes for o in n.output}
+        consumers: dict[str, list] = {}
+        for n in self.nodes:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        return producer, consumers
+
     def absorb_activations(self) -> None:
         """Turn ``ReLU/Clip -> QuantizeLinear`` into ``QuantizeLinear -> integer Clip`` (8-bit containers).
 
@@ -319,12 +329,11 @@ class _Builder:
         lie inside the clip range). Only activations whose sole consumer is the Q are moved.
         """
         self.prune()
-        producer = {o: n for n in self.nodes for o in n.output}
-        consumers: dict[str, int] = Counter(i for n in self.nodes for i in n.input)
+        producer, consumers = self.links()
         for q in [n for n in self.nodes if n.op_type == "QuantizeLinear"]:
             container, scale, zp = self.q_info.get(q.output[0], ("", 0.0, 0))
             act = producer.get(q.input[0])
-            if container not in ("uint8", "int8") or act is None or act.output[0] not in self.act_bounds or consumers[act.output[0]] != 1:
+            if container not in ("uint8", "int8") or act is None or act.output[0] not in self.act_bounds or len(consumers.get(act.output[0], [])) != 1:
                 continue
             _, clo, chi = _containers()[container]
             alo, ahi = self.act_bounds[act.output[0]]
@@ -351,7 +360,7 @@ class _Builder:
 
     def prune(self) -> None:
         """Drop nodes and initializers the graph output does not depend on (folded Pads, absorbed activations)."""
-        producer = {o: n for n in self.nodes for o in n.output}
+        producer, _ = self.links()
         needed: set[str] = set()
         todo = [OUTPUT_NAME]
         while todo:
@@ -700,10 +709,7 @@ class _Translator:
         """
         b = self.b
         b.absorb_activations()
-        consumers: dict[str, list] = {}
-        for n in b.nodes:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
+        _, consumers = b.links()
         containers = _containers()
         for p in b.pending:
             entry: LayerExport = p["entry"]
