@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,19 @@ def test_atomic_write_leaves_the_old_file_on_failure(saved: Path) -> None:
         atomic_write_bytes(saved, crash)
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_an_old_files_mode(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        new = tmp_path / "new.bin"
+        atomic_write_bytes(new, lambda tmp: Path(tmp).write_bytes(b"x"))
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640  # not mkstemp's private 0600
+        os.chmod(new, 0o604)
+        atomic_write_bytes(new, lambda tmp: Path(tmp).write_bytes(b"y"))
+        assert stat.S_IMODE(new.stat().st_mode) == 0o604 and new.read_bytes() == b"y"
+    finally:
+        os.umask(old)
 
 
 def test_checkpoint_is_about_a_quarter_of_fp32_for_resnet18(tmp_path: Path) -> None:
