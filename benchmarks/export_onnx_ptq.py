@@ -5,12 +5,18 @@ top-1), so its 4-bit agreement says little. Here the model comes out of the post
 pipeline (BN folded, asymmetric activations, MSE ranges, AdaRound + bias correction on 4-bit
 weights; calibration = the first 256 sample files) and is exported at uniform W8A8 and W4A8.
 
+Next to onnxruntime's agreement with the PyTorch model it measures how well PyTorch agrees with
+itself: the same model evaluated in float64 (near-exact arithmetic) and in channels-last float32
+(another summation order). Those two columns are the floor a float runtime can be held to: an image
+whose top-1 flips between two PyTorch evaluations can flip between PyTorch and onnxruntime too.
+
     python benchmarks/export_onnx_ptq.py [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -19,12 +25,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, publish  # noqa: E402
-from export_onnx import agreement, imagenet_split  # noqa: E402
+from _common import md_table, publish
+from export_onnx import agreement, imagenet_split
 
-from bitswitch.export.onnx import export_onnx, run_onnx  # noqa: E402
-from bitswitch.models import build  # noqa: E402
-from bitswitch.ptq import prepare  # noqa: E402
+from bitswitch.export.onnx import export_onnx, run_onnx
+from bitswitch.models import build
+from bitswitch.ptq import prepare
 
 SHAPE = (3, 224, 224)
 
@@ -53,10 +59,18 @@ def main() -> int:
                 export_onnx(s.model, path, input_shape=SHAPE, snap_bias=snap)
                 with torch.no_grad():
                     ref = torch.cat([s.model(c) for c in x.split(50)])
+                    m64 = copy.deepcopy(s.model).double()
+                    ref64 = torch.cat([m64(c.double()) for c in x.split(50)]).float()
+                    mcl = copy.deepcopy(s.model).to(memory_format=torch.channels_last)
+                    refcl = torch.cat([mcl(c.contiguous(memory_format=torch.channels_last)) for c in x.split(50)])
+                    del m64, mcl
                 got = torch.from_numpy(run_onnx(path, x))
                 a = agreement(ref, got, y)
+                same = lambda u, v: round(100 * float((u.argmax(1) == v.argmax(1)).float().mean()), 2)
                 rows.append({"file": f"PTQ W{pair[0]}A{pair[1]}" + (", snap_bias" if snap else ""),
                              "top-1 agreement %": round(100 * a["top1_agreement"], 2),
+                             "ORT vs float64 PyTorch %": same(got, ref64),
+                             "PyTorch float32 vs float64 %": same(ref, ref64), "PyTorch contiguous vs channels-last %": same(ref, refcl),
                              "max |diff| (steps)": round(a["max_diff_steps"], 3), "mean |diff| (steps)": round(a["mean_diff_steps"], 4),
                              "PyTorch top-1 %": round(100 * a["pytorch_top1"], 2), "ORT top-1 %": round(100 * a["onnx_top1"], 2),
                              "bytes": path.stat().st_size})
