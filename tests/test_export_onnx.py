@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import numpy as np
@@ -92,6 +93,10 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path):
     reloaded = bitswitch.load(ckpt)
     bitswitch.set_precision(reloaded, config)
     np.testing.assert_allclose(run_onnx(out, x), run_onnx(path, x), rtol=0, atol=0)
+    report = tmp_path / "report.json"
+    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--reference", "float64",
+                 "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["verification"]["reference"] == "float64"
 
 
 def test_conv_bn_folded_and_integer_kernels(tmp_path):
@@ -156,6 +161,22 @@ def test_verification_fails_loudly(resnet8, tmp_path):
     bitswitch.set_precision(q, 2)  # the PyTorch model no longer matches the file
     with pytest.raises(VerificationError, match="top-1 agreement|output steps"):
         verify_onnx(q, path, [x], max_steps=4)
+
+
+def test_float64_reference_verifies_and_leaves_the_model_alone(resnet8, tmp_path):
+    q, x = resnet8
+    bitswitch.set_precision(q, 4)
+    path = tmp_path / "m.onnx"
+    export_onnx(q, path, input_shape=SHAPE)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    res = verify_onnx(q, path, [x], reference="float64")
+    assert res.passed and res.reference == "float64" and "float64" in res.summary()
+    assert all(v.dtype == before[k].dtype and torch.equal(v, before[k]) for k, v in q.state_dict().items())
+    bitswitch.set_precision(q, 2)  # a float64 reference must still catch a model that differs from the file
+    with pytest.raises(VerificationError):
+        verify_onnx(q, path, [x], reference="float64", max_steps=4)
+    with pytest.raises(ValueError, match="float32' or 'float64"):
+        verify_onnx(q, path, [x], reference="bfloat16")
 
 
 def test_missing_onnx_gives_install_hint(resnet8, tmp_path, monkeypatch):

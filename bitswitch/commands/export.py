@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-images", type=int, default=1000, help="number of test images to verify on (default 1000)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--min-top1", type=float, default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
+    p.add_argument("--reference", choices=("float32", "float64"), default="float32",
+                   help="how PyTorch computes the outputs the file is compared with: float32 (default) or float64 (a near-exact "
+                        "copy, so only the file's own rounding counts; for models whose float32 result changes with the summation order)")
     p.add_argument("--json", default=None, help="also write the export and verification report here")
     p.set_defaults(func=run)
 
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             inputs, source = torch.randn(256, *shape, generator=torch.Generator().manual_seed(0)), "random normal (256)"
         try:
             res = verify_onnx(model, args.out, inputs.split(250), min_top1=args.min_top1 if not args.fp32 else 0.0,
-                              max_steps=32.0 if not args.fp32 else float("inf"))
+                              max_steps=32.0 if not args.fp32 else float("inf"), reference=args.reference)
             print(f"verification on {source}: {res.summary()}")
             out["verification"] = res.as_dict()
         except VerificationError as e:
