@@ -928,13 +928,18 @@ def export_onnx(
     return report
 
 
-def _session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all"):
+def _session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True):
+    """An onnxruntime CPU session. ``spinning=False`` stops idle pool threads from busy-waiting: needed
+    when several sessions run in turn in one process (a benchmark), where one session's spinning
+    threads would take the cores the next one runs on."""
     ort = require_onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 3  # the runtime's fusion notes are not the user's problem
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
     if profile:
