@@ -37,9 +37,9 @@ from _common import md_table, write_results  # noqa: E402
 import bitswitch  # noqa: E402
 from bitswitch.export.onnx import (  # noqa: E402
     INTEGER_KERNELS,
-    _session,
     executed_kernels,
     export_onnx,
+    ort_session,
 )
 from bitswitch.models import build  # noqa: E402
 
@@ -139,7 +139,7 @@ def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, in
     # the files run in turn: with several threads, idle pool threads of the session that just ran
     # would spin on the cores the next one needs (measured: FP32 ResNet-20 batch 32 at 2 threads
     # 18 ms with spinning vs 8.5 ms without), so spinning is off for every file alike
-    sessions = {k: _session(p, threads=threads, spinning=threads == 1) for k, p in files.items()}
+    sessions = {k: ort_session(p, threads=threads, spinning=threads == 1) for k, p in files.items()}
     xb = x[:batch].numpy()
     for s in sessions.values():
         for _ in range(warmup):
@@ -182,7 +182,7 @@ def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int
         if bits not in refs:
             with torch.no_grad():
                 refs[bits] = torch.cat([q(b) for b in xs.split(50)])
-        sess = _session(path, threads=args.threads)
+        sess = ort_session(path, threads=args.threads)
         got = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
         agree[label] = agreement(refs[bits], got, ys)
         if container == "int8":  # the same file against the model with its biases moved onto the file's int32 grid

@@ -6,9 +6,9 @@ ONNX function is called.
 
 from .checkpoint import CheckpointError, load, read_checkpoint, save
 from .compact import save_compact, verify_compact
-from .onnx import UnsupportedOpError, VerificationError, executed_kernels, export_onnx, run_onnx, verify_onnx
+from .onnx import UnsupportedOpError, VerificationError, executed_kernels, export_onnx, ort_session, run_onnx, verify_onnx
 
 __all__ = [
     "CheckpointError", "UnsupportedOpError", "VerificationError", "executed_kernels", "export_onnx", "load",
-    "read_checkpoint", "run_onnx", "save", "save_compact", "verify_compact", "verify_onnx",
+    "ort_session", "read_checkpoint", "run_onnx", "save", "save_compact", "verify_compact", "verify_onnx",
 ]

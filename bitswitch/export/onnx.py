@@ -928,8 +928,8 @@ def export_onnx(
     return report
 
 
-def _session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True):
-    """An onnxruntime CPU session. ``spinning=False`` stops idle pool threads from busy-waiting: needed
+def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True):
+    """An onnxruntime CPU session (``run_onnx(path, x, session=...)`` reuses one). ``spinning=False`` stops idle pool threads from busy-waiting: needed
     when several sessions run in turn in one process (a benchmark), where one session's spinning
     threads would take the cores the next one runs on."""
     ort = require_onnxruntime()
@@ -950,7 +950,7 @@ def _session(path: str | os.PathLike, threads: int | None = None, profile: bool 
 
 def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray, session=None) -> np.ndarray:
     """Run the exported file on ``x`` in onnxruntime (CPU)."""
-    sess = session or _session(path)
+    sess = session or ort_session(path)
     arr = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
     return sess.run(None, {INPUT_NAME: arr})[0]
 
@@ -961,7 +961,7 @@ def executed_kernels(path: str | os.PathLike, x: torch.Tensor | np.ndarray, thre
     Returns ``{op_type: number of nodes}``; integer kernels show up as ``QLinearConv``,
     ``QLinearMatMul``, ``QGemm``, ``QLinearAdd``..., float ones as ``Conv``/``FusedConv``/``NchwcConv``.
     """
-    sess = _session(path, threads=threads, profile=True)
+    sess = ort_session(path, threads=threads, profile=True)
     run_onnx(path, x, sess)
     prof = sess.end_profiling()
     events = json.loads(Path(prof).read_text())
@@ -1026,7 +1026,7 @@ def verify_onnx(
         raise ValueError(f"reference must be 'float32' or 'float64', got {reference!r}")
     model.eval()
     ref_model = copy.deepcopy(model).double().eval() if reference == "float64" else model
-    sess = _session(path)
+    sess = ort_session(path)
     agree = total = 0
     max_diff, sum_diff, n_vals, ymax = 0.0, 0.0, 0, 0.0
     for x in batches:
@@ -1060,5 +1060,5 @@ def verify_onnx(
 
 __all__ = [
     "CONTAINERS", "Agreement", "ExportReport", "INTEGER_KERNELS", "LayerExport", "UnsupportedOpError", "VerificationError",
-    "executed_kernels", "export_onnx", "run_onnx", "verify_onnx",
+    "executed_kernels", "export_onnx", "ort_session", "run_onnx", "verify_onnx",
 ]
