@@ -92,13 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**info, "verification": check}, indent=2))
         return 0
 
-    from ..export.onnx import (
-        VerificationError,
-        export_onnx,
-        require_onnx,
-        require_onnxruntime,
-        verify_onnx,
-    )
+    from ..export.onnx import export_onnx, require_onnx
+    from ..export.onnx_runtime import VerificationError, require_onnxruntime, verify_onnx
 
     try:
         require_onnx()

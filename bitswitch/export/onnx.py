@@ -20,19 +20,18 @@ every scale and integer grid in the file is the one the model computes with, rea
   normalise the sum of a residual addition) is kept as a ``BatchNormalization`` op and listed in the report;
 * anything the exporter does not know raises :class:`UnsupportedOpError` naming the op.
 
-``onnx`` and ``onnxruntime`` are optional (``pip install 'bitswitch[export]'``) and imported lazily.
+Running and verifying a file in onnxruntime lives in :mod:`bitswitch.export.onnx_runtime` (its names
+are re-exported here). ``onnx`` and ``onnxruntime`` are optional (``pip install 'bitswitch[export]'``)
+and imported lazily.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import operator
 import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,19 +45,25 @@ from torch import nn
 from ..nn.batchnorm import SwitchableBatchNorm
 from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from ..nn.transitional_bn import TransitionalBatchNorm
+from .onnx_runtime import (
+    INPUT_NAME,
+    INTEGER_KERNELS,
+    Agreement,
+    VerificationError,
+    executed_kernels,
+    ort_session,
+    run_onnx,
+    verify_onnx,
+)
 
 DEFAULT_OPSET = 21
 #: integer containers for <= 4-bit grids (see :func:`export_onnx`)
 CONTAINERS = ("int8", "int4")
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+OUTPUT_NAME = "output"
 
 
 class UnsupportedOpError(ValueError):
     """The model contains an op the ONNX exporter cannot translate (the message names it)."""
-
-
-class VerificationError(RuntimeError):
-    """The exported file disagrees with the PyTorch model beyond the tolerance."""
 
 
 def require_onnx():
@@ -68,14 +73,6 @@ def require_onnx():
     except ImportError:
         raise ImportError("ONNX export needs the 'onnx' package: pip install 'bitswitch[export]'") from None
     return onnx
-
-
-def require_onnxruntime():
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise ImportError("running exported models needs 'onnxruntime': pip install 'bitswitch[export]'") from None
-    return onnxruntime
 
 
 # --------------------------------------------------------------------------------------------------
@@ -926,136 +923,6 @@ def export_onnx(
     report.file_bytes = path.stat().st_size
     report.op_counts = dict(Counter(n.op_type for n in proto.graph.node))
     return report
-
-
-def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True):
-    """An onnxruntime CPU session (``run_onnx(path, x, session=...)`` reuses one). ``spinning=False`` stops idle pool threads from busy-waiting: needed
-    when several sessions run in turn in one process (a benchmark), where one session's spinning
-    threads would take the cores the next one runs on."""
-    ort = require_onnxruntime()
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # the runtime's fusion notes are not the user's problem
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
-    if profile:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort_profile")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray, session=None) -> np.ndarray:
-    """Run the exported file on ``x`` in onnxruntime (CPU)."""
-    sess = session or ort_session(path)
-    arr = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
-    return sess.run(None, {INPUT_NAME: arr})[0]
-
-
-def executed_kernels(path: str | os.PathLike, x: torch.Tensor | np.ndarray, threads: int | None = None) -> dict[str, int]:
-    """Which kernels onnxruntime actually ran (after its graph fusions), from its profiler.
-
-    Returns ``{op_type: number of nodes}``; integer kernels show up as ``QLinearConv``,
-    ``QLinearMatMul``, ``QGemm``, ``QLinearAdd``..., float ones as ``Conv``/``FusedConv``/``NchwcConv``.
-    """
-    sess = ort_session(path, threads=threads, profile=True)
-    run_onnx(path, x, sess)
-    prof = sess.end_profiling()
-    events = json.loads(Path(prof).read_text())
-    nodes: dict[str, str] = {}
-    for e in events:
-        if e.get("cat") == "Node" and "op_name" in e.get("args", {}):
-            nodes[e["name"].rsplit("_kernel_time", 1)[0]] = e["args"]["op_name"]
-    Path(prof).unlink(missing_ok=True)
-    return dict(sorted(Counter(nodes.values()).items()))
-
-
-INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu")
-
-
-@dataclass
-class Agreement:
-    images: int
-    top1_agreement: float
-    max_abs_diff: float
-    output_step: float  # the step of an INT8 quantizer of the reference output: max|y| / 127
-    max_diff_steps: float
-    mean_diff_steps: float
-    passed: bool
-    min_top1: float
-    max_steps: float
-    reference: str = "float32"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        verdict = "OK" if self.passed else "FAILED"
-        return (f"{verdict}: onnxruntime vs PyTorch ({self.reference}) on {self.images} inputs: top-1 agreement {100 * self.top1_agreement:.2f} % "
-                f"(need >= {100 * self.min_top1:.2f} %), max |diff| {self.max_abs_diff:.3g} = {self.max_diff_steps:.2f} output steps "
-                f"(need <= {self.max_steps:g}; step = max|y|/127 = {self.output_step:.3g})")
-
-
-@torch.no_grad()
-def verify_onnx(
-    model: nn.Module,
-    path: str | os.PathLike,
-    batches: Iterable[torch.Tensor],
-    *,
-    min_top1: float = 0.995,
-    max_steps: float = 32.0,
-    raise_on_failure: bool = True,
-    reference: str = "float32",
-) -> Agreement:
-    """Run the exported file in onnxruntime on real inputs and compare with the PyTorch model.
-
-    Differences are measured in units of the output step ``max|y_ref| / 127`` (the step an INT8
-    quantizer of the logits would have), so the tolerance means the same for any model scale. Integer
-    kernels requantize with a float multiplier instead of PyTorch's division, so an activation code
-    can land one step away at a rounding tie; that is why the tolerance is a few steps, not zero.
-    ``reference="float64"`` evaluates a float64 copy of the model instead (``model`` is left as it
-    is): near-exact arithmetic, so only the file's own rounding is measured. Use it for models so
-    sensitive that PyTorch's float32 result changes with the summation order (a 4-bit AdaRound
-    EfficientNet-Lite0 flips 0.8 % of its top-1 answers between contiguous and channels-last).
-    Raises :class:`VerificationError` when top-1 agreement or the maximum difference is out of bounds.
-    """
-    if reference not in ("float32", "float64"):
-        raise ValueError(f"reference must be 'float32' or 'float64', got {reference!r}")
-    model.eval()
-    ref_model = copy.deepcopy(model).double().eval() if reference == "float64" else model
-    sess = ort_session(path)
-    agree = total = 0
-    max_diff, sum_diff, n_vals, ymax = 0.0, 0.0, 0, 0.0
-    for x in batches:
-        if isinstance(x, (tuple, list)):
-            x = x[0]
-        x = x.float()
-        ref = ref_model(x.double()).float() if reference == "float64" else model(x).float()
-        got = torch.from_numpy(run_onnx(path, x, sess))
-        if got.shape != ref.shape:
-            raise VerificationError(f"onnxruntime output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
-        d = (got - ref).abs()
-        max_diff = max(max_diff, float(d.max()))
-        sum_diff += float(d.sum())
-        n_vals += d.numel()
-        ymax = max(ymax, float(ref.abs().max()))
-        if ref.dim() == 2 and ref.shape[1] > 1:
-            agree += int((got.argmax(1) == ref.argmax(1)).sum())
-        else:
-            agree += ref.shape[0]
-        total += ref.shape[0]
-    if total == 0:
-        raise ValueError("verification needs at least one input batch")
-    step = ymax / 127 if ymax > 0 else 1.0
-    res = Agreement(total, agree / total, max_diff, step, max_diff / step, sum_diff / max(n_vals, 1) / step, False, min_top1, max_steps,
-                    reference)
-    res.passed = res.top1_agreement >= min_top1 and res.max_diff_steps <= max_steps and math.isfinite(max_diff)
-    if raise_on_failure and not res.passed:
-        raise VerificationError(res.summary())
-    return res
 
 
 __all__ = [
