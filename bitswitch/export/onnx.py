@@ -52,6 +52,7 @@ from .onnx_runtime import (
     VerificationError,
     executed_kernels,
     ort_session,
+    require_module,
     run_onnx,
     verify_onnx,
 )
@@ -68,11 +69,7 @@ class UnsupportedOpError(ValueError):
 
 def require_onnx():
     """Import ``onnx`` or explain how to get it."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise ImportError("ONNX export needs the 'onnx' package: pip install 'bitswitch[export]'") from None
-    return onnx
+    return require_module("onnx", "ONNX export")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ largest output difference in units of an output step, against float32 PyTorch or
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import os
@@ -30,13 +31,17 @@ class VerificationError(RuntimeError):
     """The exported file disagrees with the PyTorch model beyond the tolerance."""
 
 
+def require_module(name: str, purpose: str):
+    """Import the optional package ``name`` or say how to install it (the ``export`` extra)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ImportError(f"{purpose} needs the '{name}' package: pip install 'bitswitch[export]'") from None
+
+
 def require_onnxruntime():
     """Import ``onnxruntime`` or explain how to get it."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise ImportError("running exported models needs 'onnxruntime': pip install 'bitswitch[export]'") from None
-    return onnxruntime
+    return require_module("onnxruntime", "running exported models")
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True):
@@ -169,5 +174,5 @@ def verify_onnx(
     return res
 
 
-__all__ = ["INPUT_NAME", "INTEGER_KERNELS", "Agreement", "VerificationError", "executed_kernels", "ort_session", "require_onnxruntime",
+__all__ = ["INPUT_NAME", "INTEGER_KERNELS", "Agreement", "VerificationError", "executed_kernels", "ort_session", "require_module", "require_onnxruntime",
            "run_onnx", "verify_onnx"]
