@@ -108,9 +108,12 @@ def test_hessian_and_search_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert trace_file.is_file()
     out = tmp_path / "subnet.json"
     capsys.readouterr()
-    assert main(["search", str(ckpt), "--budget", "avg-bits=3"]) == 2  # default objective 'loss' needs data
+    assert main(["search", str(ckpt), "--budget", "avg-bits=3", "--out", str(out)]) == 0  # default objective 'noise': data-free
+    assert json.loads(out.read_text())["objective"] == "noise"
+    capsys.readouterr()
+    assert main(["search", str(ckpt), "--objective", "loss", "--budget", "avg-bits=3", "--out", str(out)]) == 2  # needs data
     assert "--objective noise" in capsys.readouterr().err
-    assert main(["search", str(ckpt), "--budget", "avg-bits=3", "--baselines", "--random", "5", "--out", str(out),
+    assert main(["search", str(ckpt), "--objective", "loss", "--budget", "avg-bits=3", "--baselines", "--random", "5", "--out", str(out),
                  "--data", "digits", "--samples", "64", "--recal-samples", "32"]) == 0
     config = read_precision_file(out)
     assert set(config) == set(bitswitch.quantized_layers(model))
