@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Optimise a per-layer sensitivity objective (Hessian-weighted rounding error by default, or measured loss increases) "
         "under a budget with an integer linear program "
         "(SciPy milp / HiGHS). Budgets: avg-bits=B, wavg-bits=B, bytes=X, bops=X; bytes/bops values <= 1 "
-        "(or with an x or %% suffix) are relative to all-8-bit / all-W8A8 (bops=0.5@w8a16 for W8A16). "
+        "(or with an x or % suffix) are relative to all-8-bit / all-W8A8 (bops=0.5@w8a16 for W8A16). "
         "Full-precision layers are outside every budget.",
     )
     p.add_argument("checkpoint", help="an integer checkpoint written by bitswitch (a multi-precision supernet)")
