@@ -51,17 +51,15 @@ def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int]
     """Real test images when the data can be found; otherwise ``None``."""
     import torch
 
-    from ..data import DATASET_STATS, TensorLoader, load_dataset
+    from ..data import TensorLoader, dataset_stats, load_dataset
     from ._data import resolve_data
 
     try:
         name, root = resolve_data(args, extra)
     except ValueError:
         return None, None
-    from ..data import _canonical
-
     ds = load_dataset(name, root, "test")
-    stats = DATASET_STATS.get(_canonical(name), {})
+    stats = dataset_stats(name)
     loader = TensorLoader(ds, 250, shuffle=False, mean=extra.get("mean", stats.get("mean")), std=extra.get("std", stats.get("std")))
     xs, n = [], 0
     for x, _ in loader:

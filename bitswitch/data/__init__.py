@@ -79,9 +79,6 @@ def canonical_name(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-_canonical = canonical_name  # kept for old call sites
-
-
 def dataset_stats(name: str) -> dict[str, tuple[float, ...]]:
     """Normalisation ``{"mean": ..., "std": ...}`` of a built-in dataset, or ``{}`` when it has none."""
     return dict(DATASET_STATS.get(canonical_name(name), {}))

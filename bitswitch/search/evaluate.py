@@ -101,12 +101,10 @@ def dataset_batches(
 
     ``skip`` drops the first ``skip`` images of the same seeded permutation, so
     ``(samples=a, seed=s)`` and ``(samples=b, seed=s, skip=a)`` are disjoint."""
-    from ..data import DATASET_STATS, ArrayDataset, TensorLoader, load_dataset
+    from ..data import ArrayDataset, TensorLoader, dataset_stats, load_dataset
 
     ds = load_dataset(name, root, split)
-    key = str(name).strip().lower().replace("-", "_")
-    key = {"fashionmnist": "fashion_mnist", "cifar": "cifar10"}.get(key, key)
-    stats = DATASET_STATS.get(key, {})
+    stats = dataset_stats(name)
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
     if samples is not None and samples < 1:
