@@ -22,7 +22,8 @@ from ..search.ilp import (
     pareto_front,
     weight_noise,
 )
-from .hessian import default_trace_path, resolve_data
+from ._data import resolve_data
+from .hessian import default_trace_path
 
 
 def _calibration(args: argparse.Namespace, meta: dict[str, Any], why: str) -> tuple[str, Any, dict[str, Any]]:
@@ -69,7 +70,7 @@ def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bit
 def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem: SearchProblem, budgets: list[Any]) -> tuple[SearchResult, float]:
     """``--rerank K``: the K best ILP configurations, each measured as a whole; the lowest loss wins."""
     from ..search.evaluate import dataset_batches
-    from ..search.measured import config_losses
+    from ..search.measured import config_losses, rerank
 
     name, root, extra = _calibration(args, meta, "--rerank measures each proposal's loss")
     if args.rerank_samples < 1:
@@ -82,7 +83,7 @@ def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem:
     n_img = sum(int(x.shape[0]) for x, _ in batches)
     print(f"re-ranking {len(props)} ILP proposal(s) by measured loss on {n_img} held-out images of {name}"
           f"{' (BN re-estimated for each)' if recal else ''}:", flush=True)
-    losses = config_losses(model, [r.config for r in props], batches, recal_batches=recal)
+    chosen, losses = rerank(model, props, batches, recal_batches=recal)
     for rank, (r, loss) in enumerate(zip(props, losses), 1):
         print(f"  #{rank:<3} objective {r.objective:>11.5g}  measured loss {loss:.5f}  BOPs/W8A8 {r.summary['rel_bops_w8a8']:.4f}", flush=True)
     for w in sorted({p[0] for c in problem.candidates for p in c}, reverse=True):  # for reference: would uniform do better?
@@ -93,8 +94,7 @@ def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem:
         if all(problem.fits(u.config, b) for b in budgets):
             print(f"  uniform W{w} (reference, not a proposal): measured loss {config_losses(model, [u.config], batches, recal_batches=recal)[0]:.5f}", flush=True)
             break
-    best = min(range(len(losses)), key=lambda i: (losses[i], i))
-    chosen = props[best]
+    best = next(i for i, r in enumerate(props) if r is chosen)
     chosen.method = f"ilp-rerank{len(props)}"
     print(f"chose proposal #{best + 1} (measured loss {losses[best]:.5f}; ILP optimum {losses[0]:.5f})", flush=True)
     return chosen, losses[best]
