@@ -156,13 +156,13 @@ def adaround_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int, gram: 
     shape = (groups, w.shape[0] // groups, -1)
     # the loss is measured relative to nearest rounding's error and the regulariser is a mean, so one
     # λ suits every layer whatever its activation scale and size
-    near = (torch.round(w / s).clamp(lo, hi) * s - w).reshape(shape)
+    nearest = torch.round(w / s).clamp(lo, hi) * s
     if rows is None:
-        norm = float((near * torch.bmm(near, gram)).sum())
+        norm = reconstruction_error(w, nearest, gram, groups)
     else:
-        norm = float(torch.einsum("mgk,gok->mgo", rows, near).pow(2).sum() / rows.shape[0])
+        norm = float(torch.einsum("mgk,gok->mgo", rows, _grouped_delta(w, nearest, groups)).pow(2).sum() / rows.shape[0])
     if norm <= 0:
-        return (torch.round(w / s).clamp(lo, hi) * s).to(weight.dtype)
+        return nearest.to(weight.dtype)
     floor = torch.floor(w / s)
     rest = w / s - floor
     p = ((rest - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1 - 1e-4)  # h(V) starts at the fractional part
@@ -189,15 +189,20 @@ def adaround_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int, gram: 
         return ((floor + (_h(v) >= 0.5).float()).clamp(lo, hi) * s).to(weight.dtype)
 
 
+def _grouped_delta(weight: torch.Tensor, approx: torch.Tensor, groups: int) -> torch.Tensor:
+    """``approx - weight`` as ``(groups, out/groups, K)``, the layout of the input rows."""
+    return (approx.detach().float() - weight.detach().float()).reshape(groups, weight.shape[0] // groups, -1)
+
+
 def reconstruction_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor, groups: int) -> float:
     """``E‖(approx - weight)x‖²`` per input row, from the rows' second moment."""
-    dw = (approx.detach().float() - weight.detach().float()).reshape(groups, weight.shape[0] // groups, -1)
+    dw = _grouped_delta(weight, approx, groups)
     return float((dw * torch.bmm(dw, gram)).sum())
 
 
 def bias_correction(weight: torch.Tensor, approx: torch.Tensor, mean: torch.Tensor, groups: int) -> torch.Tensor:
     """Per-output-channel bias change ``-(W̃ - W)·E[x]`` that removes the mean output shift."""
-    dw = (approx.detach().float() - weight.detach().float()).reshape(groups, weight.shape[0] // groups, -1)
+    dw = _grouped_delta(weight, approx, groups)
     return -torch.einsum("gok,gk->go", dw, mean).reshape(-1)
 
 
