@@ -343,7 +343,7 @@ class _Builder:
                 clip.input[2] = self.init(f"{q.output[0]}_code_max", np.array(hi), onnx_type)
                 self.q_clip[q.output[0]] = (prev[0], lo, hi)
             elif (lo, hi) != (clo, chi):
-                users = [n for n in self.nodes if q.output[0] in n.input]
+                users = consumers.get(q.output[0], [])  # earlier rewiring never touches this Q's users
                 out = self.code_clip(q.output[0], lo, hi)
                 clip_node = self.nodes.pop()
                 self.nodes.insert(self.nodes.index(q) + 1, clip_node)
@@ -638,28 +638,26 @@ class _Translator:
             codes, step = None, None
         bias = m.bias.detach().double() if m.bias is not None else None
 
+        wtype = "float"
+        if codes is not None:
+            wtype = _container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, b.int4 and b.opset >= 21)
         folded = None
         if node in self.fold:
-            bn_name, bn = self.fold[node]
+            folded, bn = self.fold[node]
             factor, shift = _bn_affine(bn)
             if codes is not None:
                 # a negative factor negates the channel's codes; where a code is the container's minimum
                 # (-128 in int8) that would overflow, so that channel's step carries the sign instead
                 # (onnxruntime's DequantizeLinear and QLinearConv handle negative per-channel scales).
-                clo = _containers()[_container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, b.int4 and b.opset >= 21)][1]
-                stuck = (codes.reshape(codes.shape[0], -1) == clo).any(1)
+                stuck = (codes.reshape(codes.shape[0], -1) == _containers()[wtype][1]).any(1)
                 flip = (factor < 0) & ~stuck
                 codes = torch.where(flip.reshape(-1, *[1] * (codes.dim() - 1)), -codes, codes)
                 step = step * torch.where(flip, -factor, factor)
-                bias = (bias * factor if bias is not None else 0) + shift
-                folded = bn_name
             else:
                 weight = weight * factor.reshape(-1, *[1] * (weight.dim() - 1))
-                bias = (bias * factor if bias is not None else 0) + shift
-                folded = bn_name
+            bias = (bias * factor if bias is not None else 0) + shift
 
         if codes is not None and not fp32:
-            wtype = _container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, b.int4 and b.opset >= 21)
             onnx_type = _containers()[wtype][0]
             if wtype == "int8":
                 codes, step = _widen_codes(codes, step, bias, s_x)
@@ -668,7 +666,7 @@ class _Translator:
             wz = b.init(f"{name}.weight_zp", np.zeros(step.shape[0], np.int64), onnx_type)
             w = b.node("DequantizeLinear", [wq, ws, wz], f"{name}_weight_dq", axis=0)
         else:
-            wtype = "float"
+            wtype = "float"  # an fp32 reference graph stores dequantized weights
             wf = (codes.double() * step.reshape(-1, *[1] * (codes.dim() - 1))) if codes is not None else weight
             w = b.init(f"{name}.weight", wf.float().numpy())
 
