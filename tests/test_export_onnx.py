@@ -70,7 +70,7 @@ def test_uniform_round_trip(resnet8, tmp_path, bits, container):
     assert rep.unfolded_bn and all(".bn1" in n or n == "bn" for n in rep.unfolded_bn)
 
 
-def test_mixed_config_round_trip_via_cli(resnet8, tmp_path):
+def test_mixed_config_round_trip_via_cli(resnet8, tmp_path, capsys):
     q, x = resnet8
     layers = list(bitswitch.quantized_layers(q))
     choices = [(8, 8), (4, 8), (6, 4), (2, 6), (8, 2), (4, 4)]
@@ -90,6 +90,8 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path):
     cfg = write_precision_file(tmp_path / "subnet.json", config)
     out = tmp_path / "cli.onnx"
     assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--container", "int8", "--snap-bias"]) == 0
+    printed = capsys.readouterr().out
+    assert "onnxruntime kernels of the quantized layers: " in printed and "QLinearConv x" in printed and "float x" in printed
     reloaded = bitswitch.load(ckpt)
     bitswitch.set_precision(reloaded, config)
     np.testing.assert_allclose(run_onnx(out, x), run_onnx(path, x), rtol=0, atol=0)
@@ -342,3 +344,55 @@ def test_post_training_mixed_precision_result_exports_and_agrees(tmp_path):
     export_onnx(s.model, path, input_shape=SHAPE)
     agreement = verify_onnx(s.model, path, [x[32:]])
     assert agreement.passed and agreement.top1_agreement >= 0.995
+
+
+class _Residual1x1Net(nn.Module):
+    """An inverted-residual block (its 1x1 projection feeds a float residual addition), then a block
+    whose 1x1 shortcut reads the float residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = nn.Conv2d(8, 24, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(24)
+        self.project = nn.Conv2d(24, 8, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.down = nn.Conv2d(8, 16, 3, 1, 1)
+        self.shortcut = nn.Conv2d(8, 16, 1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = x + self.bn2(self.project(F.relu(self.bn1(self.expand(x)))))
+        x = F.relu(self.down(x)) + self.shortcut(x)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_float_output_1x1_convs_run_as_integer_matmuls(tmp_path):
+    torch.manual_seed(0)
+    m = _Residual1x1Net()
+    x = torch.randn(32, *SHAPE)
+    m.train()
+    with torch.no_grad():
+        m(x)
+    q = bitswitch.quantize(m.eval(), bits=(8, 4))
+    bitswitch.calibrate(q, [x])
+    q.eval()
+    for bits in (8, 4):
+        bitswitch.set_precision(q, bits)
+        path = tmp_path / f"r{bits}.onnx"
+        rep = export_onnx(q, path, input_shape=SHAPE)
+        kernel = {lt.name: lt.kernel for lt in rep.layers}
+        assert kernel["project"] == "MatMulIntegerToFloat" and kernel["expand"] == "QLinearConv", kernel
+        # a 3x3 conv into a float add, and a 1x1 conv whose input comes from float ops, stay float Convs
+        assert kernel["down"] is None and kernel["shortcut"] is None
+        convs = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"}
+        assert "project" not in convs and {"down", "shortcut"} <= convs
+        kernels = executed_kernels(path, x[:1], threads=1)
+        assert kernels.get("MatMulIntegerToFloat", 0) == 1 and kernels.get("QLinearConv", 0) == 1, kernels
+        # exact int32 accumulation: against float64 arithmetic only the float layers' rounding is left
+        res = verify_onnx(q, path, [x], reference="float64")
+        assert res.top1_agreement == 1.0 and res.max_diff_steps < 1, res.summary()
+    # the int4 container has no integer MatMul in onnxruntime: those layers stay float Convs
+    rep4 = export_onnx(q, tmp_path / "r4_int4.onnx", input_shape=SHAPE, container="int4")
+    assert all(lt.kernel is None for lt in rep4.layers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -113,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     report = export_onnx(model, args.out, input_shape=shape, opset=args.opset, container="int8" if args.no_int4 else args.container, fp32=args.fp32, snap_bias=args.snap_bias)
     kinds = sorted({f"W{lt.w_bits}A{lt.a_bits}:{lt.weight_type}/{lt.act_type}" for lt in report.layers if lt.w_bits is not None})
     print(f"wrote {args.out} ({report.file_bytes:,} bytes, opset {report.opset}); quantized layers: {', '.join(kinds) or 'none'}")
+    quantized = [lt for lt in report.layers if lt.w_bits is not None]
+    if quantized and not args.fp32:
+        kernels = Counter(lt.kernel or "float" for lt in quantized)
+        print("onnxruntime kernels of the quantized layers: " + ", ".join(f"{k} x{n}" for k, n in kernels.most_common())
+              + (" (float: output feeds a float op such as a residual addition)" if "float" in kernels else ""))
     if report.unfolded_bn:
         print(f"BatchNorms kept as ops (not directly after a convolution): {len(report.unfolded_bn)} ({', '.join(report.unfolded_bn[:4])}{', ...' if len(report.unfolded_bn) > 4 else ''})")
     out = {"export": report.as_dict()}

@@ -117,6 +117,8 @@ class LayerExport:
     folded_bn: str | None
     #: the QDQ pattern around this layer is one onnxruntime fuses into an integer kernel (QLinearConv)
     fusable: bool = False
+    #: the integer kernel onnxruntime runs this layer with ("QLinearConv", "MatMulIntegerToFloat"), or None (float)
+    kernel: str | None = None
 
 
 @dataclass
@@ -704,12 +706,20 @@ class _Translator:
         b.absorb_activations()
         _, consumers = b.links()
         containers = _containers()
+        integer_outputs: set[str] = set()  # outputs of layers onnxruntime runs as integer kernels
         for p in b.pending:
             entry: LayerExport = p["entry"]
             q_after = self._q_after(p["out"], consumers)
             entry.fusable = q_after is not None and self._fusable(q_after, entry, containers)
             if entry.fusable and not self._int32_bias(p):
                 entry.fusable = False
+            entry.kernel = "QLinearConv" if entry.fusable else None
+            if q_after is None and self._as_matmul(p, integer_outputs):
+                entry.kernel = "MatMulIntegerToFloat"
+            if entry.kernel is not None:
+                integer_outputs.add(p["out"])
+            if entry.kernel == "MatMulIntegerToFloat":
+                continue
             if q_after is not None:
                 if not entry.fusable:
                     self._bias_as_add(p)
@@ -730,6 +740,53 @@ class _Translator:
                     b.onnx.helper.make_node("Cast", [dq.input[0]], [cast], name=cast, to=T.FLOAT),
                     b.onnx.helper.make_node("Mul", [cast, sname], [dq_name], name=dq_name),
                 ]
+
+    def _as_matmul(self, p: dict[str, Any], integer_outputs: set[str]) -> bool:
+        """Write a 1x1 convolution whose output stays float as ``MatMul`` over channels-last codes.
+
+        A conv feeding a float residual addition (or the float head) cannot be a ``QLinearConv``, and
+        as a float ``Conv`` it sits between onnxruntime's channels-last integer kernels and its blocked
+        float layout, paying layout conversions on both sides (EfficientNet's projections). As
+        ``Transpose -> MatMul(DQ(x), DQ(W^T)) -> Add(bias) -> Transpose`` it is one matrix product over
+        the channels, which onnxruntime fuses into ``MatMulIntegerToFloat`` (uint8 x int8 codes, exact
+        int32 accumulation, one scale per output channel), and its transpose optimizer cancels the
+        transposes against those of the integer kernel in front. Only 1x1, stride-1, ungrouped,
+        unpadded convs with 8-bit activations and int8 weights qualify, and only when their input
+        codes come from an integer kernel (``integer_outputs``): behind a float op the layout change
+        costs more than it saves (measured on ResNet-20's strided shortcuts). Returns False to leave
+        the conv as it is.
+        """
+        b, entry = self.b, p["entry"]
+        if entry.op != "Conv" or entry.weight_type != "int8" or entry.act_type not in ("int8", "uint8"):
+            return False
+        producer, _ = b.links()
+        conv = producer[p["out"]]
+        attrs = {a.name: b.onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        if list(attrs["kernel_shape"]) != [1, 1] or attrs["group"] != 1 or any(attrs["pads"]) or list(attrs["strides"]) != [1, 1]:
+            return False
+        src = producer.get(conv.input[0])  # DQ <- [integer Clip <-] Q <- the producing layer
+        while src is not None and src.op_type in ("DequantizeLinear", "Clip"):
+            src = producer.get(src.input[0])
+        if src is None or src.op_type != "QuantizeLinear" or src.input[0] not in integer_outputs:
+            return False
+        dq = producer[p["dq"][0]]
+        inits = {t.name: t for t in b.inits if t.name in dq.input}
+        codes = b.onnx.numpy_helper.to_array(inits[dq.input[0]])
+        step = b.onnx.numpy_helper.to_array(inits[dq.input[1]])
+        name, h, T = entry.name, b.onnx.helper, b.onnx.TensorProto
+        w = b.node("DequantizeLinear", [b.init(f"{name}.weight_int_t", codes.reshape(codes.shape[0], -1).T, T.INT8), b.init(f"{name}.weight_step_t", step),
+                                        b.init(f"{name}.weight_zp_t", np.zeros(step.shape[0], np.int64), T.INT8)], f"{name}_weight_t_dq", axis=1)
+        new = [b.nodes.pop()]
+        nhwc, mm = b.fresh(f"{name}_nhwc"), b.fresh(f"{name}_matmul")
+        new += [h.make_node("Transpose", [conv.input[0]], [nhwc], name=nhwc, perm=[0, 2, 3, 1]), h.make_node("MatMul", [nhwc, w], [mm], name=mm)]
+        if len(conv.input) > 2:
+            biased = b.fresh(f"{name}_bias")
+            new.append(h.make_node("Add", [mm, conv.input[2]], [biased], name=biased))
+            mm = biased
+        new.append(h.make_node("Transpose", [mm], [p["out"]], name=p["out"], perm=[0, 3, 1, 2]))
+        idx = b.nodes.index(conv)
+        b.nodes[idx: idx + 1] = new
+        return True
 
     def _conv_with_bias(self, p: dict[str, Any]) -> tuple[int, Any, Any] | None:
         """(node index, conv node, bias initializer) of the layer producing ``p["out"]``, or None without bias."""
