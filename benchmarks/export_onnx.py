@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,23 +135,34 @@ def agreement(ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor) -> dic
             "pytorch_top1": float((ref.argmax(1) == labels).float().mean()), "onnx_top1": float((got.argmax(1) == labels).float().mean())}
 
 
-def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, inner: int, warmup: int, threads: int) -> dict[str, dict[str, float]]:
-    """Median ms per run of every file, interleaved round by round; ratios use medians of the same process."""
-    # the files run in turn: with several threads, idle pool threads of the session that just ran
-    # would spin on the cores the next one needs (measured: FP32 ResNet-20 batch 32 at 2 threads
-    # 18 ms with spinning vs 8.5 ms without), so spinning is off for every file alike
-    sessions = {k: ort_session(p, threads=threads, spinning=threads == 1) for k, p in files.items()}
+def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, inner: int, warmup: int, threads: int,
+            isolated: bool = False) -> dict[str, dict[str, float]]:
+    """Median ms per run of every file, interleaved round by round; ratios use medians of the same process.
+
+    ``isolated``: one session alive at a time, with onnxruntime's defaults (idle pool threads spin),
+    as a deployment runs one model: each round opens every file's session in turn, warms it up,
+    times it and releases it. Otherwise all sessions stay open and run in turn; with several threads
+    their spinning must then be off (measured: FP32 ResNet-20 batch 32 at 2 threads took 18 ms with
+    spinning vs 8.5 ms without), which handicaps the file with more, smaller kernels.
+    """
     xb = x[:batch].numpy()
-    for s in sessions.values():
+
+    def opened(p: Path):
+        s = ort_session(p, threads=threads, spinning=isolated or threads == 1)
         for _ in range(warmup):
             s.run(None, {"input": xb})
-    times: dict[str, list[float]] = {k: [] for k in sessions}
+        return s
+
+    sessions = {} if isolated else {k: opened(p) for k, p in files.items()}
+    times: dict[str, list[float]] = {k: [] for k in files}
     for _ in range(rounds):
-        for k, s in sessions.items():
+        for k, p in files.items():
+            s = opened(p) if isolated else sessions[k]
             t0 = time.perf_counter()
             for _ in range(inner):
                 s.run(None, {"input": xb})
             times[k].append((time.perf_counter() - t0) / inner * 1000)
+            del s
     out = {}
     for k, v in times.items():
         q = statistics.quantiles(v, n=4) if len(v) >= 4 else [min(v), 0, max(v)]
@@ -176,6 +188,7 @@ def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int
         rep = export_onnx(q, path, input_shape=shape, container=container)
         files[label], sizes[label] = path, rep.file_bytes
         layers[label] = {"layers": sum(lt.w_bits is not None for lt in rep.layers), "fusable": sum(lt.fusable for lt in rep.layers),
+                         "kernels": dict(Counter(lt.kernel or "float" for lt in rep.layers if lt.w_bits is not None)),
                          "unfolded_bn": rep.unfolded_bn}
         if args.no_agreement:
             continue
@@ -199,7 +212,7 @@ def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int
     kernels = {k: executed_kernels(p, xs[:1], threads=args.threads) for k, p in files.items()}
     lat = {}
     for batch, (rounds, inner) in lat_cfg.items():
-        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads)
+        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads, args.isolated)
         print(name, f"batch {batch}", {k: f"{v['median_ms']:.2f} ms ({v['ratio_vs_fp32']:.2f}x)" for k, v in lat[str(batch)].items()}, flush=True)
     return {"model": what, "data": data, "agreement": agree, "file_bytes": sizes, "export": layers, "kernels": kernels,
             "latency": lat, "seconds": time.time() - t0}
@@ -225,8 +238,9 @@ def markdown(results: dict) -> str:
             rows.append(row)
         parts.append(md_table(rows) + "\n")
         parts.append("Kernels run (onnxruntime profiler): \n" + "\n".join(f"- {k}: {v}" for k, v in r["kernels"].items()) + "\n")
-        parts.append("Export: " + "; ".join(f"{k}: {v['fusable']}/{v['layers']} quantized layers in a fusable Conv->Q pattern, BN kept as op: {len(v['unfolded_bn'])}"
-                                            for k, v in r["export"].items()) + "\n")
+        parts.append("Export: " + "; ".join(f"{k}: {v['fusable']}/{v['layers']} quantized layers in a fusable Conv->Q pattern"
+                                            + (f" (kernels of the quantized layers: {v['kernels']})" if "kernels" in v else "")
+                                            + f", BN kept as op: {len(v['unfolded_bn'])}" for k, v in r["export"].items()) + "\n")
     parts.append(results["notes"])
     return "\n".join(parts)
 
@@ -238,6 +252,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=float, default=1.0, help="multiply the number of timing rounds (default per model/batch: "
                     "ResNet-20 b1 15x20 runs, b32 9x2; EfficientNet-Lite0 b1 9x3, b32 5x1)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs per file and batch size before timing (default 3)")
+    ap.add_argument("--isolated", action="store_true", help="time one session at a time with onnxruntime's default thread "
+                    "spinning, as a deployment runs one model (default: all sessions open, run in turn, spinning off when --threads > 1)")
     ap.add_argument("--no-agreement", action="store_true", help="skip the PyTorch reference passes: sizes, kernels and latency only")
     ap.add_argument("--quick", action="store_true", help="smoke run: 200 CIFAR / 32 ImageNet images, few rounds")
     ap.add_argument("--resnet-checkpoint", default="auto", help="joint .safetensors checkpoint or FP32 run dir (default: the joint run if it exists, else the FP32 run)")
@@ -260,15 +276,21 @@ def main() -> None:
             results["models"][name] = run_model(name, loader, args, n, lat, Path(tmp))
     results["notes"] = (
         f"Latency: onnxruntime CPU execution provider, {args.threads} intra-op thread(s)"
-        + (" (thread spinning off for every file, so the session that just ran does not busy-wait on the next one's cores)" if args.threads > 1 else "")
-        + f", ORT_ENABLE_ALL, {args.warmup} warm-up runs per file, "
-        "then rounds of (inner) runs, the files interleaved round by round in one process; the table gives the median ms per run "
+        + (" (thread spinning off for every file, so the session that just ran does not busy-wait on the next one's cores)"
+           if args.threads > 1 and not args.isolated else "")
+        + (f", ORT_ENABLE_ALL, one session alive at a time with onnxruntime's default thread spinning (as a deployment runs one model): "
+           f"each round opens every file's session in turn, runs {args.warmup} warm-up runs, times (inner) runs and releases it"
+           if args.isolated else f", ORT_ENABLE_ALL, {args.warmup} warm-up runs per file, then rounds of (inner) runs")
+        + ", the files interleaved round by round in one process; the table gives the median ms per run "
         "(p25-p75 over rounds) and the ratio of medians to the FP32 file measured in the same process. FP32 = the same network "
         "with BN and zero Pads folded and dequantized weights, no Q/DQ.\n\n"
-        "Integer kernels: onnxruntime fuses DQ(uint8) -> Conv(DQ(int8 W), DQ(int32 bias)) -> Q(uint8) into QLinearConv. Only "
-        "convolutions whose output is quantized by the model feed a Q: a conv whose output goes to a float residual addition "
-        "(the PyTorch model adds in float) or to the float head stays a float conv on dequantized inputs, so there is no "
-        "QLinearAdd or QLinearGlobalAveragePool. 'w4a4 int8': 4-bit codes in int8/uint8 containers (integer Clip to the "
+        "Integer kernels: onnxruntime fuses DQ(uint8) -> Conv(DQ(int8 W), DQ(int32 bias)) -> Q(uint8) into QLinearConv, "
+        "for convolutions whose output the model quantizes. A 1x1 conv whose output stays float (it feeds a float residual "
+        "addition or the float head) and whose input comes from an integer kernel is exported as Transpose -> "
+        "MatMul(DQ, DQ) -> Add(bias) -> Transpose, which onnxruntime fuses into MatMulIntegerToFloat (exact int32 "
+        "accumulation, float output) and keeps channels-last (EfficientNet's projections). Other convs with a float output "
+        "(ResNet-20's 3x3 second convs into the residual addition, its shortcuts) stay float convs on dequantized inputs; "
+        "there is no QLinearAdd or QLinearGlobalAveragePool (the model adds in float). 'w4a4 int8': 4-bit codes in int8/uint8 containers (integer Clip to the "
         "4-bit grid), run by the integer kernels; 'w4a4 int4': packed int4/uint4 (smallest file), which onnxruntime 1.32 "
         "runs in float.\n\n"
         "Agreement: 'snap_bias' rows compare the same file with a copy of the model whose biases were moved onto the file's "
