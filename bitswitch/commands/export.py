@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             out["verification"] = res.as_dict()
         except VerificationError as e:
             hint = "" if args.snap_bias or args.fp32 else " (integer kernels round each bias to int32; --snap-bias verifies against that)"
-            print(f"bitswitch export: verification on {source} FAILED: {e}{hint}", file=sys.stderr)
+            print(f"bitswitch export: verification on {source}: {e}{hint}", file=sys.stderr)
             out["verification_error"] = str(e)
             status = 1
     if args.json:
