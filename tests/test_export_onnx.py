@@ -23,16 +23,21 @@ pytest.importorskip("onnxruntime")
 SHAPE = (3, 16, 16)
 
 
-def _model(name: str = "preact_resnet8", bits=(8, 6, 4, 2), **kw) -> tuple[nn.Module, torch.Tensor]:
-    """A calibrated model with non-trivial BN statistics, in eval mode."""
-    m = build(name, **kw)
-    x = torch.randn(32, *SHAPE)
+def _calibrated(m: nn.Module, x: torch.Tensor, bits) -> nn.Module:
+    """``m`` with non-trivial BN statistics from ``x``, quantized, calibrated on ``x``, in eval mode."""
     m.train()
     with torch.no_grad():
         m(x)  # BN running stats that are not the identity
     q = bitswitch.quantize(m.eval(), bits=bits)
     bitswitch.calibrate(q, [x])
-    return q.eval(), x
+    return q.eval()
+
+
+def _model(name: str = "preact_resnet8", bits=(8, 6, 4, 2), **kw) -> tuple[nn.Module, torch.Tensor]:
+    """A calibrated model with non-trivial BN statistics, in eval mode."""
+    m = build(name, **kw)
+    x = torch.randn(32, *SHAPE)
+    return _calibrated(m, x, bits), x
 
 
 @pytest.fixture(scope="module")
@@ -372,12 +377,7 @@ def test_float_output_1x1_convs_run_as_integer_matmuls(tmp_path):
     torch.manual_seed(0)
     m = _Residual1x1Net()
     x = torch.randn(32, *SHAPE)
-    m.train()
-    with torch.no_grad():
-        m(x)
-    q = bitswitch.quantize(m.eval(), bits=(8, 4))
-    bitswitch.calibrate(q, [x])
-    q.eval()
+    q = _calibrated(m, x, (8, 4))
     for bits in (8, 4):
         bitswitch.set_precision(q, bits)
         path = tmp_path / f"r{bits}.onnx"

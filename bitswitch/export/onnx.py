@@ -299,6 +299,10 @@ class _Builder:
         self.qdq_cache[key] = dq
         return dq, container, clipped
 
+    def array(self, name: str) -> np.ndarray:
+        """The value of the initializer ``name``."""
+        return self.onnx.numpy_helper.to_array(next(t for t in self.inits if t.name == name))
+
     def code_clip(self, q: str, lo: int, hi: int) -> str:
         """An integer ``Clip`` of the codes ``q`` to ``[lo, hi]`` (recorded so its bounds can narrow later)."""
         container = self.q_info[q][0]
@@ -731,8 +735,7 @@ class _Translator:
             for dq_name in p["dq"]:
                 idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == dq_name)
                 dq = b.nodes[idx]
-                scale_init = next(t for t in b.inits if t.name == dq.input[1])
-                scale = b.onnx.numpy_helper.to_array(scale_init)
+                scale = b.array(dq.input[1])
                 shape = [-1] + [1] * (p["ndim"] - 1) if dq_name.endswith("_weight_dq") else [-1]
                 sname = b.init(f"{dq.input[1]}_bcast", scale.reshape(shape).astype(np.float32))
                 cast = b.fresh(f"{dq_name}_cast")
@@ -770,9 +773,7 @@ class _Translator:
         if src is None or src.op_type != "QuantizeLinear" or src.input[0] not in integer_outputs:
             return False
         dq = producer[p["dq"][0]]
-        inits = {t.name: t for t in b.inits if t.name in dq.input}
-        codes = b.onnx.numpy_helper.to_array(inits[dq.input[0]])
-        step = b.onnx.numpy_helper.to_array(inits[dq.input[1]])
+        codes, step = b.array(dq.input[0]), b.array(dq.input[1])
         name, h, T = entry.name, b.onnx.helper, b.onnx.TensorProto
         w = b.node("DequantizeLinear", [b.init(f"{name}.weight_int_t", codes.reshape(codes.shape[0], -1).T, T.INT8), b.init(f"{name}.weight_step_t", step),
                                         b.init(f"{name}.weight_zp_t", np.zeros(step.shape[0], np.int64), T.INT8)], f"{name}_weight_t_dq", axis=1)
@@ -789,13 +790,13 @@ class _Translator:
         return True
 
     def _conv_with_bias(self, p: dict[str, Any]) -> tuple[int, Any, Any] | None:
-        """(node index, conv node, bias initializer) of the layer producing ``p["out"]``, or None without bias."""
+        """(node index, conv node, bias values) of the layer producing ``p["out"]``, or None without bias."""
         b = self.b
         idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == p["out"])
         conv = b.nodes[idx]
         if len(conv.input) < 3:
             return None
-        return idx, conv, next(t for t in b.inits if t.name == conv.input[2])
+        return idx, conv, b.array(conv.input[2])
 
     def _int32_bias(self, p: dict[str, Any]) -> bool:
         """Re-store a fused layer's bias as int32 on the ``s_x * s_w`` grid (what QLinearConv takes).
@@ -809,8 +810,8 @@ class _Translator:
         found = self._conv_with_bias(p)
         if found is None:
             return True
-        idx, conv, init = found
-        bias = b.onnx.numpy_helper.to_array(init).astype(np.float64)
+        idx, conv, bias = found
+        bias = bias.astype(np.float64)
         bstep = (np.float32(p["s_x"]) * p["step"]).astype(np.float32)
         if not np.all(bstep != 0):
             return False
@@ -850,8 +851,8 @@ class _Translator:
         found = self._conv_with_bias(p)
         if found is None:
             return
-        idx, conv, init = found
-        bias = b.onnx.numpy_helper.to_array(init).astype(np.float32)
+        idx, conv, bias = found
+        bias = bias.astype(np.float32)
         shape = [-1] + [1] * (p["ndim"] - 2) if conv.op_type == "Conv" else [-1]
         bname = b.init(f"{p['entry'].name}.bias_bcast", bias.reshape(shape))
         pre = b.fresh(f"{p['out']}_nobias")
