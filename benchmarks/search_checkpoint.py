@@ -40,7 +40,7 @@ from bitswitch.search import (
 from bitswitch.search.evaluate import correct_per_image as correct
 from bitswitch.search.evaluate import dataset_batches, paired_difference
 from bitswitch.search.ilp import candidate_pairs
-from bitswitch.search.measured import loss_deltas
+from bitswitch.search.measured import loss_deltas, rerank
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--budgets", default="bops", help="comma-separated budget kinds at the uniform cost: bops, bytes, avg-bits, or a '+' combination")
     ap.add_argument("--act", default="tied", help="activation bits: tied (a = w), a fixed bit-width, or untied (every (w, a) pair)")
     ap.add_argument("--objectives", default="bits,noise,loss", help="ILP objectives to compare")
+    ap.add_argument("--rerank", type=int, default=0, help="also re-rank each objective's K best ILP configurations by the measured "
+                    "loss of the whole configuration on held-out training images (as `bitswitch search --rerank K`); 0: off")
+    ap.add_argument("--rerank-samples", type=int, default=4096, help="--rerank: labelled training images, disjoint from the loss deltas'")
     ap.add_argument("--note", default=None, help="paragraph placed under the title of the results file")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
@@ -71,6 +74,7 @@ def main() -> None:
     test_b, shape = dataset_batches(args.dataset, root, "test", args.test_subset, 500, seed=1, mean=mean, std=std)
     recal_b, _ = dataset_batches(args.dataset, root, "train", args.recal_samples, 128, seed=2, mean=mean, std=std)
     loss_b, _ = dataset_batches(args.dataset, root, "train", args.loss_samples, 256, seed=5, mean=mean, std=std)
+    rerank_b = dataset_batches(args.dataset, root, "train", args.rerank_samples, 256, seed=5, skip=args.loss_samples, mean=mean, std=std)[0] if args.rerank else None
     hess_b, _ = dataset_batches(args.dataset, root, "train", args.hessian_samples, 128, seed=3, mean=mean, std=std)
     bits = tuple(sorted({b for layer in bitswitch.quantized_layers(model).values() for b in layer.weight_quant.bits}, reverse=True))
     timings = {}
@@ -107,6 +111,17 @@ def main() -> None:
                          "diff_vs_uniform": diff, "paired_se": se, "config": {k: list(v) for k, v in r.config.items()}})
             verdict[f"{kind} ilp-{obj}"] = [round(rows[-1]["acc"], 2), round(diff, 2), round(se, 2)]
             print(rows[-1], flush=True)
+            if args.rerank:
+                t = time.perf_counter()
+                chosen, _ = rerank(model, p.solve_k_best(budget, args.rerank), rerank_b, recal_batches=recal_b)
+                timings[f"rerank_{kind}_{obj}_s"] = time.perf_counter() - t
+                c = correct(model, chosen.config, test_b, recal_b)
+                diff, se = paired_difference(c, base)
+                method = f"ilp-{obj}-rerank{args.rerank}"
+                rows.append({"method": method, "budget": kind, **_costs(chosen), "acc": 100 * float(c.float().mean()),
+                             "diff_vs_uniform": diff, "paired_se": se, "config": {k: list(v) for k, v in chosen.config.items()}})
+                verdict[f"{kind} {method}"] = [round(rows[-1]["acc"], 2), round(diff, 2), round(se, 2)]
+                print(rows[-1], flush=True)
         if len(budget) == 1 and args.random:
             rnd = []
             for r in random_at_cost(pb, budget[0], args.random, seed=0):
@@ -123,7 +138,9 @@ def main() -> None:
          f"test images (binomial SE of one accuracy ≈ {100 * (0.78 * 0.22 / args.test_subset) ** 0.5:.1f} points; `paired_se` is the "
          f"standard error of the difference to uniform on the same images). `loss` deltas on {args.loss_samples} training images "
          f"around uniform {args.at}-bit; Hessian traces " + (f"from `{args.traces}`." if args.traces else f"on {args.hessian_samples} images (at most 10 iterations).")
-         + f" Activation bits: {args.act}."), "",
+         + f" Activation bits: {args.act}."
+         + (f" `-rerank{args.rerank}` rows: the objective's {args.rerank} best ILP configurations re-ranked by the measured loss of "
+            f"each whole configuration on {args.rerank_samples} other training images (BN re-estimated as above)." if args.rerank else "")), "",
         f"## At the cost of uniform {args.at}-bit", "",
         "Each ILP row is solved under the named budget set to uniform's value of it (`bytes` counts quantized weights only).", "",
         md_table(table, ["method", "budget", "rel_bops", "rel_bytes", "avg_bits", "acc", "diff_vs_uniform", "paired_se"]), "",
