@@ -103,3 +103,26 @@ def _fmt(v: Any) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+def saved_supernet(checkpoint: str, dataset: str, test_subset: int | None):
+    """A supernet saved by bitswitch, its test batches and a sampler of its training images.
+
+    Returns ``(model, test_batches, image_shape, train_batches)``. Test batches are the seeded subset
+    every search benchmark evaluates on (seed 1, 500 per batch); ``train_batches(n, batch_size, seed,
+    skip=0)`` draws seeded training images (disjoint for disjoint ``skip`` ranges of one seed). Both
+    use the normalisation the checkpoint was trained with.
+    """
+    import bitswitch
+    from bitswitch.search.evaluate import dataset_batches
+
+    model = bitswitch.load(checkpoint)
+    extra = getattr(model, "bitswitch_extra", {}) or {}
+    mean, std = extra.get("mean"), extra.get("std")
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / dataset
+    test_b, shape = dataset_batches(dataset, root, "test", test_subset, 500, seed=1, mean=mean, std=std)
+
+    def train_batches(n: int, batch_size: int, seed: int, skip: int = 0) -> list:
+        return dataset_batches(dataset, root, "train", n, batch_size, seed=seed, skip=skip, mean=mean, std=std)[0]
+
+    return model, test_b, shape, train_batches

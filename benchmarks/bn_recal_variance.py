@@ -22,14 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, write_results
+from _common import md_table, saved_supernet, write_results
 
-import bitswitch
 from bitswitch.nn.precision_file import read_precision_file
-from bitswitch.search.evaluate import correct_per_image, dataset_batches, paired_difference
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
+from bitswitch.search.evaluate import correct_per_image, paired_difference
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,11 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = bitswitch.load(args.checkpoint)
-    extra = getattr(model, "bitswitch_extra", {}) or {}
-    mean, std = extra.get("mean"), extra.get("std")
-    root = DATA / args.dataset
-    test_b, _ = dataset_batches(args.dataset, root, "test", args.test_subset, 500, seed=1, mean=mean, std=std)
+    model, test_b, _, train_batches = saved_supernet(args.checkpoint, args.dataset, args.test_subset)
     configs: dict[str, object] = {f"uniform W{b}A{b}": int(b) for b in args.uniform.split(",") if b.strip()}
     configs.update({Path(p).name: read_precision_file(p) for p in args.config})
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -57,7 +49,7 @@ def main() -> None:
     for n in sizes:
         for k in range(args.sets):
             # one seeded permutation of the training split, cut into disjoint sets of n images
-            recal_b, _ = dataset_batches(args.dataset, root, "train", n, 256, seed=2, skip=k * n, mean=mean, std=std)
+            recal_b = train_batches(n, 256, seed=2, skip=k * n)
             for label, cfg in configs.items():
                 c = correct_per_image(model, cfg, test_b, recal_b)
                 per_image[(label, n, k)] = c

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, write_results
+from _common import md_table, saved_supernet, write_results
 
 import bitswitch
 from bitswitch.cost import layer_costs
@@ -38,12 +38,9 @@ from bitswitch.search import (
     weight_noise,
 )
 from bitswitch.search.evaluate import correct_per_image as correct
-from bitswitch.search.evaluate import dataset_batches, paired_difference
+from bitswitch.search.evaluate import paired_difference
 from bitswitch.search.ilp import candidate_pairs
 from bitswitch.search.measured import loss_deltas, rerank
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -67,15 +64,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    model = bitswitch.load(args.checkpoint)
-    extra = getattr(model, "bitswitch_extra", {}) or {}
-    root = DATA / args.dataset
-    mean, std = extra.get("mean"), extra.get("std")
-    test_b, shape = dataset_batches(args.dataset, root, "test", args.test_subset, 500, seed=1, mean=mean, std=std)
-    recal_b, _ = dataset_batches(args.dataset, root, "train", args.recal_samples, 128, seed=2, mean=mean, std=std)
-    loss_b, _ = dataset_batches(args.dataset, root, "train", args.loss_samples, 256, seed=5, mean=mean, std=std)
-    rerank_b = dataset_batches(args.dataset, root, "train", args.rerank_samples, 256, seed=5, skip=args.loss_samples, mean=mean, std=std)[0] if args.rerank else None
-    hess_b, _ = dataset_batches(args.dataset, root, "train", args.hessian_samples, 128, seed=3, mean=mean, std=std)
+    model, test_b, shape, train_batches = saved_supernet(args.checkpoint, args.dataset, args.test_subset)
+    recal_b = train_batches(args.recal_samples, 128, seed=2)
+    loss_b = train_batches(args.loss_samples, 256, seed=5)
+    rerank_b = train_batches(args.rerank_samples, 256, seed=5, skip=args.loss_samples) if args.rerank else None
+    hess_b = train_batches(args.hessian_samples, 128, seed=3)
     bits = tuple(sorted({b for layer in bitswitch.quantized_layers(model).values() for b in layer.weight_quant.bits}, reverse=True))
     timings = {}
     t = time.perf_counter()

@@ -21,19 +21,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, md_table, write_results
+from _common import RESULTS, md_table, saved_supernet, write_results
 from search_pareto import _plot
 
 import bitswitch
 from bitswitch.cost import layer_costs
 from bitswitch.search import SearchProblem, load_traces, random_at_cost, sensitivity, weight_noise
 from bitswitch.search.baselines import uniform
-from bitswitch.search.evaluate import correct_per_image, dataset_batches
+from bitswitch.search.evaluate import correct_per_image
 from bitswitch.search.ilp import candidate_pairs
 from bitswitch.search.measured import loss_deltas
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,11 +49,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = bitswitch.load(args.checkpoint)
-    extra = getattr(model, "bitswitch_extra", {}) or {}
-    mean, std, root = extra.get("mean"), extra.get("std"), DATA / args.dataset
-    test_b, shape = dataset_batches(args.dataset, root, "test", args.test_subset, 500, seed=1, mean=mean, std=std)
-    recal_b, _ = dataset_batches(args.dataset, root, "train", args.recal_samples, 128, seed=2, mean=mean, std=std)
+    model, test_b, shape, train_batches = saved_supernet(args.checkpoint, args.dataset, args.test_subset)
+    recal_b = train_batches(args.recal_samples, 128, seed=2)
     bits = tuple(sorted({b for layer in bitswitch.quantized_layers(model).values() for b in layer.weight_quant.bits}, reverse=True))
     pairs = candidate_pairs(bits, "tied")
     costs = layer_costs(model, shape)
@@ -66,7 +60,7 @@ def main() -> None:
     if "noise" in objectives:
         problems["noise"] = SearchProblem(costs, sens, bits, act=pairs, objective="noise", noise=weight_noise(model, bits))
     if "loss" in objectives:
-        loss_b, _ = dataset_batches(args.dataset, root, "train", args.loss_samples, 256, seed=5, mean=mean, std=std)
+        loss_b = train_batches(args.loss_samples, 256, seed=5)
         mid = bits[len(bits) // 2]
         deltas = loss_deltas(model, loss_b, pairs, reference=(mid, mid), recal_batches=recal_b)
         problems["loss"] = SearchProblem(costs, sens, bits, act=pairs, objective="loss", loss_delta=deltas)
