@@ -126,3 +126,10 @@ def saved_supernet(checkpoint: str, dataset: str, test_subset: int | None):
         return dataset_batches(dataset, root, "train", n, batch_size, seed=seed, skip=skip, mean=mean, std=std)[0]
 
     return model, test_b, shape, train_batches
+
+
+def supernet_bits(model) -> tuple[int, ...]:
+    """Every weight bit-width the supernet's quantized layers were built for, highest first."""
+    import bitswitch
+
+    return tuple(sorted({b for layer in bitswitch.quantized_layers(model).values() for b in layer.weight_quant.bits}, reverse=True))

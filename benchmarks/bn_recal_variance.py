@@ -27,6 +27,7 @@ from _common import md_table, saved_supernet, write_results
 from bitswitch.nn.precision_file import read_precision_file
 from bitswitch.search.evaluate import correct_per_image, paired_difference
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")

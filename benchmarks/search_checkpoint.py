@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, saved_supernet, write_results
+from _common import md_table, saved_supernet, supernet_bits, write_results
 
-import bitswitch
 from bitswitch.cost import layer_costs
 from bitswitch.search import (
     SearchProblem,
@@ -41,6 +40,7 @@ from bitswitch.search.evaluate import correct_per_image as correct
 from bitswitch.search.evaluate import paired_difference
 from bitswitch.search.ilp import candidate_pairs
 from bitswitch.search.measured import loss_deltas, rerank
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -69,7 +69,7 @@ def main() -> None:
     loss_b = train_batches(args.loss_samples, 256, seed=5)
     rerank_b = train_batches(args.rerank_samples, 256, seed=5, skip=args.loss_samples) if args.rerank else None
     hess_b = train_batches(args.hessian_samples, 128, seed=3)
-    bits = tuple(sorted({b for layer in bitswitch.quantized_layers(model).values() for b in layer.weight_quant.bits}, reverse=True))
+    bits = supernet_bits(model)
     timings = {}
     t = time.perf_counter()
     sens = sensitivity(load_traces(args.traces) if args.traces else hessian_traces(model, hess_b, tol=0.1, max_iter=10))
@@ -96,25 +96,22 @@ def main() -> None:
     verdict: dict = {"uniform": rows[0]["acc"]}
     for kind in [k.strip() for k in args.budgets.split(",") if k.strip()]:
         budget = [at_uniform[k] for k in kind.split("+")]
-        for obj, p in problems.items():
-            r = p.solve(budget)
+        def add(method: str, r) -> None:
+            """Evaluate ``r`` against uniform on the same images; one table row and one verdict entry."""
             c = correct(model, r.config, test_b, recal_b)
             diff, se = paired_difference(c, base)
-            rows.append({"method": f"ilp-{obj}", "budget": kind, **_costs(r), "acc": 100 * float(c.float().mean()),
+            rows.append({"method": method, "budget": kind, **_costs(r), "acc": 100 * float(c.float().mean()),
                          "diff_vs_uniform": diff, "paired_se": se, "config": {k: list(v) for k, v in r.config.items()}})
-            verdict[f"{kind} ilp-{obj}"] = [round(rows[-1]["acc"], 2), round(diff, 2), round(se, 2)]
+            verdict[f"{kind} {method}"] = [round(rows[-1]["acc"], 2), round(diff, 2), round(se, 2)]
             print(rows[-1], flush=True)
+
+        for obj, p in problems.items():
+            add(f"ilp-{obj}", p.solve(budget))
             if args.rerank:
                 t = time.perf_counter()
                 chosen, _ = rerank(model, p.solve_k_best(budget, args.rerank), rerank_b, recal_batches=recal_b)
                 timings[f"rerank_{kind}_{obj}_s"] = time.perf_counter() - t
-                c = correct(model, chosen.config, test_b, recal_b)
-                diff, se = paired_difference(c, base)
-                method = f"ilp-{obj}-rerank{args.rerank}"
-                rows.append({"method": method, "budget": kind, **_costs(chosen), "acc": 100 * float(c.float().mean()),
-                             "diff_vs_uniform": diff, "paired_se": se, "config": {k: list(v) for k, v in chosen.config.items()}})
-                verdict[f"{kind} {method}"] = [round(rows[-1]["acc"], 2), round(diff, 2), round(se, 2)]
-                print(rows[-1], flush=True)
+                add(f"ilp-{obj}-rerank{args.rerank}", chosen)
         if len(budget) == 1 and args.random:
             rnd = []
             for r in random_at_cost(pb, budget[0], args.random, seed=0):

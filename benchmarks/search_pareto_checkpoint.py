@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, md_table, saved_supernet, write_results
+from _common import RESULTS, md_table, saved_supernet, supernet_bits, write_results
 from search_pareto import _plot
 
-import bitswitch
 from bitswitch.cost import layer_costs
 from bitswitch.search import SearchProblem, load_traces, random_at_cost, sensitivity, weight_noise
 from bitswitch.search.baselines import uniform
 from bitswitch.search.evaluate import correct_per_image
 from bitswitch.search.ilp import candidate_pairs
 from bitswitch.search.measured import loss_deltas
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -51,7 +51,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model, test_b, shape, train_batches = saved_supernet(args.checkpoint, args.dataset, args.test_subset)
     recal_b = train_batches(args.recal_samples, 128, seed=2)
-    bits = tuple(sorted({b for layer in bitswitch.quantized_layers(model).values() for b in layer.weight_quant.bits}, reverse=True))
+    bits = supernet_bits(model)
     pairs = candidate_pairs(bits, "tied")
     costs = layer_costs(model, shape)
     sens = sensitivity(load_traces(args.traces))
