@@ -396,3 +396,40 @@ def test_float_output_1x1_convs_run_as_integer_matmuls(tmp_path):
     # the int4 container has no integer MatMul in onnxruntime: those layers stay float Convs
     rep4 = export_onnx(q, tmp_path / "r4_int4.onnx", input_shape=SHAPE, container="int4")
     assert all(lt.kernel is None for lt in rep4.layers)
+
+
+def _saturating_model() -> tuple[nn.Module, torch.Tensor]:
+    """W8A8 convs whose second one sees activation codes 255 times weight codes 127: every pair of
+    products is 64,770, beyond int16, where u8s8 kernels without VNNI saturate."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                      nn.Flatten(), nn.Linear(4 * 4 * 4, 4))
+    with torch.no_grad():
+        m[0].weight.fill_(0.1)
+        m[2].weight.fill_(0.01)
+    x = torch.ones(4, 1, 8, 8) * torch.arange(1.0, 5.0).reshape(4, 1, 1, 1)
+    q = bitswitch.quantize(m, bits=(8,), full_precision=())
+    bitswitch.calibrate(q, [x])
+    q.eval()
+    bitswitch.set_precision(q, 8)
+    return q, x
+
+
+def test_integer_kernels_exact_on_cpus_without_vnni(tmp_path):
+    from bitswitch.export.onnx_runtime import cpu_int8_path, ort_session
+
+    q, x = _saturating_model()
+    codes, _ = q[2].weight_qparams(8)
+    assert int(codes.abs().min()) == 127
+    path = tmp_path / "sat.onnx"
+    rep = export_onnx(q, path, input_shape=(1, 8, 8))
+    assert [lt.kernel for lt in rep.layers][:2] == ["QLinearConv", "QLinearConv"]
+    assert executed_kernels(path, x).get("QLinearConv") == 2
+    assert [lt.needs_exact_u8s8 for lt in rep.layers][:2] == [True, True]  # 8-bit activations, codes +-127
+    with torch.no_grad():
+        ref = q(x).numpy()
+    exact = run_onnx(path, x, session=ort_session(path))  # bitswitch's sessions set EXACT_U8S8_OPTION
+    np.testing.assert_allclose(exact, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    if cpu_int8_path() == "no-vnni":  # the failure the option prevents is real on this CPU
+        default = run_onnx(path, x, session=ort_session(path, exact=False))
+        assert np.abs(default - ref).max() > 0.1 * np.abs(ref).max()

@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**info, "verification": check}, indent=2))
         return 0
 
-    from ..export.onnx import export_onnx, require_onnx
-    from ..export.onnx_runtime import VerificationError, require_onnxruntime, verify_onnx
+    from ..export.onnx import WIDE_CODE_LIMIT, export_onnx, require_onnx
+    from ..export.onnx_runtime import EXACT_U8S8_OPTION, VerificationError, cpu_int8_path, require_onnxruntime, verify_onnx
 
     try:
         require_onnx()
@@ -119,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
         kernels = Counter(lt.kernel or "float" for lt in quantized)
         print("onnxruntime kernels of the quantized layers: " + ", ".join(f"{k} x{n}" for k, n in kernels.most_common())
               + (" (float: output feeds a float op such as a residual addition)" if "float" in kernels else ""))
+    exact = [lt.name for lt in report.layers if lt.needs_exact_u8s8]
+    if exact:
+        print(f"{len(exact)} integer layers have 8-bit activations and weight codes beyond +-{WIDE_CODE_LIMIT}: on x86 CPUs without VNNI "
+              f"(this one: {cpu_int8_path()}) run the file with the onnxruntime session option {EXACT_U8S8_OPTION}=1, as the "
+              "verification below does, or their int16 pair sums saturate")
     if report.unfolded_bn:
         print(f"BatchNorms kept as ops (not directly after a convolution): {len(report.unfolded_bn)} ({', '.join(report.unfolded_bn[:4])}{', ...' if len(report.unfolded_bn) > 4 else ''})")
     out = {"export": report.as_dict()}

@@ -115,6 +115,9 @@ class LayerExport:
     fusable: bool = False
     #: the integer kernel onnxruntime runs this layer with ("QLinearConv", "MatMulIntegerToFloat"), or None (float)
     kernel: str | None = None
+    #: integer kernel with 8-bit activations and weight codes beyond +-WIDE_CODE_LIMIT: exact on x86
+    #: CPUs without VNNI only with onnxruntime's ``session.x64quantprecision`` option (see ``ort_session``)
+    needs_exact_u8s8: bool = False
 
 
 @dataclass
@@ -510,6 +513,8 @@ class _Translator:
                 entry.kernel = "MatMulIntegerToFloat"
             if entry.kernel is not None:
                 integer_outputs.add(p["out"])
+                codes = b.array(b.nodes[next(i for i, n in enumerate(b.nodes) if n.output[0] == p["dq"][0])].input[0])
+                entry.needs_exact_u8s8 = entry.a_bits is not None and entry.a_bits > 7 and int(np.abs(codes.astype(np.int32)).max()) > WIDE_CODE_LIMIT
             if entry.kernel == "MatMulIntegerToFloat":
                 continue
             if q_after is not None:

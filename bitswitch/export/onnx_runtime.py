@@ -44,10 +44,24 @@ def require_onnxruntime():
     return require_module("onnxruntime", "running exported models")
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True):
-    """An onnxruntime CPU session (``run_onnx(path, x, session=...)`` reuses one). ``spinning=False`` stops idle pool threads from busy-waiting: needed
-    when several sessions run in turn in one process (a benchmark), where one session's spinning
-    threads would take the cores the next one runs on."""
+#: onnxruntime session option (since 1.13) that keeps u8s8 integer products exact on x86 CPUs without
+#: VNNI. Their u8s8 kernels (``vpmaddubsw``) add pairs of uint8 x int8 products in int16 with
+#: saturation, so with 8-bit activations a layer whose weight codes exceed +-64 can compute wrong
+#: integers (``255 * 127 * 2 > 2^15``); with this option onnxruntime re-stores such weights as uint8
+#: with zero point 128 at load time and uses its exact u8u8 kernels. It changes nothing on VNNI CPUs.
+EXACT_U8S8_OPTION = "session.x64quantprecision"
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True,
+                exact: bool = True):
+    """An onnxruntime CPU session (``run_onnx(path, x, session=...)`` reuses one).
+
+    ``spinning=False`` stops idle pool threads from busy-waiting: needed when several sessions run in
+    turn in one process (a benchmark), where one session's spinning threads would take the cores the
+    next one runs on. ``exact=True`` (default) sets :data:`EXACT_U8S8_OPTION`, without which the
+    file's integer layers can saturate on x86 CPUs without VNNI (AVX2-only machines such as AMD Zen 2/3);
+    ``exact=False`` gives onnxruntime's default, to measure what that costs or saves.
+    """
     ort = require_onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 3  # the runtime's fusion notes are not the user's problem
@@ -56,12 +70,27 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bo
         so.inter_op_num_threads = 1
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if exact:
+        so.add_session_config_entry(EXACT_U8S8_OPTION, "1")
     so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort_profile")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def cpu_int8_path() -> str:
+    """Which x86 int8 dot-product path this CPU gives onnxruntime: ``"vnni"`` (exact u8s8),
+    ``"no-vnni"`` (u8s8 saturates in int16 without :data:`EXACT_U8S8_OPTION`), or ``"other"``
+    (not x86 Linux, or unknown). Read from ``/proc/cpuinfo``; results files record it."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+    except OSError:
+        return "other"
+    if not flags or "sse4_1" not in flags:
+        return "other"
+    return "vnni" if {"avx512_vnni", "avx_vnni"} & set(flags) else "no-vnni"
 
 
 def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray, session=None) -> np.ndarray:
