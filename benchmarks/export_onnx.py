@@ -38,6 +38,7 @@ from _common import md_table, write_results  # noqa: E402
 import bitswitch  # noqa: E402
 from bitswitch.export.onnx import (  # noqa: E402
     INTEGER_KERNELS,
+    cpu_int8_path,
     executed_kernels,
     export_onnx,
     ort_session,
@@ -136,28 +137,29 @@ def agreement(ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor) -> dic
 
 
 def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, inner: int, warmup: int, threads: int,
-            isolated: bool = False) -> dict[str, dict[str, float]]:
+            isolated: bool = False, default_sessions: frozenset[str] = frozenset()) -> dict[str, dict[str, float]]:
     """Median ms per run of every file, interleaved round by round; ratios use medians of the same process.
 
     ``isolated``: one session alive at a time, with onnxruntime's defaults (idle pool threads spin),
     as a deployment runs one model: each round opens every file's session in turn, warms it up,
     times it and releases it. Otherwise all sessions stay open and run in turn; with several threads
     their spinning must then be off (measured: FP32 ResNet-20 batch 32 at 2 threads took 18 ms with
-    spinning vs 8.5 ms without), which handicaps the file with more, smaller kernels.
+    spinning vs 8.5 ms without), which handicaps the file with more, smaller kernels. Keys in
+    ``default_sessions`` run without ``session.x64quantprecision`` (onnxruntime's default), the others exact.
     """
     xb = x[:batch].numpy()
 
-    def opened(p: Path):
-        s = ort_session(p, threads=threads, spinning=isolated or threads == 1)
+    def opened(k: str, p: Path):
+        s = ort_session(p, threads=threads, spinning=isolated or threads == 1, exact=k not in default_sessions)
         for _ in range(warmup):
             s.run(None, {"input": xb})
         return s
 
-    sessions = {} if isolated else {k: opened(p) for k, p in files.items()}
+    sessions = {} if isolated else {k: opened(k, p) for k, p in files.items()}
     times: dict[str, list[float]] = {k: [] for k in files}
     for _ in range(rounds):
         for k, p in files.items():
-            s = opened(p) if isolated else sessions[k]
+            s = opened(k, p) if isolated else sessions[k]
             t0 = time.perf_counter()
             for _ in range(inner):
                 s.run(None, {"input": xb})
@@ -198,21 +200,28 @@ def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int
         sess = ort_session(path, threads=args.threads)
         got = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
         agree[label] = agreement(refs[bits], got, ys)
+        if args.default_session and container == "int8":  # onnxruntime's default: u8s8 may saturate without VNNI
+            sess = ort_session(path, threads=args.threads, exact=False)
+            got_d = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
+            agree[f"{label}, ORT default session"] = agreement(refs[bits], got_d, ys)
         if container == "int8":  # the same file against the model with its biases moved onto the file's int32 grid
             snapped = copy.deepcopy(q)
             export_onnx(snapped, tmp / "snapped.onnx", input_shape=shape, container=container, snap_bias=True)
             with torch.no_grad():
                 ref_s = torch.cat([snapped(b) for b in xs.split(50)])
             agree[f"{label}, snap_bias"] = agreement(ref_s, got, ys)
-        for k in (label, f"{label}, snap_bias"):
+        for k in (label, f"{label}, ORT default session", f"{label}, snap_bias"):
             if k in agree:
                 a = agree[k]
                 print(f"{name} {k}: agreement {100 * a['top1_agreement']:.2f} %, max diff {a['max_diff_steps']:.2f} steps, "
                       f"top-1 PyTorch {100 * a['pytorch_top1']:.2f} % / ORT {100 * a['onnx_top1']:.2f} %", flush=True)
     kernels = {k: executed_kernels(p, xs[:1], threads=args.threads) for k, p in files.items()}
+    default = frozenset(f"{k} (ORT default session)" for k, _, c in FILES if c == "int8") if args.default_session else frozenset()
+    for k in default:
+        files[k], sizes[k], kernels[k] = files[k.split(" (")[0]], sizes[k.split(" (")[0]], kernels[k.split(" (")[0]]
     lat = {}
     for batch, (rounds, inner) in lat_cfg.items():
-        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads, args.isolated)
+        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads, args.isolated, default)
         print(name, f"batch {batch}", {k: f"{v['median_ms']:.2f} ms ({v['ratio_vs_fp32']:.2f}x)" for k, v in lat[str(batch)].items()}, flush=True)
     return {"model": what, "data": data, "agreement": agree, "file_bytes": sizes, "export": layers, "kernels": kernels,
             "latency": lat, "seconds": time.time() - t0}
@@ -254,6 +263,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs per file and batch size before timing (default 3)")
     ap.add_argument("--isolated", action="store_true", help="time one session at a time with onnxruntime's default thread "
                     "spinning, as a deployment runs one model (default: all sessions open, run in turn, spinning off when --threads > 1)")
+    ap.add_argument("--default-session", action="store_true", help="also run the int8 files in onnxruntime's default session, without "
+                    "session.x64quantprecision (agreement and latency): what that option costs, and what it prevents on x86 CPUs without VNNI")
     ap.add_argument("--no-agreement", action="store_true", help="skip the PyTorch reference passes: sizes, kernels and latency only")
     ap.add_argument("--quick", action="store_true", help="smoke run: 200 CIFAR / 32 ImageNet images, few rounds")
     ap.add_argument("--resnet-checkpoint", default="auto", help="joint .safetensors checkpoint or FP32 run dir (default: the joint run if it exists, else the FP32 run)")
@@ -269,7 +280,7 @@ def main() -> None:
         "resnet20": (cifar_resnet20, 200 if quick else None, {1: (r(15), 20), 32: (r(9), 2)}),
         "efficientnet_lite0": (effnet_lite0, 32 if quick else None, {1: (r(9), 3), 32: (r(5), 1)}),
     }
-    results: dict = {"models": {}, "quick": quick, "threads": args.threads, "warmup": args.warmup, "rounds_factor": args.rounds}
+    results: dict = {"models": {}, "cpu_int8_path": cpu_int8_path(), "quick": quick, "threads": args.threads, "warmup": args.warmup, "rounds_factor": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             loader, n, lat = todo[name]
@@ -293,6 +304,10 @@ def main() -> None:
         "there is no QLinearAdd or QLinearGlobalAveragePool (the model adds in float). 'w4a4 int8': 4-bit codes in int8/uint8 containers (integer Clip to the "
         "4-bit grid), run by the integer kernels; 'w4a4 int4': packed int4/uint4 (smallest file), which onnxruntime 1.32 "
         "runs in float.\n\n"
+        f"Sessions: bitswitch's ort_session sets session.x64quantprecision=1 (this CPU's int8 path: {cpu_int8_path()}; without "
+        "VNNI, onnxruntime's u8s8 kernels add pairs of products in int16 with saturation, and that option makes it re-store "
+        "weights with codes beyond +-64 as uint8 for its exact u8u8 kernels); '(ORT default session)' rows run the same file "
+        "without it.\n\n"
         "Agreement: 'snap_bias' rows compare the same file with a copy of the model whose biases were moved onto the file's "
         "int32 bias grid (export_onnx(..., snap_bias=True)); the plain rows with the model as trained, which differs from the "
         "integer kernel by up to half a bias step (s_x*s_w) per channel.\n"

@@ -426,6 +426,7 @@ def test_integer_kernels_exact_on_cpus_without_vnni(tmp_path):
     assert [lt.kernel for lt in rep.layers][:2] == ["QLinearConv", "QLinearConv"]
     assert executed_kernels(path, x).get("QLinearConv") == 2
     assert [lt.needs_exact_u8s8 for lt in rep.layers][:2] == [True, True]  # 8-bit activations, codes +-127
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"onnxruntime_session_config": "session.x64quantprecision=1"}
     with torch.no_grad():
         ref = q(x).numpy()
     exact = run_onnx(path, x, session=ort_session(path))  # bitswitch's sessions set EXACT_U8S8_OPTION

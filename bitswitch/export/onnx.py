@@ -49,10 +49,12 @@ from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from ..nn.transitional_bn import TransitionalBatchNorm
 from .onnx_graph import OUTPUT_NAME, GraphBuilder, container_for, container_types, require_onnx
 from .onnx_runtime import (
+    EXACT_U8S8_OPTION,
     INPUT_NAME,
     INTEGER_KERNELS,
     Agreement,
     VerificationError,
+    cpu_int8_path,
     executed_kernels,
     ort_session,
     run_onnx,
@@ -762,6 +764,9 @@ def export_onnx(
         model.train(was_training)
     if opset < 21 and any("16" in (lt.act_type or "") + lt.weight_type for lt in report.layers):
         raise ValueError("16-bit integer grids need opset >= 21")
+    if any(lt.needs_exact_u8s8 for lt in report.layers):
+        # said in the file too, for whoever deploys it: without the option x86 CPUs without VNNI saturate
+        onnx.helper.set_model_props(proto, {"onnxruntime_session_config": f"{EXACT_U8S8_OPTION}=1"})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -773,5 +778,5 @@ def export_onnx(
 
 __all__ = [
     "CONTAINERS", "Agreement", "ExportReport", "INTEGER_KERNELS", "LayerExport", "UnsupportedOpError", "VerificationError",
-    "executed_kernels", "export_onnx", "ort_session", "run_onnx", "verify_onnx",
+    "cpu_int8_path", "executed_kernels", "export_onnx", "ort_session", "run_onnx", "verify_onnx",
 ]
