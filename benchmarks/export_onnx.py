@@ -197,13 +197,15 @@ def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int
         if bits not in refs:
             with torch.no_grad():
                 refs[bits] = torch.cat([q(b) for b in xs.split(50)])
-        sess = ort_session(path, threads=args.threads)
-        got = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
+
+        def ort_outputs(exact: bool) -> torch.Tensor:
+            sess = ort_session(path, threads=args.threads, exact=exact)
+            return torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
+
+        got = ort_outputs(exact=True)
         agree[label] = agreement(refs[bits], got, ys)
         if args.default_session and container == "int8":  # onnxruntime's default: u8s8 may saturate without VNNI
-            sess = ort_session(path, threads=args.threads, exact=False)
-            got_d = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
-            agree[f"{label}, ORT default session"] = agreement(refs[bits], got_d, ys)
+            agree[f"{label}, ORT default session"] = agreement(refs[bits], ort_outputs(exact=False), ys)
         if container == "int8":  # the same file against the model with its biases moved onto the file's int32 grid
             snapped = copy.deepcopy(q)
             export_onnx(snapped, tmp / "snapped.onnx", input_shape=shape, container=container, snap_bias=True)
@@ -216,12 +218,15 @@ def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int
                 print(f"{name} {k}: agreement {100 * a['top1_agreement']:.2f} %, max diff {a['max_diff_steps']:.2f} steps, "
                       f"top-1 PyTorch {100 * a['pytorch_top1']:.2f} % / ORT {100 * a['onnx_top1']:.2f} %", flush=True)
     kernels = {k: executed_kernels(p, xs[:1], threads=args.threads) for k, p in files.items()}
-    default = frozenset(f"{k} (ORT default session)" for k, _, c in FILES if c == "int8") if args.default_session else frozenset()
-    for k in default:
-        files[k], sizes[k], kernels[k] = files[k.split(" (")[0]], sizes[k.split(" (")[0]], kernels[k.split(" (")[0]]
+    default: set[str] = set()  # keys timed in onnxruntime's default session: the same int8 files
+    for label, _, c in FILES if args.default_session else ():
+        if c == "int8":
+            k = f"{label} (ORT default session)"
+            files[k], sizes[k], kernels[k] = files[label], sizes[label], kernels[label]
+            default.add(k)
     lat = {}
     for batch, (rounds, inner) in lat_cfg.items():
-        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads, args.isolated, default)
+        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads, args.isolated, frozenset(default))
         print(name, f"batch {batch}", {k: f"{v['median_ms']:.2f} ms ({v['ratio_vs_fp32']:.2f}x)" for k, v in lat[str(batch)].items()}, flush=True)
     return {"model": what, "data": data, "agreement": agree, "file_bytes": sizes, "export": layers, "kernels": kernels,
             "latency": lat, "seconds": time.time() - t0}

@@ -13,7 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import bitswitch
-from bitswitch.export.onnx import UnsupportedOpError, VerificationError, executed_kernels, export_onnx, run_onnx, verify_onnx
+from bitswitch.export.onnx import (
+    UnsupportedOpError,
+    VerificationError,
+    cpu_int8_path,
+    executed_kernels,
+    export_onnx,
+    ort_session,
+    run_onnx,
+    verify_onnx,
+)
 from bitswitch.models import build
 from bitswitch.nn.precision_file import write_precision_file
 
@@ -416,8 +425,6 @@ def _saturating_model() -> tuple[nn.Module, torch.Tensor]:
 
 
 def test_integer_kernels_exact_on_cpus_without_vnni(tmp_path):
-    from bitswitch.export.onnx_runtime import cpu_int8_path, ort_session
-
     q, x = _saturating_model()
     codes, _ = q[2].weight_qparams(8)
     assert int(codes.abs().min()) == 127

@@ -489,7 +489,8 @@ class _Translator:
         entry = LayerExport(name, op, w_bits, a_bits, wtype, act_type, clipped, folded)
         self.report.layers.append(entry)
         if wtype != "float":
-            b.pending.append({"entry": entry, "out": out, "dq": [inputs[1]], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy()})
+            b.pending.append({"entry": entry, "out": out, "dq": [inputs[1]], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy(),
+                              "max_code": int(codes.abs().max())})
         return out
 
     def finalize_weights(self) -> None:
@@ -515,8 +516,7 @@ class _Translator:
                 entry.kernel = "MatMulIntegerToFloat"
             if entry.kernel is not None:
                 integer_outputs.add(p["out"])
-                codes = b.array(b.nodes[next(i for i, n in enumerate(b.nodes) if n.output[0] == p["dq"][0])].input[0])
-                entry.needs_exact_u8s8 = entry.a_bits is not None and entry.a_bits > 7 and int(np.abs(codes.astype(np.int32)).max()) > WIDE_CODE_LIMIT
+                entry.needs_exact_u8s8 = entry.a_bits is not None and entry.a_bits > 7 and p["max_code"] > WIDE_CODE_LIMIT
             if entry.kernel == "MatMulIntegerToFloat":
                 continue
             if q_after is not None:
