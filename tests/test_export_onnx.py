@@ -23,6 +23,7 @@ from bitswitch.export.onnx import (
     run_onnx,
     verify_onnx,
 )
+from bitswitch.export.layerwise import compare_layer_codes, format_layer_codes
 from bitswitch.models import build
 from bitswitch.nn.precision_file import write_precision_file
 
@@ -111,13 +112,16 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path, capsys):
     np.testing.assert_allclose(run_onnx(out, x), run_onnx(path, x), rtol=0, atol=0)
     report = tmp_path / "report.json"
     assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--reference", "float64",
-                 "--json", str(report)]) == 0
-    assert json.loads(report.read_text())["verification"]["reference"] == "float64"
+                 "--json", str(report), "--layerwise", "16"]) == 0
+    written = json.loads(report.read_text())
+    assert written["verification"]["reference"] == "float64"
+    # random inputs (no dataset): the codes of the first layer still agree, the table names every quantized layer
+    assert [r["name"] for r in written["layerwise"]] == [lt.name for lt in rep.layers if lt.a_bits] and written["layerwise"][0]["mismatched"] == 0
+    assert "input codes of each quantized layer" in capsys.readouterr().out
 
 
 def test_conv_bn_folded_and_integer_kernels(tmp_path):
     torch.manual_seed(0)
-    q, x = _model("small_cnn", in_channels=3) if False else _model("preact_resnet8")
     small = build("small_cnn")
     xs = torch.randn(16, 1, 28, 28)
     small.train()
@@ -441,3 +445,30 @@ def test_integer_kernels_exact_on_cpus_without_vnni(tmp_path):
     if cpu_int8_path() == "no-vnni":  # the failure the option prevents is real on this CPU
         default = run_onnx(path, x, session=ort_session(path, exact=False))
         assert np.abs(default - ref).max() > 0.1 * np.abs(ref).max()
+
+
+def test_layer_codes_match_and_locate_a_corrupted_layer(tmp_path):
+    torch.manual_seed(0)
+    q, x = _padded_model()
+    bitswitch.set_precision(q, 4)  # 4-bit codes clipped inside uint8, a folded Pad to crop, a signed input grid
+    path = tmp_path / "pad.onnx"
+    rep = export_onnx(q, path, input_shape=SHAPE, snap_bias=True)
+    rows = compare_layer_codes(q, path, rep, x.split(8))
+    assert [r.name for r in rows] == [lt.name for lt in rep.layers if lt.a_bits] == ["conv1", "dw", "conv3"]
+    assert all(r.codes > 0 for r in rows) and rows[1].codes == x.shape[0] * 16 * 16 * 16  # dw's input without its padding
+    # exact integer arithmetic on both sides: only a code at a rounding tie could differ
+    assert max(r.fraction for r in rows) <= 1e-4, format_layer_codes(rows)
+    assert "dw" in format_layer_codes(rows)
+    # a wrong weight step in conv1 corrupts the codes conv1 produces, i.e. dw's input, not conv1's own
+    proto = onnx.load(str(path))
+    step = next(t for t in proto.graph.initializer if t.name == "conv1_weight_step")
+    step.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(step) * 1.5, step.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    rows = compare_layer_codes(q, bad, rep, [x])
+    assert rows[0].mismatched == 0 and rows[1].fraction > 0.2 and rows[1].max_diff > 1
+    int4 = tmp_path / "int4.onnx"
+    with pytest.raises(ValueError, match="uint4"):
+        compare_layer_codes(q, int4, export_onnx(q, int4, input_shape=SHAPE, container="int4"), [x])
+    with pytest.raises(ValueError, match="no quantized activations"):
+        compare_layer_codes(q, path, export_onnx(q, tmp_path / "fp.onnx", input_shape=SHAPE, fp32=True), [x])

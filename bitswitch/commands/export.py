@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", choices=("float32", "float64"), default="float32",
                    help="how PyTorch computes the outputs the file is compared with: float32 (default) or float64 (a near-exact "
                         "copy, so only the file's own rounding counts; for models whose float32 result changes with the summation order)")
+    p.add_argument("--layerwise", type=int, nargs="?", const=64, default=0, metavar="N",
+                   help="after verifying, compare every quantized layer's input codes in onnxruntime with the model's "
+                        "(a float64 copy) on the first N verification images (default 64) and print where they differ: "
+                        "a real export fault shows as one layer that differs in bulk, rounding noise as ~1e-5 that grows layer by layer")
     p.add_argument("--json", default=None, help="also write the export and verification report here")
     p.set_defaults(func=run)
 
@@ -146,8 +150,17 @@ def run(args: argparse.Namespace) -> int:
         except VerificationError as e:
             hint = "" if args.snap_bias or args.fp32 else " (integer kernels round each bias to int32; --snap-bias verifies against that)"
             print(f"bitswitch export: verification on {source}: {e}{hint}", file=sys.stderr)
+            if not args.layerwise:
+                print("bitswitch export: --layerwise shows which layer's codes differ first", file=sys.stderr)
             out["verification_error"] = str(e)
             status = 1
+        if args.layerwise and not args.fp32:
+            from ..export.layerwise import compare_layer_codes, format_layer_codes
+
+            rows = compare_layer_codes(model, args.out, report, inputs[: args.layerwise].split(16))
+            print(f"input codes of each quantized layer, onnxruntime vs float64 PyTorch, on {min(args.layerwise, len(inputs))} images:")
+            print(format_layer_codes(rows))
+            out["layerwise"] = [r.as_dict() for r in rows]
     if args.json:
         atomic_write_json(args.json, out)
     return status

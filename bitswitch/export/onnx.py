@@ -120,6 +120,12 @@ class LayerExport:
     #: integer kernel with 8-bit activations and weight codes beyond +-WIDE_CODE_LIMIT: exact on x86
     #: CPUs without VNNI only with onnxruntime's ``session.x64quantprecision`` option (see ``ort_session``)
     needs_exact_u8s8: bool = False
+    #: the file's tensor of this layer's input codes (after any integer Clip), its zero point, and the
+    #: ``(top, left, bottom, right)`` zero padding folded into the conv: what
+    #: :func:`~bitswitch.export.layerwise.compare_layer_codes` compares with the model's own codes
+    act_codes: str | None = None
+    act_zero_point: int | None = None
+    act_pad: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
 
 
 @dataclass
@@ -418,7 +424,7 @@ class _Translator:
         a_bits = m.a_bits if quant else None
         if quant and w_bits is None and m.is_integer:
             raise ValueError(f"layer {name!r} has no precision set")
-        act_type, clipped, s_x = None, False, None
+        act_type, clipped, s_x, act_q = None, False, None, None
         if a_bits is not None and not fp32:
             scale, zp, lo, hi = m.act_quant.qparams(a_bits)
             zp = int(zp.reshape(-1)[0]) if isinstance(zp, torch.Tensor) else int(zp)
@@ -426,6 +432,7 @@ class _Translator:
                 raise UnsupportedOpError(f"layer {name!r}: per-channel activation scales are not supported by the exporter")
             s_x = float(scale)
             x, act_type, clipped = b.qdq(x, s_x, zp, lo, hi, a_bits, name)
+            act_q = b.q_of_dq[x]
         elif a_bits is not None:  # fp32 reference graph: the activation grid is dropped
             pass
 
@@ -486,7 +493,9 @@ class _Translator:
                 raise UnsupportedOpError(f"Linear {name!r} on a {len(self.shape(node.args[0]))}-D input: only 2-D inputs are supported")  # type: ignore[arg-type]
             out = b.node("Gemm", inputs, name, transB=1)
             op = "Gemm"
-        entry = LayerExport(name, op, w_bits, a_bits, wtype, act_type, clipped, folded)
+        entry = LayerExport(name, op, w_bits, a_bits, wtype, act_type, clipped, folded, act_pad=list(extra))
+        if act_q is not None:  # the Q's output; export_onnx resolves it to the codes after any integer Clip
+            entry.act_codes, entry.act_zero_point = act_q, b.q_info[act_q][2]
         self.report.layers.append(entry)
         if wtype != "float":
             b.pending.append({"entry": entry, "out": out, "dq": [inputs[1]], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy(),
@@ -758,6 +767,9 @@ def export_onnx(
         tr = _Translator(gm, builder, report, snap_bias)
         tr.run()
         tr.finalize_weights()
+        for lt in report.layers:
+            if lt.act_codes is not None:
+                lt.act_codes = builder.codes_tensor(lt.act_codes)
         out_shape = list(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["tensor_meta"].shape)
         proto = builder.model(list(x.shape), out_shape, dynamic_batch)
     finally:

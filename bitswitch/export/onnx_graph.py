@@ -97,6 +97,7 @@ class GraphBuilder:
         self.counter = Counter()
         self.qdq_cache: dict[tuple, str] = {}
         self.q_info: dict[str, tuple[str, float, int]] = {}  # Q node output -> (container, scale, zero point)
+        self.q_of_dq: dict[str, str] = {}  # activation DequantizeLinear output -> its QuantizeLinear output
         self.pending: list[dict[str, Any]] = []  # quantized layers whose weight dequantization is decided last
 
     def fresh(self, base: str) -> str:
@@ -154,11 +155,16 @@ class GraphBuilder:
         codes = self.code_clip(q, lo, hi) if integer_clip and clipped else q
         dq = self.node("DequantizeLinear", [codes, s, z], f"{base}_act_dq")
         self.qdq_cache[key] = dq
+        self.q_of_dq[dq] = q
         return dq, container, clipped
 
     def array(self, name: str) -> np.ndarray:
         """The value of the initializer ``name``."""
         return self.onnx.numpy_helper.to_array(next(t for t in self.inits if t.name == name))
+
+    def codes_tensor(self, q: str) -> str:
+        """The tensor holding the final codes of the QuantizeLinear output ``q`` (after its integer Clip, if any)."""
+        return self.q_clip[q][0] if q in self.q_clip else q
 
     def code_clip(self, q: str, lo: int, hi: int) -> str:
         """An integer ``Clip`` of the codes ``q`` to ``[lo, hi]`` (recorded so its bounds can narrow later)."""
