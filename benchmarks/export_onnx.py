@@ -136,21 +136,28 @@ def agreement(ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor) -> dic
             "pytorch_top1": float((ref.argmax(1) == labels).float().mean()), "onnx_top1": float((got.argmax(1) == labels).float().mean())}
 
 
+def session_variants(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """The extra onnxruntime sessions the int8 files also run in: (row suffix, ``ort_session(exact=...)``)."""
+    return [(suffix, exact) for suffix, exact, on in (("ORT default session", False, args.default_session),
+                                                      ("exact option forced", True, args.exact_session)) if on]
+
+
 def latency(files: dict[str, Path], x: torch.Tensor, batch: int, rounds: int, inner: int, warmup: int, threads: int,
-            isolated: bool = False, default_sessions: frozenset[str] = frozenset()) -> dict[str, dict[str, float]]:
+            isolated: bool = False, forced: dict[str, bool] | None = None) -> dict[str, dict[str, float]]:
     """Median ms per run of every file, interleaved round by round; ratios use medians of the same process.
 
     ``isolated``: one session alive at a time, with onnxruntime's defaults (idle pool threads spin),
     as a deployment runs one model: each round opens every file's session in turn, warms it up,
     times it and releases it. Otherwise all sessions stay open and run in turn; with several threads
     their spinning must then be off (measured: FP32 ResNet-20 batch 32 at 2 threads took 18 ms with
-    spinning vs 8.5 ms without), which handicaps the file with more, smaller kernels. Keys in
-    ``default_sessions`` run without ``session.x64quantprecision`` (onnxruntime's default), the others exact.
+    spinning vs 8.5 ms without), which handicaps the file with more, smaller kernels. ``forced`` maps
+    keys to ``ort_session(exact=...)``: ``False`` runs without ``session.x64quantprecision`` (onnxruntime's
+    default), ``True`` with it; other keys get bitswitch's choice for this CPU (the option without VNNI only).
     """
     xb = x[:batch].numpy()
 
     def opened(k: str, p: Path):
-        s = ort_session(p, threads=threads, spinning=isolated or threads == 1, exact=k not in default_sessions)
+        s = ort_session(p, threads=threads, spinning=isolated or threads == 1, exact=(forced or {}).get(k))
         for _ in range(warmup):
             s.run(None, {"input": xb})
         return s
@@ -198,35 +205,37 @@ def run_model(name: str, loader: Callable, args: argparse.Namespace, n_test: int
             with torch.no_grad():
                 refs[bits] = torch.cat([q(b) for b in xs.split(50)])
 
-        def ort_outputs(exact: bool) -> torch.Tensor:
+        def ort_outputs(exact: bool | None) -> torch.Tensor:
             sess = ort_session(path, threads=args.threads, exact=exact)
             return torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in xs.split(50)])
 
-        got = ort_outputs(exact=True)
+        got = ort_outputs(exact=None)
         agree[label] = agreement(refs[bits], got, ys)
-        if args.default_session and container == "int8":  # onnxruntime's default: u8s8 may saturate without VNNI
-            agree[f"{label}, ORT default session"] = agreement(refs[bits], ort_outputs(exact=False), ys)
+        for suffix, exact in session_variants(args):
+            if container == "int8":  # onnxruntime's default: u8s8 may saturate without VNNI; the option forced: u8u8 kernels
+                agree[f"{label}, {suffix}"] = agreement(refs[bits], ort_outputs(exact=exact), ys)
         if container == "int8":  # the same file against the model with its biases moved onto the file's int32 grid
             snapped = copy.deepcopy(q)
             export_onnx(snapped, tmp / "snapped.onnx", input_shape=shape, container=container, snap_bias=True)
             with torch.no_grad():
                 ref_s = torch.cat([snapped(b) for b in xs.split(50)])
             agree[f"{label}, snap_bias"] = agreement(ref_s, got, ys)
-        for k in (label, f"{label}, ORT default session", f"{label}, snap_bias"):
+        for k in (label, *(f"{label}, {suffix}" for suffix, _ in session_variants(args)), f"{label}, snap_bias"):
             if k in agree:
                 a = agree[k]
                 print(f"{name} {k}: agreement {100 * a['top1_agreement']:.2f} %, max diff {a['max_diff_steps']:.2f} steps, "
                       f"top-1 PyTorch {100 * a['pytorch_top1']:.2f} % / ORT {100 * a['onnx_top1']:.2f} %", flush=True)
     kernels = {k: executed_kernels(p, xs[:1], threads=args.threads) for k, p in files.items()}
-    default: set[str] = set()  # keys timed in onnxruntime's default session: the same int8 files
-    for label, _, c in FILES if args.default_session else ():
-        if c == "int8":
-            k = f"{label} (ORT default session)"
-            files[k], sizes[k], kernels[k] = files[label], sizes[label], kernels[label]
-            default.add(k)
+    forced: dict[str, bool] = {}  # the same int8 files timed with session.x64quantprecision forced off / on
+    for suffix, exact in session_variants(args):
+        for label, _, c in FILES:
+            if c == "int8":
+                k = f"{label} ({suffix})"
+                files[k], sizes[k], kernels[k] = files[label], sizes[label], kernels[label]
+                forced[k] = exact
     lat = {}
     for batch, (rounds, inner) in lat_cfg.items():
-        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads, args.isolated, frozenset(default))
+        lat[str(batch)] = latency(files, xs, batch, rounds, inner, args.warmup, args.threads, args.isolated, forced)
         print(name, f"batch {batch}", {k: f"{v['median_ms']:.2f} ms ({v['ratio_vs_fp32']:.2f}x)" for k, v in lat[str(batch)].items()}, flush=True)
     return {"model": what, "data": data, "agreement": agree, "file_bytes": sizes, "export": layers, "kernels": kernels,
             "latency": lat, "seconds": time.time() - t0}
@@ -269,7 +278,9 @@ def main() -> None:
     ap.add_argument("--isolated", action="store_true", help="time one session at a time with onnxruntime's default thread "
                     "spinning, as a deployment runs one model (default: all sessions open, run in turn, spinning off when --threads > 1)")
     ap.add_argument("--default-session", action="store_true", help="also run the int8 files in onnxruntime's default session, without "
-                    "session.x64quantprecision (agreement and latency): what that option costs, and what it prevents on x86 CPUs without VNNI")
+                    "session.x64quantprecision (agreement and latency): what that option prevents on x86 CPUs without VNNI")
+    ap.add_argument("--exact-session", action="store_true", help="also run the int8 files with session.x64quantprecision=1 forced "
+                    "(agreement and latency): what that option costs where bitswitch leaves it off (CPUs with VNNI)")
     ap.add_argument("--no-agreement", action="store_true", help="skip the PyTorch reference passes: sizes, kernels and latency only")
     ap.add_argument("--quick", action="store_true", help="smoke run: 200 CIFAR / 32 ImageNet images, few rounds")
     ap.add_argument("--resnet-checkpoint", default="auto", help="joint .safetensors checkpoint or FP32 run dir (default: the joint run if it exists, else the FP32 run)")
@@ -309,10 +320,11 @@ def main() -> None:
         "there is no QLinearAdd or QLinearGlobalAveragePool (the model adds in float). 'w4a4 int8': 4-bit codes in int8/uint8 containers (integer Clip to the "
         "4-bit grid), run by the integer kernels; 'w4a4 int4': packed int4/uint4 (smallest file), which onnxruntime 1.32 "
         "runs in float.\n\n"
-        f"Sessions: bitswitch's ort_session sets session.x64quantprecision=1 (this CPU's int8 path: {cpu_int8_path()}; without "
-        "VNNI, onnxruntime's u8s8 kernels add pairs of products in int16 with saturation, and that option makes it re-store "
-        "weights with codes beyond +-64 as uint8 for its exact u8u8 kernels); '(ORT default session)' rows run the same file "
-        "without it.\n\n"
+        f"Sessions: bitswitch's ort_session sets session.x64quantprecision=1 on x86 CPUs without VNNI only (this CPU's int8 path: "
+        f"{cpu_int8_path()}: the option is {'off' if cpu_int8_path() == 'vnni' else 'on'}). Without VNNI, onnxruntime's u8s8 kernels "
+        "add pairs of products in int16 with saturation, and that option makes it re-store weights with codes beyond +-64 as "
+        "uint8 for its exact u8u8 kernels; with VNNI u8s8 is exact and the option only slows those layers. '(ORT default "
+        "session)' rows run the same file without the option, '(exact option forced)' rows with it.\n\n"
         "Agreement: 'snap_bias' rows compare the same file with a copy of the model whose biases were moved onto the file's "
         "int32 bias grid (export_onnx(..., snap_bias=True)); the plain rows with the model as trained, which differs from the "
         "integer kernel by up to half a bias step (s_x*s_w) per channel.\n"

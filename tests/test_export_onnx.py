@@ -428,7 +428,7 @@ def _saturating_model() -> tuple[nn.Module, torch.Tensor]:
     return q, x
 
 
-def test_integer_kernels_exact_on_cpus_without_vnni(tmp_path):
+def test_integer_kernels_exact_with_and_without_vnni(tmp_path):
     q, x = _saturating_model()
     codes, _ = q[2].weight_qparams(8)
     assert int(codes.abs().min()) == 127
@@ -437,11 +437,19 @@ def test_integer_kernels_exact_on_cpus_without_vnni(tmp_path):
     assert [lt.kernel for lt in rep.layers][:2] == ["QLinearConv", "QLinearConv"]
     assert executed_kernels(path, x).get("QLinearConv") == 2
     assert [lt.needs_exact_u8s8 for lt in rep.layers][:2] == [True, True]  # 8-bit activations, codes +-127
-    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"onnxruntime_session_config": "session.x64quantprecision=1"}
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"onnxruntime_session_config_x86_without_vnni": "session.x64quantprecision=1"}
+    # bitswitch's sessions set the option only where the CPU needs it (with VNNI it only costs time)
+    opts = ort_session(path).get_session_options()
+    try:
+        option = opts.get_session_config_entry("session.x64quantprecision")
+    except RuntimeError:  # onnxruntime raises for a key that was never set
+        option = None
+    assert (option == "1") == (cpu_int8_path() != "vnni")
     with torch.no_grad():
         ref = q(x).numpy()
-    exact = run_onnx(path, x, session=ort_session(path))  # bitswitch's sessions set EXACT_U8S8_OPTION
-    np.testing.assert_allclose(exact, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    for exact in (None, True):  # bitswitch's choice for this CPU (without the option on VNNI ones), and the option forced
+        got = run_onnx(path, x, session=ort_session(path, exact=exact))
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     if cpu_int8_path() == "no-vnni":  # the failure the option prevents is real on this CPU
         default = run_onnx(path, x, session=ort_session(path, exact=False))
         assert np.abs(default - ref).max() > 0.1 * np.abs(ref).max()

@@ -62,6 +62,8 @@ from .onnx_runtime import (
 )
 
 DEFAULT_OPSET = 21
+#: ``metadata_props`` key under which a file names the onnxruntime session option its 8-bit layers need
+SESSION_CONFIG_KEY = "onnxruntime_session_config_x86_without_vnni"
 #: integer containers for <= 4-bit grids (see :func:`export_onnx`)
 CONTAINERS = ("int8", "int4")
 
@@ -778,7 +780,8 @@ def export_onnx(
         raise ValueError("16-bit integer grids need opset >= 21")
     if any(lt.needs_exact_u8s8 for lt in report.layers):
         # said in the file too, for whoever deploys it: without the option x86 CPUs without VNNI saturate
-        onnx.helper.set_model_props(proto, {"onnxruntime_session_config": f"{EXACT_U8S8_OPTION}=1"})
+        # (with VNNI the option is not needed and slows the 8-bit layers down)
+        onnx.helper.set_model_props(proto, {SESSION_CONFIG_KEY: f"{EXACT_U8S8_OPTION}=1"})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

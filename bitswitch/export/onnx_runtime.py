@@ -48,19 +48,24 @@ def require_onnxruntime():
 #: VNNI. Their u8s8 kernels (``vpmaddubsw``) add pairs of uint8 x int8 products in int16 with
 #: saturation, so with 8-bit activations a layer whose weight codes exceed +-64 can compute wrong
 #: integers (``255 * 127 * 2 > 2^15``); with this option onnxruntime re-stores such weights as uint8
-#: with zero point 128 at load time and uses its exact u8u8 kernels. It changes nothing on VNNI CPUs.
+#: with zero point 128 at load time and uses its exact u8u8 kernels. CPUs with VNNI accumulate u8s8 in
+#: int32 (exact) but onnxruntime converts the weights all the same, and the u8u8 kernels are slower
+#: (ResNet-20 W8A8, batch 32, AVX-512 VNNI AMD EPYC: 28-31 ms with the option, 21-23 ms without), so
+#: :func:`ort_session` sets it only where :func:`cpu_int8_path` is not ``"vnni"``.
 EXACT_U8S8_OPTION = "session.x64quantprecision"
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bool = False, level: str = "all", spinning: bool = True,
-                exact: bool = True):
+                exact: bool | None = None):
     """An onnxruntime CPU session (``run_onnx(path, x, session=...)`` reuses one).
 
     ``spinning=False`` stops idle pool threads from busy-waiting: needed when several sessions run in
     turn in one process (a benchmark), where one session's spinning threads would take the cores the
-    next one runs on. ``exact=True`` (default) sets :data:`EXACT_U8S8_OPTION`, without which the
-    file's integer layers can saturate on x86 CPUs without VNNI (AVX2-only machines such as AMD Zen 2/3);
-    ``exact=False`` gives onnxruntime's default, to measure what that costs or saves.
+    next one runs on. ``exact=None`` (default) sets :data:`EXACT_U8S8_OPTION` where the CPU needs it
+    (:func:`cpu_int8_path` is not ``"vnni"``): without it the file's 8-bit integer layers can saturate
+    on x86 CPUs without VNNI (AVX2-only machines such as AMD Zen 2/3); with VNNI it is exact anyway and
+    the option only slows the 8-bit layers down. ``exact=True`` / ``False`` force it on / off, to
+    measure what it costs or prevents.
     """
     ort = require_onnxruntime()
     so = ort.SessionOptions()
@@ -70,6 +75,8 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bo
         so.inter_op_num_threads = 1
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if exact is None:
+        exact = cpu_int8_path() != "vnni"
     if exact:
         so.add_session_config_entry(EXACT_U8S8_OPTION, "1")
     so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
