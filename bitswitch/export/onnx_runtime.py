@@ -9,6 +9,7 @@ largest output difference in units of an output step, against float32 PyTorch or
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import math
@@ -87,6 +88,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, profile: bo
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+@functools.cache  # the CPU does not change under a running process; ort_session asks for every session
 def cpu_int8_path() -> str:
     """Which x86 int8 dot-product path this CPU gives onnxruntime: ``"vnni"`` (exact u8s8),
     ``"no-vnni"`` (u8s8 saturates in int16 without :data:`EXACT_U8S8_OPTION`), or ``"other"``
