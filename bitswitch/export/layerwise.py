@@ -17,7 +17,6 @@ near-exact, so the counts measure the file's own rounding.
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from .onnx_graph import container_types, require_onnx
-from .onnx_runtime import INPUT_NAME, ort_session
+from .onnx_runtime import INPUT_NAME, ort_session, reference_model
 
 
 @dataclass
@@ -69,8 +68,6 @@ def _with_code_outputs(path: str | os.PathLike, layers: Sequence[Any], out_dir: 
 def _crop(codes: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
     """Drop the zero padding PyTorch applied before the quantizer and the file folded into the conv."""
     top, left, bottom, right = pad
-    if not any(pad):
-        return codes
     return codes[..., top: codes.shape[-2] - bottom, left: codes.shape[-1] - right]
 
 
@@ -89,8 +86,7 @@ def compare_layer_codes(
     for ``path`` (it names each layer's code tensor in the file). ``reference="float64"`` (default)
     runs a float64 copy of the model (``model`` is left as it is), ``"float32"`` the model itself.
     """
-    if reference not in ("float32", "float64"):
-        raise ValueError(f"reference must be 'float32' or 'float64', got {reference!r}")
+    ref, dtype = reference_model(model, reference)
     layers = [lt for lt in report.layers if lt.act_codes is not None]
     if not layers:
         raise ValueError("the file has no quantized activations to compare (an --fp32 export?)")
@@ -98,9 +94,6 @@ def compare_layer_codes(
     if bad:
         raise ValueError(f"layer-by-layer comparison reads codes from 8/16-bit containers only; the file has {', '.join(bad)} "
                          "(export with container='int8')")
-    model.eval()
-    ref = copy.deepcopy(model).double().eval() if reference == "float64" else model
-    dtype = torch.float64 if reference == "float64" else torch.float32
     captured: dict[str, torch.Tensor] = {}
     hooks = []
     for lt in layers:

@@ -153,6 +153,17 @@ class Agreement:
                 f"(need <= {self.max_steps:g}; step = max|y|/127 = {self.output_step:.3g})")
 
 
+def reference_model(model: nn.Module, reference: str) -> tuple[nn.Module, torch.dtype]:
+    """``(module, input dtype)`` PyTorch evaluates when a file is checked against ``model``: the model
+    itself for ``"float32"``, a float64 copy for ``"float64"`` (``model`` is left as it is)."""
+    if reference not in ("float32", "float64"):
+        raise ValueError(f"reference must be 'float32' or 'float64', got {reference!r}")
+    model.eval()
+    if reference == "float64":
+        return copy.deepcopy(model).double().eval(), torch.float64
+    return model, torch.float32
+
+
 @torch.no_grad()
 def verify_onnx(
     model: nn.Module,
@@ -176,10 +187,7 @@ def verify_onnx(
     EfficientNet-Lite0 flips 0.8 % of its top-1 answers between contiguous and channels-last).
     Raises :class:`VerificationError` when top-1 agreement or the maximum difference is out of bounds.
     """
-    if reference not in ("float32", "float64"):
-        raise ValueError(f"reference must be 'float32' or 'float64', got {reference!r}")
-    model.eval()
-    ref_model = copy.deepcopy(model).double().eval() if reference == "float64" else model
+    ref_model, dtype = reference_model(model, reference)
     sess = ort_session(path)
     agree = total = 0
     max_diff, sum_diff, n_vals, ymax = 0.0, 0.0, 0, 0.0
@@ -187,7 +195,7 @@ def verify_onnx(
         if isinstance(x, (tuple, list)):
             x = x[0]
         x = x.float()
-        ref = ref_model(x.double()).float() if reference == "float64" else model(x).float()
+        ref = ref_model(x.to(dtype)).float()
         got = torch.from_numpy(run_onnx(path, x, sess))
         if got.shape != ref.shape:
             raise VerificationError(f"onnxruntime output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
