@@ -117,9 +117,20 @@ def model_bytes(costs: Sequence[LayerCost], config: Config | None = None, *, inc
     return total
 
 
+def pair_bops(macs: int, pair: tuple[int, int]) -> int:
+    """``MAC·b_w·b_a``: the BOPs of one layer (or group of layers) at one precision, an exact integer."""
+    return macs * pair[0] * pair[1]
+
+
+def total_bops(macs: Mapping[str, int], config: Config) -> float:
+    """``Σ MAC·b_w·b_a`` over the entries of ``config`` (layer or group names), summed exactly."""
+    return float(sum(pair_bops(macs[n], tuple(p)) for n, p in config.items()))  # type: ignore[arg-type]
+
+
 def bops(costs: Sequence[LayerCost], config: Config | None = None, *, include_fp: bool = False) -> float:
     """``Σ MAC·b_w·b_a`` per sample; full-precision layers are outside the budget unless asked."""
-    return float(sum(c.macs * _bits(c, config)[0] * _bits(c, config)[1] for c in costs if c.quantized or include_fp))
+    counted = [c for c in costs if c.quantized or include_fp]
+    return total_bops({c.name: c.macs for c in counted}, {c.name: _bits(c, config) for c in counted})
 
 
 def layer_table(costs: Sequence[LayerCost]) -> str:
@@ -144,7 +155,8 @@ def layer_table(costs: Sequence[LayerCost]) -> str:
 REFERENCES: dict[str, tuple[int, int]] = {"w8a8": (8, 8), "w8a16": (8, 16)}
 
 
-def _reference(reference: str) -> tuple[int, int]:
+def reference_pair(reference: str) -> tuple[int, int]:
+    """The ``(weight bits, activation bits)`` of a named cost reference (``"w8a8"``, ``"w8a16"``)."""
     key = reference.lower()
     if key not in REFERENCES:
         raise ValueError(f"unknown cost reference {reference!r}; valid: {', '.join(REFERENCES)}")
@@ -153,16 +165,25 @@ def _reference(reference: str) -> tuple[int, int]:
 
 def reference_bops(costs: Sequence[LayerCost], reference: str = "w8a8") -> float:
     """BOPs of the quantized layers when every one of them runs at ``reference`` (FP layers excluded)."""
-    w, a = _reference(reference)
-    return float(sum(c.macs * w * a for c in costs if c.quantized))
+    pair = reference_pair(reference)
+    return total_bops({c.name: c.macs for c in costs if c.quantized}, {c.name: pair for c in costs if c.quantized})
 
 
 def relative_bops(costs: Sequence[LayerCost], config: Config | None = None, reference: str = "w8a8") -> float:
     """``bops(config) / bops(all layers at reference)``; full-precision layers are outside both."""
-    ref = reference_bops(costs, reference)
+    return _relative(bops(costs, config), reference_bops(costs, reference))
+
+
+def relative_total_bops(macs: Mapping[str, int], config: Config, reference: str = "w8a16") -> float:
+    """:func:`total_bops` of ``config`` over that of every entry of ``macs`` at ``reference``."""
+    pair = reference_pair(reference)
+    return _relative(total_bops(macs, config), total_bops(macs, {n: pair for n in macs}))
+
+
+def _relative(value: float, ref: float) -> float:
     if ref <= 0:
-        raise ValueError("the model's quantized layers have no MACs; relative BOPs is undefined")
-    return bops(costs, config) / ref
+        raise ValueError("the quantized layers have no MACs; relative BOPs is undefined")
+    return value / ref
 
 
 def quantized_bytes(costs: Sequence[LayerCost], config: Config | None = None) -> float:

@@ -344,7 +344,7 @@ def test_snap_bias_makes_pytorch_compute_the_integer_bias(tmp_path):
 def test_post_training_mixed_precision_result_exports_and_agrees(tmp_path):
     """A PTQ result (folded BN, asymmetric activations, AdaRound-ed 4-bit weights, mixed W8A16/W8A8/W4A8
     groups) is an ordinary bitswitch model: it exports and onnxruntime computes what PyTorch does."""
-    from bitswitch.ptq import prepare
+    from bitswitch.ptq import PTQConfig, start_session
 
     torch.manual_seed(0)
     m = build("preact_resnet8")
@@ -352,15 +352,15 @@ def test_post_training_mixed_precision_result_exports_and_agrees(tmp_path):
     m.train()
     with torch.no_grad():
         m(x)
-    s = prepare(m.eval(), [x[:32]], progress=False, chunk_size=16, adaround=True, adaround_iters=20, bias_correct=True)
+    s = start_session(m.eval(), [x[:32]], PTQConfig(progress=False, chunk_size=16, adaround=True, adaround_iters=20, bias_correct=True))
     res = s.search(0.35)
     assert res.relative_bops <= 0.35 + 1e-9
     pairs = set(res.layer_config.values())
     assert (4, 8) in pairs and len(pairs) > 1  # really mixed, with AdaRound-ed 4-bit groups
-    s.model.to(memory_format=torch.contiguous_format)
+    q = s.apply(res.group_config).to(memory_format=torch.contiguous_format)
     path = tmp_path / "ptq.onnx"
-    export_onnx(s.model, path, input_shape=SHAPE)
-    agreement = verify_onnx(s.model, path, [x[32:]])
+    export_onnx(q, path, input_shape=SHAPE)
+    agreement = verify_onnx(q, path, [x[32:]])
     assert agreement.passed and agreement.top1_agreement >= 0.995
 
 

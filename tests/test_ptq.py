@@ -10,7 +10,7 @@ from torch import nn
 
 import bitswitch
 from bitswitch import models
-from bitswitch.ptq import find_groups, fold_batchnorms, greedy_sequence, prepare, sqnr, sqnr_db
+from bitswitch.ptq import PTQConfig, find_groups, fold_batchnorms, greedy_sequence, sqnr, sqnr_db, start_session
 from bitswitch.ptq.groups import assign_candidates, parse_candidates
 from bitswitch.ptq.pareto import steps_for_budget
 from bitswitch.quant.activation import ActivationQuantizer
@@ -38,7 +38,7 @@ def test_phase1_sqnr_matches_uniform_noise_closed_form() -> None:
         lin.weight.copy_(torch.eye(64))
     x = torch.rand(512, 64)
     x[0, 0], x[0, 1] = 0.0, 1.0
-    s = prepare(nn.Sequential(lin), [x], [(8, 16), (8, 8)], progress=False, chunk_size=128)
+    s = start_session(nn.Sequential(lin), [x], PTQConfig([(8, 16), (8, 8)], progress=False, chunk_size=128))
     got = s.sensitivity()[s.groups[0].name][(8, 8)]
     expected = 10 * math.log10(4 * 255**2)
     assert got == pytest.approx(expected, abs=0.3)
@@ -129,7 +129,7 @@ def test_end_to_end_transformer_budget_cache_and_export_read_points(tmp_path) ->
     torch.manual_seed(0)
     model = models.build("tiny_transformer", dim=32, depth=1).eval()
     x = torch.randn(16, 8, 16)
-    s = prepare(model, [x], CANDS, progress=False, chunk_size=8)
+    s = start_session(model, [x], PTQConfig(CANDS, progress=False, chunk_size=8))
     cache = tmp_path / "p1.json"
     sens = s.sensitivity(cache_path=cache)
     assert cache.is_file()
@@ -140,30 +140,32 @@ def test_end_to_end_transformer_budget_cache_and_export_read_points(tmp_path) ->
     with pytest.raises(ValueError, match="impossible"):
         s.search(0.2)
     # resume from the cache gives the same numbers without recomputation
-    s2 = prepare(model, [x], CANDS, progress=False, chunk_size=8)
+    s2 = start_session(model, [x], PTQConfig(CANDS, progress=False, chunk_size=8))
     assert s2.sensitivity(cache_path=cache) == sens
     # the result is a normal bitswitch model: export reads codes and asymmetric act params
-    s.search(0.3)
-    for name, layer in bitswitch.quantized_layers(s.model).items():
+    q = s.apply(s.search(0.3).group_config)
+    for name, layer in bitswitch.quantized_layers(q).items():
         codes, step = layer.weight_qparams()
         torch.testing.assert_close(codes.float() * step.reshape(-1, 1), layer.effective_weight())
         scale, zp, lo, hi = layer.act_quant.qparams(layer.a_bits)
         assert (lo, hi) == (0, 2**layer.a_bits - 1) and lo <= zp <= hi
     # ... and the integer checkpoint round-trips it bit-identically (zero points included)
-    bitswitch.save(s.model, tmp_path / "ptq.safetensors")
+    bitswitch.save(q, tmp_path / "ptq.safetensors")
     reloaded = bitswitch.load(tmp_path / "ptq.safetensors")
-    bitswitch.set_precision(reloaded, dict(bitswitch.get_precision(s.model)))
+    bitswitch.set_precision(reloaded, dict(bitswitch.get_precision(q)))
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(x), s.model(x), rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(x), q(x), rtol=0, atol=0)
 
 
 def test_accuracy_target_with_user_metric() -> None:
     torch.manual_seed(0)
     model = models.build("tiny_transformer", dim=32, depth=1).eval()
     x = torch.randn(8, 8, 16)
-    s = prepare(model, [x], CANDS, progress=False)
+    s = start_session(model, [x], PTQConfig(CANDS, progress=False))
     target = 30.0
-    r = s.search(accuracy_target=target, eval_fn=lambda m: s.output_sqnr(s._current))
+    with torch.no_grad():
+        ref = model(x)
+        r = s.search(accuracy_target=target, eval_fn=lambda m: sqnr(ref, m(x)))
     assert r.metric >= target
     with pytest.raises(ValueError, match="needs an eval_fn"):
         s.search(accuracy_target=1.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bitswitch.ptq import prepare
+from bitswitch.ptq import PTQConfig, start_session
 from bitswitch.ptq.adaround import (InputStats, adaround_weight, bias_correction, grouped_weight,
                                     reconstruction_error, sample_rows)
 from bitswitch.quant.functional import channel_view, weight_codes
@@ -91,13 +91,14 @@ def test_session_adaround_cached_per_layer_and_reused_in_both_phases(monkeypatch
     real = ada.adaround_weight
     monkeypatch.setattr(ada, "adaround_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(16, 3, 8, 8)
-    s = prepare(_net(), [x], [(8, 16), (8, 8), (4, 8)], adaround=True, adaround_iters=20, progress=False, chunk_size=8)
+    s = start_session(_net(), [x], PTQConfig([(8, 16), (8, 8), (4, 8)], adaround=True, adaround_iters=20, progress=False, chunk_size=8))
     assert sorted(s.rounded) == sorted((n, 4) for n in s.layers)  # one rounding per (layer, 4 bits)
     assert len(calls) == len(s.layers)
     s.sensitivity()
     res = s.search(0.3)
     assert len(calls) == len(s.layers)  # phases 1 and 2 reuse the cached roundings
     assert res.relative_bops <= 0.3 + 1e-9
+    s.apply(res.group_config)
     for name, (w_bits, _) in res.layer_config.items():
         layer = s.layers[name]
         if w_bits == 4:
@@ -111,7 +112,7 @@ def test_session_adaround_cached_per_layer_and_reused_in_both_phases(monkeypatch
 
 def test_session_bias_correction_and_budgets() -> None:
     x = torch.randn(16, 3, 8, 8)
-    s = prepare(_net(), [x], [(8, 16), (8, 8), (4, 8)], bias_correct=True, progress=False, chunk_size=8)
+    s = start_session(_net(), [x], PTQConfig([(8, 16), (8, 8), (4, 8)], bias_correct=True, progress=False, chunk_size=8))
     assert sorted(s.biases) == sorted((n, b) for n in s.layers for b in (8, 4))
     s.sensitivity()
     for budget in (1.0, 0.5, 0.4, 0.25):
@@ -127,7 +128,7 @@ def test_session_bias_correction_and_budgets() -> None:
 def test_bad_adaround_arguments() -> None:
     x = torch.randn(4, 3, 8, 8)
     with pytest.raises(ValueError, match="adaround_iters"):
-        prepare(_net(), [x], adaround=True, adaround_iters=0, progress=False)
+        PTQConfig(adaround=True, adaround_iters=0, progress=False)
     with pytest.raises(ValueError, match="at least one iteration"):
         adaround_weight(torch.randn(4, 4), torch.ones(4), 4, torch.eye(4).unsqueeze(0), 1, iters=0)
     with pytest.raises(ValueError, match="no input rows"):
@@ -145,17 +146,16 @@ def test_output_aware_weight_range_beats_weight_mse_on_output_error() -> None:
     q = lambda s: weight_codes(w, s, 4) * channel_view(s, 2)  # noqa: E731
     assert reconstruction_error(w, q(s_out), gram, 1) <= reconstruction_error(w, q(s_mse), gram, 1) + 1e-6
     with pytest.raises(ValueError, match="weight_ranges"):
-        prepare(_net(), [torch.randn(4, 3, 8, 8)], weight_ranges="minmax", progress=False)
+        PTQConfig(weight_ranges="minmax", progress=False)
 
 
-def test_nearest_rounding_context_restores_learned_roundings() -> None:
+def test_nearest_rounding_then_learned_roundings() -> None:
     x = torch.randn(16, 3, 8, 8)
-    s = prepare(_net(), [x], [(8, 16), (8, 8), (4, 8)], adaround=True, bias_correct=True, adaround_iters=10,
-                progress=False, chunk_size=8)
+    s = start_session(_net(), [x], PTQConfig([(8, 16), (8, 8), (4, 8)], adaround=True, bias_correct=True, adaround_iters=10,
+                                             progress=False, chunk_size=8))
     name = next(iter(s.layers))
-    with s.nearest_rounding():
-        s.apply(s.uniform((4, 8)))
-        assert torch.equal(s.layers[name].weight, s.fp_weights[name]) and s.layers[name].w_bits == 4
-        assert torch.equal(s.layers[name].bias, s.fp_biases[name])
+    s.apply(s.uniform((4, 8)), nearest=True)
+    assert torch.equal(s.layers[name].weight, s.fp_weights[name]) and s.layers[name].w_bits == 4
+    assert torch.equal(s.layers[name].bias, s.fp_biases[name])
     s.apply(s.uniform((4, 8)))
     assert torch.equal(s.layers[name].weight, s.rounded[(name, 4)])

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="data root: ImageNet-style folder (imagenet_samples) or cifar10 root")
     p.add_argument("--dataset", default="imagenet", choices=["imagenet", "cifar10"])
     p.add_argument("--num-calib", type=int, default=256, help="calibration images (first N in sorted order)")
-    p.add_argument("--num-eval", type=int, default=0, help="evaluation images after the calibration ones (0: no accuracy)")
+    p.add_argument("--num-eval", type=int, default=None,
+                   help="held-out evaluation images after the calibration ones (default: all of them; 0: no accuracy)")
     p.add_argument("--candidates", default="W8A16,W8A8,W4A8")
     p.add_argument("--budget", type=float, default=None, help="relative BOPs budget (all-W8A16 = 1)")
     p.add_argument("--accuracy-target", type=float, default=None, help="top-1 %% to keep (needs --num-eval)")
@@ -49,19 +50,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _num_images(args: argparse.Namespace) -> int | None:
+    """Calibration plus evaluation images to load (``None``: every image)."""
+    return None if args.num_eval is None else args.num_calib + args.num_eval
+
+
 def _load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     if args.dataset == "imagenet":
         from ..data import batches, efficientnet_lite_preprocess, imagenet_preprocess, load_imagenet_samples
 
         pre = efficientnet_lite_preprocess() if args.model.startswith("efficientnet") else imagenet_preprocess()
         ds = load_imagenet_samples(args.data, pre)
-        order = sorted(range(len(ds)), key=lambda i: ds.samples[i][0].name)[: args.num_calib + args.num_eval]
+        order = sorted(range(len(ds)), key=lambda i: ds.samples[i][0].name)[: _num_images(args)]
         xs, ys = zip(*batches(ds, 64, indices=order, num_threads=2))
         return torch.cat(xs), torch.cat(ys)
     from ..data import DATASET_STATS, load_dataset
 
     ds = load_dataset("cifar10", args.data, split="test")
-    n = args.num_calib + args.num_eval
+    n = _num_images(args)
     x = ds.images[:n].float() / 255.0
     mean, std = DATASET_STATS["cifar10"]["mean"], DATASET_STATS["cifar10"]["std"]
     x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
@@ -71,17 +77,19 @@ def _load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 def run(args: argparse.Namespace) -> int:
     from ..export.checkpoint import atomic_write_json, save
     from ..models import build, load_weights
-    from ..ptq import prepare
+    from ..ptq import PTQConfig, start_session
     from ..ptq.plots import plot_pareto, plot_sensitivity
 
-    if args.accuracy_target is not None and args.num_eval <= 0:
-        raise ValueError("--accuracy-target needs --num-eval > 0 evaluation images")
+    if args.accuracy_target is not None and args.num_eval == 0:
+        raise ValueError("--accuracy-target needs held-out evaluation images (--num-eval > 0)")
     kwargs = {"pretrained": True} if args.pretrained else {}
     model = build(args.model, **kwargs).eval()
     if args.weights:
         load_weights(model, args.weights)
     x, y = _load_data(args)
     xc, xe, ye = x[: args.num_calib], x[args.num_calib:], y[args.num_calib:]
+    if args.accuracy_target is not None and not len(xe):
+        raise ValueError(f"--accuracy-target needs held-out evaluation images, but {args.data} has none after the {args.num_calib} calibration images")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -90,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
             return 100.0 * sum(int((m(xe[i:i + 64]).argmax(1) == ye[i:i + 64]).sum()) for i in range(0, len(xe), 64)) / len(xe)
 
     eval_fn = top1 if len(xe) else None
-    session = prepare(model, [xc], _pairs(args.candidates), adaround=args.adaround, adaround_iters=args.adaround_iters,
-                      bias_correct=args.bias_correct, weight_ranges=args.weight_ranges)
+    config = PTQConfig(candidates=_pairs(args.candidates), adaround=args.adaround, adaround_iters=args.adaround_iters,
+                       bias_correct=args.bias_correct, weight_ranges=args.weight_ranges)
+    session = start_session(model, [xc], config)
     session.sensitivity(cache_path=out / "phase1_cache.json", max_samples=args.phase1_samples)
     res = session.search(args.budget, accuracy_target=args.accuracy_target, eval_fn=eval_fn, pareto=args.pareto,
                          pareto_every=args.pareto_every, priority=args.priority)
@@ -101,9 +110,53 @@ def run(args: argparse.Namespace) -> int:
         plot_pareto(res.pareto, out / "pareto.png", html=out / "pareto.html",
                     metric_name="top-1 (%)" if eval_fn else "output SQNR (dB)")
     arch = getattr(model, "bitswitch_arch", None)
-    session.model.to(memory_format=torch.contiguous_format)  # the session runs channels-last; files want contiguous
-    session.model.bitswitch_arch = None  # BN is folded: the built-in architecture no longer matches
-    save(session.model, out / "model.safetensors", extra={"ptq_layer_config": {k: list(v) for k, v in res.layer_config.items()},
-                                                         "source_arch": arch, "input_shape": list(session.input_shape)})
+    chosen = session.apply(res.group_config)
+    chosen.to(memory_format=torch.contiguous_format)  # the session runs channels-last; files want contiguous
+    chosen.bitswitch_arch = None  # BN is folded: the built-in architecture no longer matches
+    save(chosen, out / "model.safetensors", extra={"ptq_layer_config": {k: list(v) for k, v in res.layer_config.items()},
+                                                   "source_arch": arch, "input_shape": list(session.input_shape)})
     print(f"relative BOPs {res.relative_bops:.4f}, metric {res.metric}, {len(session.groups)} groups; results in {out}/")
+    print_summary(_summary_rows(session, res, eval_fn), len(xe))
     return 0
+
+
+def _summary_rows(session, res, eval_fn) -> list[tuple[str, float | None, float, float]]:
+    """``(name, top-1 or None, model bytes, relative BOPs)`` of FP32, uniform W8A8 (where every group
+    supports it) and the chosen configuration."""
+    from ..cost import layer_costs, model_bytes, relative_bops
+
+    costs = layer_costs(session.model, session.input_shape)
+    configs: list[tuple[str, dict | None]] = [("FP32", None)]
+    try:
+        configs.append(("uniform W8A8", session.uniform((8, 8))))
+        session.layer_config(configs[-1][1])
+    except ValueError:
+        configs.pop()  # W8A8 is not a candidate of every group
+    configs.append(("chosen", res.group_config))
+    rows = []
+    for name, group_config in configs:
+        if group_config is None:
+            layers = {c.name: (32, 32) for c in costs if c.quantized}
+        else:
+            layers = session.layer_config(group_config)
+        if name == "chosen" or eval_fn is None:
+            top1 = res.metric if eval_fn is not None else None
+        else:
+            top1 = eval_fn(session.apply(group_config))
+        rows.append((name, top1, model_bytes(costs, layers), relative_bops(costs, layers, "w8a16")))
+    session.apply(res.group_config)
+    return rows
+
+
+def print_summary(rows: list[tuple[str, float | None, float, float]], num_eval: int) -> None:
+    """The closing table: accuracy and size of each configuration."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bitswitch ptq: top-1 on {num_eval} held-out images" if num_eval else "bitswitch ptq (no held-out images: no accuracy)")
+    table.add_column("configuration")
+    for col in ("top-1 (%)", "size (bytes)", "relative BOPs (W8A16 = 1)"):
+        table.add_column(col, justify="right")
+    for name, top1, size, bops in rows:
+        table.add_row(name, "-" if top1 is None else f"{top1:.2f}", f"{size:,.0f}", f"{bops:.4f}")
+    Console().print(table)

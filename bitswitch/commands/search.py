@@ -15,13 +15,8 @@ from ..nn.precision_file import write_precision_file
 from ..search.baselines import greedy, random_at_cost, uniform
 from ..search.budget import parse_budget
 from ..search.hessian import load_traces, sensitivity
-from ..search.ilp import (
-    OBJECTIVES,
-    SearchProblem,
-    SearchResult,
-    pareto_front,
-    weight_noise,
-)
+from ..search.ilp import SearchProblem, SearchResult, pareto_front
+from ..search.objectives import OBJECTIVES, weight_noise
 from ._data import resolve_data
 from .hessian import default_trace_path
 

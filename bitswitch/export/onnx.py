@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.batchnorm import SwitchableBatchNorm
+from ..nn.fold import check_running_stats, fold_bn
 from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from ..nn.transitional_bn import TransitionalBatchNorm
 from .onnx_graph import OUTPUT_NAME, GraphBuilder, container_for, container_types, require_onnx
@@ -204,15 +205,11 @@ def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, (SwitchableBatchNorm, TransitionalBatchNorm, nn.BatchNorm2d))
 
 
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(factor, shift)`` with ``bn(y) == y * factor + shift`` per channel, in float64."""
-    if not bn.track_running_stats or bn.running_mean is None:
-        raise UnsupportedOpError("BatchNorm without running statistics cannot be exported (it normalises with batch statistics)")
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    w = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    b = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    factor = w / torch.sqrt(var + bn.eps)
-    return factor, b - mean * factor
+def _check_bn(bn: nn.modules.batchnorm._BatchNorm) -> None:
+    try:
+        check_running_stats(bn)
+    except ValueError as e:
+        raise UnsupportedOpError(f"{e}; it cannot be exported") from None
 
 
 def _pair(v: Any) -> list[int]:
@@ -221,7 +218,7 @@ def _pair(v: Any) -> list[int]:
 
 class _Translator:
     def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, report: ExportReport, snap_bias: bool = False):
-        self.gm, self.b, self.report, self.snap_bias = gm, builder, report, snap_bias
+        self.gm, self.builder, self.report, self.snap_bias = gm, builder, report, snap_bias
         self.modules = dict(gm.named_modules())
         self.env: dict[fx.Node, str] = {}
         self.fold: dict[fx.Node, tuple[str, nn.modules.batchnorm._BatchNorm]] = {}
@@ -270,14 +267,14 @@ class _Translator:
                 raise UnsupportedOpError(f"unsupported graph node {node.op} {node.target!r}")
         assert out_name is not None
         # name the graph output
-        self.b.nodes.append(self.b.onnx.helper.make_node("Identity", [out_name], [OUTPUT_NAME], name="output_identity"))
+        self.builder.nodes.append(self.builder.onnx.helper.make_node("Identity", [out_name], [OUTPUT_NAME], name="output_identity"))
         return OUTPUT_NAME
 
     def arg(self, a: Any) -> str:
         if isinstance(a, fx.Node):
             return self.env[a]
         if isinstance(a, (int, float)):
-            return self.b.init("const", np.array(a, np.float32))
+            return self.builder.init("const", np.array(a, np.float32))
         raise UnsupportedOpError(f"unsupported argument {a!r}")
 
     # ---------------------------------------------------------------------------------------------
@@ -290,15 +287,15 @@ class _Translator:
             if node in self.folded_bn_nodes:
                 return self.env[x]
             bn = _active_bn(m)
-            factor, shift = _bn_affine(bn)
+            _check_bn(bn)
             if len(self.shape(node)) != 4:
                 raise UnsupportedOpError(f"BatchNorm {name!r} on a {len(self.shape(node))}-D tensor is not supported")
             self.report.unfolded_bn.append(name)
-            b = self.b
+            builder = self.builder
             # kept as an op (its input is not a convolution's sole output, e.g. a residual sum)
-            return b.node("BatchNormalization", [self.env[x], b.init(f"{name}.scale", bn.weight.detach().float().numpy() if bn.weight is not None else np.ones(bn.num_features, np.float32)),
-                          b.init(f"{name}.bias", bn.bias.detach().float().numpy() if bn.bias is not None else np.zeros(bn.num_features, np.float32)),
-                          b.init(f"{name}.mean", bn.running_mean.float().numpy()), b.init(f"{name}.var", bn.running_var.float().numpy())], name, epsilon=float(bn.eps))
+            return builder.node("BatchNormalization", [self.env[x], builder.init(f"{name}.scale", bn.weight.detach().float().numpy() if bn.weight is not None else np.ones(bn.num_features, np.float32)),
+                          builder.init(f"{name}.bias", bn.bias.detach().float().numpy() if bn.bias is not None else np.zeros(bn.num_features, np.float32)),
+                          builder.init(f"{name}.mean", bn.running_mean.float().numpy()), builder.init(f"{name}.var", bn.running_var.float().numpy())], name, epsilon=float(bn.eps))
         if isinstance(m, nn.ReLU):
             return self.relu(self.env[x], name)
         if isinstance(m, (nn.ReLU6, nn.Hardtanh)):
@@ -309,7 +306,7 @@ class _Translator:
         if isinstance(m, nn.AdaptiveAvgPool2d):
             if _pair(m.output_size) != [1, 1]:
                 raise UnsupportedOpError(f"AdaptiveAvgPool2d({m.output_size}) at {name!r}: only output size 1 is supported")
-            return self.b.node("GlobalAveragePool", [self.env[x]], name)
+            return self.builder.node("GlobalAveragePool", [self.env[x]], name)
         if isinstance(m, nn.Flatten):
             return self.flatten(self.env[x], m.start_dim, m.end_dim, node, name)
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
@@ -328,9 +325,9 @@ class _Translator:
         a, kw = node.args, node.kwargs
         nm = getattr(f, "__name__", str(f))
         if f in (operator.add, torch.add):
-            return self.b.node("Add", [self.arg(a[0]), self.arg(a[1])], "add")
+            return self.builder.node("Add", [self.arg(a[0]), self.arg(a[1])], "add")
         if f in (operator.mul, torch.mul):
-            return self.b.node("Mul", [self.arg(a[0]), self.arg(a[1])], "mul")
+            return self.builder.node("Mul", [self.arg(a[0]), self.arg(a[1])], "mul")
         if f in (F.relu, torch.relu):
             return self.relu(self.arg(a[0]), "relu")
         if f is F.relu6:
@@ -343,7 +340,7 @@ class _Translator:
             size = kw.get("output_size", a[1] if len(a) > 1 else None)
             if _pair(size) != [1, 1]:
                 raise UnsupportedOpError(f"adaptive_avg_pool2d(output_size={size}): only output size 1 is supported")
-            return self.b.node("GlobalAveragePool", [self.arg(a[0])], "gap")
+            return self.builder.node("GlobalAveragePool", [self.arg(a[0])], "gap")
         if f is F.pad:
             pads = list(kw.get("pad", a[1]))
             mode = kw.get("mode", a[2] if len(a) > 2 else "constant")
@@ -354,7 +351,7 @@ class _Translator:
         if f is torch.cat:
             tensors = kw.get("tensors", a[0])
             dim = kw.get("dim", a[1] if len(a) > 1 else 0)
-            return self.b.node("Concat", [self.arg(t) for t in tensors], "concat", axis=int(dim))
+            return self.builder.node("Concat", [self.arg(t) for t in tensors], "concat", axis=int(dim))
         raise UnsupportedOpError(f"unsupported function {getattr(f, '__module__', '')}.{nm} (node {node.name!r}): the ONNX exporter has no translation for it")
 
     def call_method(self, node: fx.Node) -> str:
@@ -366,25 +363,25 @@ class _Translator:
         if meth in ("view", "reshape"):
             shape = self.shape(node)
             target = [0] + [int(d) for d in shape[1:]]  # keep the batch dimension dynamic
-            return self.b.node("Reshape", [self.arg(a[0]), self.b.init("shape", np.array(target, np.int64))], "reshape")
+            return self.builder.node("Reshape", [self.arg(a[0]), self.builder.init("shape", np.array(target, np.int64))], "reshape")
         raise UnsupportedOpError(f"unsupported tensor method .{meth}() (node {node.name!r}): the ONNX exporter has no translation for it")
 
     # ---------------------------------------------------------------------------------------------
     def relu(self, x: str, base: str) -> str:
-        out = self.b.node("Relu", [x], base)
-        self.b.act_bounds[out] = (0.0, math.inf)
+        out = self.builder.node("Relu", [x], base)
+        self.builder.act_bounds[out] = (0.0, math.inf)
         return out
 
     def clip(self, x: str, lo: float, hi: float, base: str) -> str:
-        out = self.b.node("Clip", [x, self.b.init(f"{base}_min", np.array(lo, np.float32)), self.b.init(f"{base}_max", np.array(hi, np.float32))], base)
+        out = self.builder.node("Clip", [x, self.builder.init(f"{base}_min", np.array(lo, np.float32)), self.builder.init(f"{base}_max", np.array(hi, np.float32))], base)
         self.clip_bounds[out] = (lo, hi)
-        self.b.act_bounds[out] = (lo, hi)
+        self.builder.act_bounds[out] = (lo, hi)
         return out
 
     def pad(self, x: str, lrtb: Sequence[int], base: str) -> str:
         left, right, top, bottom = (int(v) for v in lrtb)
         pads = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
-        out = self.b.node("Pad", [x, self.b.init(f"{base}_pads", pads)], base, mode="constant")
+        out = self.builder.node("Pad", [x, self.builder.init(f"{base}_pads", pads)], base, mode="constant")
         self.pads[out] = (x, (top, left, bottom, right))
         return out
 
@@ -405,7 +402,7 @@ class _Translator:
     def flatten(self, x: str, start: int, end: int, node: fx.Node, base: str) -> str:
         if end != -1 and end != len(self.shape(node.args[0])) - 1:  # type: ignore[arg-type]
             raise UnsupportedOpError(f"flatten(start_dim={start}, end_dim={end}): only flattening to the last dimension is supported")
-        return self.b.node("Flatten", [x], base, axis=int(start))
+        return self.builder.node("Flatten", [x], base, axis=int(start))
 
     def pool(self, node: fx.Node, m: nn.Module, name: str) -> str:
         k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
@@ -413,13 +410,13 @@ class _Translator:
         if isinstance(m, nn.MaxPool2d):
             if _pair(m.dilation) != [1, 1] or m.return_indices:
                 raise UnsupportedOpError(f"MaxPool2d at {name!r} with dilation or return_indices is not supported")
-            return self.b.node("MaxPool", [self.env[node.args[0]]], name, **attrs)
+            return self.builder.node("MaxPool", [self.env[node.args[0]]], name, **attrs)
         if m.divisor_override is not None:
             raise UnsupportedOpError(f"AvgPool2d at {name!r} with divisor_override is not supported")
-        return self.b.node("AveragePool", [self.env[node.args[0]]], name, count_include_pad=int(m.count_include_pad), **attrs)
+        return self.builder.node("AveragePool", [self.env[node.args[0]]], name, count_include_pad=int(m.count_include_pad), **attrs)
 
     def layer(self, node: fx.Node, name: str, m: nn.Module) -> str:
-        b, fp32 = self.b, self.b.fp32
+        builder, fp32 = self.builder, self.builder.fp32
         x, extra = self.fold_pad(node, m)
         quant = isinstance(m, QuantLayer)
         w_bits = m.w_bits if quant else None
@@ -433,8 +430,8 @@ class _Translator:
             if isinstance(scale, torch.Tensor) and scale.numel() != 1:
                 raise UnsupportedOpError(f"layer {name!r}: per-channel activation scales are not supported by the exporter")
             s_x = float(scale)
-            x, act_type, clipped = b.qdq(x, s_x, zp, lo, hi, a_bits, name)
-            act_q = b.q_of_dq[x]
+            x, act_type, clipped = builder.qdq(x, s_x, zp, lo, hi, a_bits, name)
+            act_q = builder.q_of_dq[x]
         elif a_bits is not None:  # fp32 reference graph: the activation grid is dropped
             pass
 
@@ -448,11 +445,12 @@ class _Translator:
 
         wtype = "float"
         if codes is not None:
-            wtype = container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, b.int4 and b.opset >= 21)
+            wtype = container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, builder.int4 and builder.opset >= 21)
         folded = None
         if node in self.fold:
             folded, bn = self.fold[node]
-            factor, shift = _bn_affine(bn)
+            _check_bn(bn)
+            factor, bias = fold_bn(bn, bias, torch.float64)
             if codes is not None:
                 # a negative factor negates the channel's codes; where a code is the container's minimum
                 # (-128 in int8) that would overflow, so that channel's step carries the sign instead
@@ -463,44 +461,43 @@ class _Translator:
                 step = step * torch.where(flip, -factor, factor)
             else:
                 weight = weight * factor.reshape(-1, *[1] * (weight.dim() - 1))
-            bias = (bias * factor if bias is not None else 0) + shift
 
         if codes is not None and not fp32:
             onnx_type = container_types()[wtype][0]
             if wtype == "int8":
                 codes, step = _widen_codes(codes, step, bias, s_x)
-            wq = b.init(f"{name}.weight_int", codes.numpy(), onnx_type)
-            ws = b.init(f"{name}.weight_step", step.float().numpy())
-            wz = b.init(f"{name}.weight_zp", np.zeros(step.shape[0], np.int64), onnx_type)
-            w = b.node("DequantizeLinear", [wq, ws, wz], f"{name}_weight_dq", axis=0)
+            wq = builder.init(f"{name}.weight_int", codes.numpy(), onnx_type)
+            ws = builder.init(f"{name}.weight_step", step.float().numpy())
+            wz = builder.init(f"{name}.weight_zp", np.zeros(step.shape[0], np.int64), onnx_type)
+            w = builder.node("DequantizeLinear", [wq, ws, wz], f"{name}_weight_dq", axis=0)
         else:
             wtype = "float"  # an fp32 reference graph stores dequantized weights
             wf = (codes.double() * step.reshape(-1, *[1] * (codes.dim() - 1))) if codes is not None else weight
-            w = b.init(f"{name}.weight", wf.float().numpy())
+            w = builder.init(f"{name}.weight", wf.float().numpy())
 
         inputs = [x, w]
         if bias is not None:  # float here; turned into int32 on the s_x*s_w grid where a kernel fuses
-            inputs.append(b.init(f"{name}.bias", bias.float().numpy()))
+            inputs.append(builder.init(f"{name}.bias", bias.float().numpy()))
         if isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
             if isinstance(m.padding, str):
                 raise UnsupportedOpError(f"Conv2d {name!r} with padding={m.padding!r} is not supported; use integer padding")
             ph, pw = m.padding
             top, left, bottom, right = extra
-            out = b.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=list(m.stride), pads=[ph + top, pw + left, ph + bottom, pw + right],
+            out = builder.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=list(m.stride), pads=[ph + top, pw + left, ph + bottom, pw + right],
                          dilations=list(m.dilation), group=int(m.groups))
             op = "Conv"
         else:
             if len(self.shape(node.args[0])) != 2:  # type: ignore[arg-type]
                 raise UnsupportedOpError(f"Linear {name!r} on a {len(self.shape(node.args[0]))}-D input: only 2-D inputs are supported")  # type: ignore[arg-type]
-            out = b.node("Gemm", inputs, name, transB=1)
+            out = builder.node("Gemm", inputs, name, transB=1)
             op = "Gemm"
         entry = LayerExport(name, op, w_bits, a_bits, wtype, act_type, clipped, folded, act_pad=list(extra))
         if act_q is not None:  # the Q's output; export_onnx resolves it to the codes after any integer Clip
-            entry.act_codes, entry.act_zero_point = act_q, b.q_info[act_q][2]
+            entry.act_codes, entry.act_zero_point = act_q, builder.q_info[act_q][2]
         self.report.layers.append(entry)
         if wtype != "float":
-            b.pending.append({"entry": entry, "out": out, "dq": [inputs[1]], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy(),
+            builder.pending.append({"entry": entry, "out": out, "dq": [inputs[1]], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy(),
                               "max_code": int(codes.abs().max())})
         return out
 
@@ -511,12 +508,12 @@ class _Translator:
         once at load time (a ``DequantizeLinear`` on an initializer is deliberately *not* folded, and
         costs a full dequantization per inference). The file still holds the integer codes either way.
         """
-        b = self.b
-        b.absorb_activations()
-        _, consumers = b.links()
+        builder = self.builder
+        builder.absorb_activations()
+        _, consumers = builder.links()
         containers = container_types()
         integer_outputs: set[str] = set()  # outputs of layers onnxruntime runs as integer kernels
-        for p in b.pending:
+        for p in builder.pending:
             entry: LayerExport = p["entry"]
             q_after = self._q_after(p["out"], consumers)
             entry.fusable = q_after is not None and self._fusable(q_after, entry, containers)
@@ -537,17 +534,17 @@ class _Translator:
                 # a QLinearConv, re-quantizing it with its own grid (and fails for int4 inputs), so the
                 # weight keeps its DequantizeLinear and thus the model's own codes and steps.
                 continue
-            T = b.onnx.TensorProto
+            T = builder.onnx.TensorProto
             for dq_name in p["dq"]:
-                idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == dq_name)
-                dq = b.nodes[idx]
-                scale = b.array(dq.input[1])
+                idx = next(i for i, n in enumerate(builder.nodes) if n.output[0] == dq_name)
+                dq = builder.nodes[idx]
+                scale = builder.array(dq.input[1])
                 shape = [-1] + [1] * (p["ndim"] - 1) if dq_name.endswith("_weight_dq") else [-1]
-                sname = b.init(f"{dq.input[1]}_bcast", scale.reshape(shape).astype(np.float32))
-                cast = b.fresh(f"{dq_name}_cast")
-                b.nodes[idx: idx + 1] = [
-                    b.onnx.helper.make_node("Cast", [dq.input[0]], [cast], name=cast, to=T.FLOAT),
-                    b.onnx.helper.make_node("Mul", [cast, sname], [dq_name], name=dq_name),
+                sname = builder.init(f"{dq.input[1]}_bcast", scale.reshape(shape).astype(np.float32))
+                cast = builder.fresh(f"{dq_name}_cast")
+                builder.nodes[idx: idx + 1] = [
+                    builder.onnx.helper.make_node("Cast", [dq.input[0]], [cast], name=cast, to=T.FLOAT),
+                    builder.onnx.helper.make_node("Mul", [cast, sname], [dq_name], name=dq_name),
                 ]
 
     def _as_matmul(self, p: dict[str, Any], integer_outputs: set[str]) -> bool:
@@ -565,12 +562,12 @@ class _Translator:
         costs more than it saves (measured on ResNet-20's strided shortcuts). Returns False to leave
         the conv as it is.
         """
-        b, entry = self.b, p["entry"]
+        builder, entry = self.builder, p["entry"]
         if entry.op != "Conv" or entry.weight_type != "int8" or entry.act_type not in ("int8", "uint8"):
             return False
-        producer, _ = b.links()
+        producer, _ = builder.links()
         conv = producer[p["out"]]
-        attrs = {a.name: b.onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        attrs = {a.name: builder.onnx.helper.get_attribute_value(a) for a in conv.attribute}
         if list(attrs["kernel_shape"]) != [1, 1] or attrs["group"] != 1 or any(attrs["pads"]) or list(attrs["strides"]) != [1, 1]:
             return False
         src = producer.get(conv.input[0])  # DQ <- [integer Clip <-] Q <- the producing layer
@@ -579,30 +576,30 @@ class _Translator:
         if src is None or src.op_type != "QuantizeLinear" or src.input[0] not in integer_outputs:
             return False
         dq = producer[p["dq"][0]]
-        codes, step = b.array(dq.input[0]), b.array(dq.input[1])
-        name, h, T = entry.name, b.onnx.helper, b.onnx.TensorProto
-        w = b.node("DequantizeLinear", [b.init(f"{name}.weight_int_t", codes.reshape(codes.shape[0], -1).T, T.INT8), b.init(f"{name}.weight_step_t", step),
-                                        b.init(f"{name}.weight_zp_t", np.zeros(step.shape[0], np.int64), T.INT8)], f"{name}_weight_t_dq", axis=1)
-        new = [b.nodes.pop()]
-        nhwc, mm = b.fresh(f"{name}_nhwc"), b.fresh(f"{name}_matmul")
+        codes, step = builder.array(dq.input[0]), builder.array(dq.input[1])
+        name, h, T = entry.name, builder.onnx.helper, builder.onnx.TensorProto
+        w = builder.node("DequantizeLinear", [builder.init(f"{name}.weight_int_t", codes.reshape(codes.shape[0], -1).T, T.INT8), builder.init(f"{name}.weight_step_t", step),
+                                        builder.init(f"{name}.weight_zp_t", np.zeros(step.shape[0], np.int64), T.INT8)], f"{name}_weight_t_dq", axis=1)
+        new = [builder.nodes.pop()]
+        nhwc, mm = builder.fresh(f"{name}_nhwc"), builder.fresh(f"{name}_matmul")
         new += [h.make_node("Transpose", [conv.input[0]], [nhwc], name=nhwc, perm=[0, 2, 3, 1]), h.make_node("MatMul", [nhwc, w], [mm], name=mm)]
         if len(conv.input) > 2:
-            biased = b.fresh(f"{name}_bias")
+            biased = builder.fresh(f"{name}_bias")
             new.append(h.make_node("Add", [mm, conv.input[2]], [biased], name=biased))
             mm = biased
         new.append(h.make_node("Transpose", [mm], [p["out"]], name=p["out"], perm=[0, 3, 1, 2]))
-        idx = b.nodes.index(conv)
-        b.nodes[idx: idx + 1] = new
+        idx = builder.nodes.index(conv)
+        builder.nodes[idx: idx + 1] = new
         return True
 
     def _conv_with_bias(self, p: dict[str, Any]) -> tuple[int, Any, Any] | None:
         """(node index, conv node, bias values) of the layer producing ``p["out"]``, or None without bias."""
-        b = self.b
-        idx = next(i for i, n in enumerate(b.nodes) if n.output[0] == p["out"])
-        conv = b.nodes[idx]
+        builder = self.builder
+        idx = next(i for i, n in enumerate(builder.nodes) if n.output[0] == p["out"])
+        conv = builder.nodes[idx]
         if len(conv.input) < 3:
             return None
-        return idx, conv, b.array(conv.input[2])
+        return idx, conv, builder.array(conv.input[2])
 
     def _int32_bias(self, p: dict[str, Any]) -> bool:
         """Re-store a fused layer's bias as int32 on the ``s_x * s_w`` grid (what QLinearConv takes).
@@ -612,7 +609,7 @@ class _Translator:
         must not be left in the fusable pattern with a float bias, because onnxruntime would then
         quantize the bias itself and saturate it.
         """
-        b = self.b
+        builder = self.builder
         found = self._conv_with_bias(p)
         if found is None:
             return True
@@ -627,11 +624,11 @@ class _Translator:
         if self.snap_bias:
             self._snap(p["entry"], bint * bstep.astype(np.float64) - bias)
         name = p["entry"].name
-        dq = b.fresh(f"{name}_bias_dq")
-        node = b.onnx.helper.make_node("DequantizeLinear", [b.init(f"{name}.bias_int", bint.astype(np.int32)), b.init(f"{name}.bias_step", bstep),
-                                                            b.init(f"{name}.bias_zp", np.zeros(bstep.shape[0], np.int32))], [dq], name=dq, axis=0)
+        dq = builder.fresh(f"{name}_bias_dq")
+        node = builder.onnx.helper.make_node("DequantizeLinear", [builder.init(f"{name}.bias_int", bint.astype(np.int32)), builder.init(f"{name}.bias_step", bstep),
+                                                            builder.init(f"{name}.bias_zp", np.zeros(bstep.shape[0], np.int32))], [dq], name=dq, axis=0)
         conv.input[2] = dq
-        b.nodes.insert(idx, node)
+        builder.nodes.insert(idx, node)
         return True
 
     @torch.no_grad()
@@ -653,19 +650,19 @@ class _Translator:
         onnxruntime's ``BiasQuantization`` pass re-stores a float bias next to DQ inputs as int32 on
         the ``s_x * s_w`` grid, which on int4 grids is coarse enough to flip output codes.
         """
-        b = self.b
+        builder = self.builder
         found = self._conv_with_bias(p)
         if found is None:
             return
         idx, conv, bias = found
         bias = bias.astype(np.float32)
         shape = [-1] + [1] * (p["ndim"] - 2) if conv.op_type == "Conv" else [-1]
-        bname = b.init(f"{p['entry'].name}.bias_bcast", bias.reshape(shape))
-        pre = b.fresh(f"{p['out']}_nobias")
+        bname = builder.init(f"{p['entry'].name}.bias_bcast", bias.reshape(shape))
+        pre = builder.fresh(f"{p['out']}_nobias")
         del conv.input[2]
         conv.output[0] = pre
         conv.name = pre
-        b.nodes.insert(idx + 1, b.onnx.helper.make_node("Add", [pre, bname], [p["out"]], name=p["out"]))
+        builder.nodes.insert(idx + 1, builder.onnx.helper.make_node("Add", [pre, bname], [p["out"]], name=p["out"]))
 
     def _q_after(self, out: str, consumers: dict[str, list]):
         """``(Relu/Clip node or None, QuantizeLinear node)`` if the layer's output goes straight to a Q."""
@@ -685,7 +682,7 @@ class _Translator:
         if entry.op != "Conv" or entry.weight_type != "int8" or entry.act_type not in ("int8", "uint8"):
             return False
         act, q = q_after
-        info = self.b.q_info.get(q.output[0])
+        info = self.builder.q_info.get(q.output[0])
         if info is None:
             return False
         container, scale, zp = info

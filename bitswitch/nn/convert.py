@@ -80,12 +80,6 @@ def _short_list(names: Sequence[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-
-
 def quantize(
     model: nn.Module,
     bits: Sequence[int] = (8, 6, 4, 2),
@@ -150,11 +144,11 @@ def quantize(
     for name in quantized:
         float_layer = model.get_submodule(name)
         qtype = QUANT_TYPES[type(float_layer)]
-        _set_submodule(model, name, qtype.from_float(float_layer, wbits, abits, h, rounding, variant, act_asymmetric))  # type: ignore[attr-defined]
+        model.set_submodule(name, qtype.from_float(float_layer, wbits, abits, h, rounding, variant, act_asymmetric))  # type: ignore[attr-defined]
     if switchable_bn:
         for name, src in bn_source.items():
             if src is not None and src in quantized:
-                _set_submodule(model, name, SwitchableBatchNorm(model.get_submodule(name), wbits, source=src))
+                model.set_submodule(name, SwitchableBatchNorm(model.get_submodule(name), wbits, source=src))
 
     model.bitswitch_config = QuantConfig(wbits, abits, h, rounding, variant, switchable_bn, fp, tuple(quantized), act_asymmetric)
     log.info("quantized %d layers (%s), kept %d in full precision (%s)", len(quantized), _short_list(quantized, 4), len(fp), ", ".join(fp))
@@ -248,7 +242,8 @@ def get_precision(model: nn.Module) -> dict[str, tuple[int | None, int | None]]:
     return {n: (m.w_bits, m.a_bits) for n, m in _require_quantized(model).items()}
 
 
-def _first_tensor(batch: Any) -> torch.Tensor:
+def first_tensor(batch: Any) -> torch.Tensor:
+    """The input tensor of one batch: the batch itself, its first element, or its first mapping value."""
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
@@ -265,10 +260,10 @@ def iter_inputs(batches: Iterable[Any], num_batches: int | None = None) -> Itera
     for i, batch in enumerate(batches):
         if num_batches is not None and i >= num_batches:
             return
-        yield _first_tensor(batch)
+        yield first_tensor(batch)
 
 
-class _Reservoir:
+class Reservoir:
     """Keeps a bounded random sample of the values a layer sees, plus the sign information."""
 
     def __init__(self, capacity: int, generator: torch.Generator):
@@ -323,7 +318,7 @@ def calibrate(
         raise ValueError(f"unknown act_init {act_init!r}; valid: {', '.join(ACT_INITS)}")
     layers = _require_quantized(model)
     gen = torch.Generator().manual_seed(seed)
-    reservoirs = {name: _Reservoir(sample_size, gen) for name in layers}
+    reservoirs = {name: Reservoir(sample_size, gen) for name in layers}
     previous = get_precision(model)
     integer = any(m.is_integer for m in layers.values())
     was_training = model.training

@@ -61,7 +61,7 @@ class TransitionalBatchNorm(nn.Module):
 
 def to_transitional(model: nn.Module) -> nn.Module:
     """Replace every :class:`SwitchableBatchNorm` of ``model`` (in place) by a transitional one."""
-    from .convert import _set_submodule, quantized_layers, set_precision
+    from .convert import quantized_layers, set_precision
 
     layers = quantized_layers(model)
     order = list(layers)
@@ -71,7 +71,7 @@ def to_transitional(model: nn.Module) -> nn.Module:
             i = order.index(m.source) if m.source in order else -1
             previous = order[i - 1] if i > 0 else None
             prev_bits = tuple(layers[previous].weight_quant.bits) if previous is not None else ()
-            _set_submodule(model, name, TransitionalBatchNorm(m, previous, prev_bits))
+            model.set_submodule(name, TransitionalBatchNorm(m, previous, prev_bits))
             replaced += 1
     if not replaced:
         raise ValueError("model has no switchable BatchNorm to make transitional (quantize it with switchable_bn=True)")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant.functional import channel_view
+from ..quant.functional import channel_view, fake_quant
 from ..quant.grid import int_range
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def weight_scale_output_mse(weight: torch.Tensor, gram: torch.Tensor, groups: in
     for f in torch.linspace(0.2, 1.0, grid):
         s = base * f
         sv = channel_view(s, w.dim())
-        dw = (torch.round(w / sv).clamp(lo, hi) * sv - w).reshape(groups, w.shape[0] // groups, -1)
+        dw = (fake_quant(w, sv, lo, hi) - w).reshape(groups, w.shape[0] // groups, -1)
         err = (dw * torch.bmm(dw, gram)).sum(-1).reshape(-1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
@@ -156,7 +156,7 @@ def adaround_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int, gram: 
     shape = (groups, w.shape[0] // groups, -1)
     # the loss is measured relative to nearest rounding's error and the regulariser is a mean, so one
     # λ suits every layer whatever its activation scale and size
-    nearest = torch.round(w / s).clamp(lo, hi) * s
+    nearest = fake_quant(w, s, lo, hi)
     if rows is None:
         norm = reconstruction_error(w, nearest, gram, groups)
     else:

@@ -1,8 +1,9 @@
 """Phase 2: greedy Pareto flipping.
 
 Start with every group at its highest candidate; at each step flip one group down to a cheaper
-candidate, never back up. Which flip: ``priority="sqnr"`` (the paper / AIMET rule) takes the
-(group, lower candidate) whose phase-1 SQNR is highest, i.e. the least sensitive one;
+candidate, never back up (the walk is :func:`bitswitch.search.greedy.monotone_greedy`). Which
+flip: ``priority="sqnr"`` (the paper / AIMET rule) takes the (group, lower candidate) whose
+phase-1 SQNR is highest, i.e. the least sensitive one;
 ``priority="noise_per_bops"`` treats the output noise of the groups as additive
 (``N = 10^(-SQNR/10)``) and takes the flip adding the least noise per BOP saved. The sequence of
 configurations depends only on phase 1, so the metric is evaluated only where it is needed: once at
@@ -15,8 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..cost import pair_bops, relative_total_bops
+from ..search.greedy import monotone_greedy
+
 Pair = tuple[int, int]
 PRIORITIES = ("sqnr", "noise_per_bops")
+#: the precision relative BOPs are measured against (every group at W8A16 = 1)
+REFERENCE = "w8a16"
 
 
 @dataclass(frozen=True)
@@ -27,56 +33,46 @@ class Flip:
     relative_bops: float
 
 
-def group_bops(macs: Mapping[str, int], config: Mapping[str, Pair]) -> float:
-    return float(sum(macs[g] * c[0] * c[1] for g, c in config.items()))
-
-
 def greedy_sequence(
     candidates: Mapping[str, Sequence[Pair]],
     sqnr: Mapping[str, Mapping[Pair, float]],
     macs: Mapping[str, int],
-    reference: Pair = (8, 16),
+    reference: str = REFERENCE,
     priority: str = "sqnr",
 ) -> tuple[dict[str, Pair], list[Flip]]:
     """The start configuration and every monotone flip until no group can go lower.
 
     ``candidates[g]`` is sorted highest cost first; ``sqnr[g][c]`` is the phase-1 SQNR (dB) of
     group ``g`` alone at candidate ``c``; ``macs[g]`` the group's MACs per sample. Relative BOPs are
-    against every group at ``reference`` (W8A16).
+    against every group at ``reference`` (a :data:`bitswitch.cost.REFERENCES` name). Exact ties go
+    to the group whose name sorts first.
     """
     if priority not in PRIORITIES:
         raise ValueError(f"unknown priority {priority!r}; valid: {', '.join(PRIORITIES)}")
-    ref = float(sum(m * reference[0] * reference[1] for m in macs.values()))
-    if ref <= 0:
-        raise ValueError("the quantized groups have no MACs; cannot compute relative BOPs")
-    config = {g: tuple(c[0]) for g, c in candidates.items()}
-    start = dict(config)
+    names = sorted(candidates)
+    cands = [[tuple(c) for c in candidates[g]] for g in names]
+
+    def moves(unit: int, pos: int) -> list[tuple[int, float]]:
+        g, cur = names[unit], cands[unit][pos]
+        out = []
+        for i, c in enumerate(cands[unit]):
+            if pair_bops(1, c) >= pair_bops(1, cur):  # BOPs per MAC
+                continue  # monotone: only strictly cheaper candidates
+            if priority == "sqnr":
+                return [(i, -sqnr[g][c])]  # the next lower candidate is always the least sensitive one
+            noise_cur = 10 ** (-sqnr[g][cur] / 10) if cur in sqnr[g] else 0.0
+            saved = pair_bops(macs[g], cur) - pair_bops(macs[g], c)
+            out.append((i, (10 ** (-sqnr[g][c] / 10) - noise_cur) / max(saved, 1e-9)))
+        return out
+
+    start = {g: cands[u][0] for u, g in enumerate(names)}
+    relative_total_bops(macs, start, reference)  # refuses groups without MACs before walking
+    config = dict(start)
     flips: list[Flip] = []
-    while True:
-        best: tuple[float, str, Pair] | None = None
-        for g, cands in candidates.items():
-            cur = config[g]
-            cur_cost = cur[0] * cur[1]
-            for c in cands:
-                if c[0] * c[1] >= cur_cost:
-                    continue  # monotone: only strictly cheaper candidates
-                s = sqnr[g][c]
-                if priority == "sqnr":
-                    score = -s
-                else:
-                    noise_cur = 10 ** (-sqnr[g][cur] / 10) if cur in sqnr[g] else 0.0
-                    saved = macs[g] * (cur_cost - c[0] * c[1])
-                    score = (10 ** (-s / 10) - noise_cur) / max(saved, 1e-9)
-                if best is None or score < best[0] or (score == best[0] and g < best[1]):
-                    best = (score, g, c)
-                if priority == "sqnr":
-                    break  # with SQNR ordering, the next lower candidate is always the one to consider
-        if best is None:
-            break
-        _, g, c = best
-        config[g] = c
-        flips.append(Flip(len(flips) + 1, g, c, group_bops(macs, config) / ref))
-    return start, flips
+    for unit, pos in monotone_greedy(len(names), moves):
+        config[names[unit]] = cands[unit][pos]
+        flips.append(Flip(len(flips) + 1, names[unit], cands[unit][pos], relative_total_bops(macs, config, reference)))
+    return {g: start[g] for g in candidates}, flips
 
 
 def config_at(start: Mapping[str, Pair], flips: Sequence[Flip], n: int) -> dict[str, Pair]:

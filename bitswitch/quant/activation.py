@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import LsqActivationFn, fake_quant_act
+from .functional import LsqActivationFn, fake_quant
 from .grid import check_bit_list, int_range
 from .ranges import act_scale
 
@@ -110,7 +110,7 @@ class ActivationQuantizer(nn.Module):
         scale = self.scales[str(bits)]
         if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
             return LsqActivationFn.apply(x, scale, lo, hi)
-        return fake_quant_act(x, scale, lo, hi)
+        return fake_quant(x, scale, lo, hi)
 
     def extra_repr(self) -> str:
         sign = "uncalibrated" if not self.calibrated else ("signed" if self.signed else "unsigned")

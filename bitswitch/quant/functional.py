@@ -87,9 +87,18 @@ class LsqActivationFn(torch.autograd.Function):
         return grad_x, (grad_s / math.sqrt(x.numel() * ctx.hi)).reshape(scale.shape), None, None
 
 
-def fake_quant_act(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """The activation quantizer's forward arithmetic (no autograd bookkeeping)."""
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, lo: int | torch.Tensor, hi: int | torch.Tensor) -> torch.Tensor:
+    """``clip(round(x / s), lo, hi) · s`` (no autograd bookkeeping): the activation quantizer's forward
+    arithmetic, and nearest rounding for range searches (``scale``, ``lo``, ``hi`` broadcast)."""
     return torch.round(x / scale).clamp_(lo, hi) * scale
+
+
+def fake_quant_asymmetric(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` on the ``bits``-bit asymmetric grid spanning ``[lo, hi]`` (zero point rounded into the grid)."""
+    n = 2**bits - 1
+    scale = ((hi - lo) / n).clamp_min(1e-8)
+    zp = torch.round(-lo / scale).clamp(0, n)
+    return fake_quant(x, scale, -zp, n - zp)
 
 
 def _act_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,12 +119,12 @@ class _Kernels:
     Eager by default. :func:`use_compiled_kernels` swaps in ``torch.compile`` d versions, which fuse
     each pass into one loop (about 8x less time in the quantizers on CPU) at the price of a one-off
     compilation (~20 s, cached on disk by inductor). Evaluation without autograd always runs the eager
-    :func:`fake_quant_act`, so compiled training never changes what a saved model computes.
+    :func:`fake_quant`, so compiled training never changes what a saved model computes.
     """
 
     def __init__(self) -> None:
         self.compiled = False
-        self.act_forward = fake_quant_act
+        self.act_forward = fake_quant
         self.act_backward = _act_backward
 
 
@@ -125,9 +134,9 @@ _KERNELS = _Kernels()
 def use_compiled_kernels(enabled: bool = True) -> bool:
     """Turn the fused (``torch.compile``) activation kernels on or off; returns the new state."""
     if enabled and not _KERNELS.compiled:
-        _KERNELS.act_forward = torch.compile(fake_quant_act, dynamic=True)
+        _KERNELS.act_forward = torch.compile(fake_quant, dynamic=True)
         _KERNELS.act_backward = torch.compile(_act_backward, dynamic=True)
         _KERNELS.compiled = True
     elif not enabled:
-        _KERNELS.act_forward, _KERNELS.act_backward, _KERNELS.compiled = fake_quant_act, _act_backward, False
+        _KERNELS.act_forward, _KERNELS.act_backward, _KERNELS.compiled = fake_quant, _act_backward, False
     return _KERNELS.compiled

@@ -3,7 +3,8 @@
 Weights: one scale per output channel shared by every bit-width, so the MSE search scores a
 candidate by the geometric mean of its error over *all* bit-widths of the model (a scale that is
 only good at 8 bits ruins 2 bits, and vice versa). Activations: one scale per bit-width, searched
-independently.
+independently (:func:`act_scale`), or, for post-training quantization, an asymmetric ``[lo, hi]``
+per bit-width with both ends clipped independently (:func:`act_range_mse`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .functional import channel_view, dequantize_codes, weight_codes
+from .functional import channel_view, dequantize_codes, fake_quant, fake_quant_asymmetric, weight_codes
 from .grid import int_range
 
 WeightInit = Literal["mse", "std3", "max"]
@@ -88,13 +89,44 @@ def act_scale(samples: torch.Tensor, bits: int, signed: bool, method: str = "mse
     if method != "mse":
         raise ValueError(f"unknown activation init {method!r}; valid: {', '.join(ACT_INITS)}")
     candidates = amax * torch.linspace(0.05, 1.0, grid) / hi
-    errors = torch.stack([((torch.round(x / s).clamp(lo, hi) * s - x) ** 2).mean() for s in candidates])
+    errors = torch.stack([((fake_quant(x, s, lo, hi) - x) ** 2).mean() for s in candidates])
     return candidates[int(errors.argmin())].reshape(())
+
+
+@torch.no_grad()
+def act_range_mse(sample: torch.Tensor, bits: int, grid: int = 24, exact_above: int = 12, max_values: int = 16384) -> tuple[float, float]:
+    """``(lo, hi)`` minimising ``E[(x - Q(x))²]`` over candidate clipping ranges.
+
+    Candidates shrink the observed maximum by ``grid`` factors in ``[0.15, 1]`` and a negative
+    minimum independently by ``grid // 2`` factors; the error is measured on at most ``max_values``
+    evenly strided values of the sample (the observed min/max come from all of it). At
+    ``bits >= exact_above`` the rounding error is negligible and min/max is returned (no clipping).
+    """
+    x = sample.detach().float().flatten()
+    if x.numel() == 0:
+        raise ValueError("cannot set an activation range from an empty sample")
+    xmin, xmax = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    if bits >= exact_above or xmax - xmin < _EPS:
+        return xmin, xmax
+    if x.numel() > max_values:
+        x = x[:: x.numel() // max_values][:max_values]
+    fr = torch.linspace(0.15, 1.0, grid)
+    his = (fr * xmax).reshape(-1, 1)
+    los = [0.0] if xmin >= 0 else (torch.linspace(0.15, 1.0, max(2, grid // 2)) * xmin).tolist()
+    best, best_lo, best_hi = float("inf"), xmin, xmax
+    for lo in los:
+        lo_t = torch.full_like(his, lo)
+        err = (fake_quant_asymmetric(x.unsqueeze(0), lo_t, his, bits) - x).pow_(2).mean(1)
+        i = int(err.argmin())
+        if float(err[i]) < best:
+            best, best_lo, best_hi = float(err[i]), lo, float(his[i])
+    return best_lo, best_hi
 
 
 __all__ = [
     "WEIGHT_INITS",
     "ACT_INITS",
+    "act_range_mse",
     "act_scale",
     "init_weight_scale",
     "weight_scale_max",

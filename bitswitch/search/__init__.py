@@ -3,18 +3,14 @@
 from .baselines import greedy, greedy_path, random_at_cost, uniform
 from .budget import Budget, parse_budget
 from .hessian import LayerTrace, hessian_traces, load_traces, save_traces, sensitivity
-from .ilp import (
-    SearchProblem,
-    SearchResult,
-    candidate_pairs,
-    pareto_front,
-    weight_noise,
-)
+from .ilp import SearchProblem, SearchResult, candidate_pairs, pareto_front
 from .measured import config_losses, loss_deltas, rerank
+from .objectives import OBJECTIVES, weight_noise
 
 __all__ = [
     "Budget",
     "LayerTrace",
+    "OBJECTIVES",
     "SearchProblem",
     "SearchResult",
     "candidate_pairs",

@@ -5,7 +5,8 @@
   under the budget ("equal cost"), the control that shows whether the search's choice matters;
 * :func:`greedy_path` / :func:`greedy`: start at the highest precision and repeatedly lower the
   layer whose next lower candidate loses the least objective (optionally per unit of cost saved),
-  as in the Qualcomm-style "flip the least sensitive" Pareto walk.
+  as in the Qualcomm-style "flip the least sensitive" Pareto walk (:mod:`bitswitch.search.greedy`,
+  also post-training phase 2).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import numpy as np
 
 from .budget import Budget, parse_budget
+from .greedy import monotone_greedy
 from .ilp import Pair, SearchProblem, SearchResult, _ceil_sig
 
 
@@ -37,25 +39,21 @@ def greedy_path(problem: SearchProblem, kind: str = "bops", *, per_cost: bool = 
     """
     costs = problem.int_costs(kind)
     groups = [list(np.flatnonzero(problem.var_layer == l)) for l in range(len(problem.names))]
-    pos = [0] * len(groups)  # candidates are sorted from most to least expensive
+
+    def moves(l: int, pos: int) -> list[tuple[int, float]]:
+        if pos + 1 >= len(groups[l]):
+            return []
+        cur, nxt = groups[l][pos], groups[l][pos + 1]  # candidates are sorted from most to least expensive
+        loss = float(problem.score[cur] - problem.score[nxt])
+        saved = costs[cur] - costs[nxt]
+        return [(pos + 1, loss / saved if per_cost and saved > 0 else loss)]
+
     chosen = [g[0] for g in groups]
     path = [problem.result(problem.config_of(chosen), "greedy")]
-    while True:
-        best, best_key = None, None
-        for l, g in enumerate(groups):
-            if pos[l] + 1 >= len(g):
-                continue
-            cur, nxt = g[pos[l]], g[pos[l] + 1]
-            loss = float(problem.score[cur] - problem.score[nxt])
-            saved = costs[cur] - costs[nxt]
-            key = loss / saved if per_cost and saved > 0 else loss
-            if best_key is None or key < best_key - 1e-15:
-                best, best_key = l, key
-        if best is None:
-            return path
-        pos[best] += 1
-        chosen[best] = groups[best][pos[best]]
+    for l, pos in monotone_greedy(len(groups), moves, tol=1e-15):
+        chosen[l] = groups[l][pos]
         path.append(problem.result(problem.config_of(chosen), "greedy"))
+    return path
 
 
 def greedy(problem: SearchProblem, budget: Budget | str, *, per_cost: bool = False) -> SearchResult:

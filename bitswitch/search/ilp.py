@@ -8,15 +8,7 @@ integers in scaled units (``Σ b`` for avg-bits, ``Σ n·b`` for wavg-bits/bytes
 for BOPs) and every solution is re-checked in Python integers, so a returned configuration never
 exceeds its budget, not even by a solver tolerance.
 
-Objectives (maximised):
-
-* ``"bits"`` (DESIGN §5, the paper): ``O = Σ_l (t_l/n_l)·b_l``: sensitive layers get more bits.
-* ``"noise"`` (HAWQ-v2 style): ``O = −Σ_l (t_l/n_l)·‖Ŵ_l(b_l) − W_l‖²``: the second-order
-  estimate of the loss increase, with the layer's actual rounding error at each bit-width
-  (:func:`weight_noise`) instead of assuming it is linear in ``b``.
-* ``"loss"`` (measured, activation-aware): ``O = −Σ_l Δ_l(w_l, a_l)``, the loss increase measured
-  on calibration batches with only layer ``l`` at ``(w, a)`` (:func:`bitswitch.search.measured.loss_deltas`);
-  sees activation quantization, which the weight-Hessian objectives do not.
+The objectives (what a configuration is worth) are in :mod:`bitswitch.search.objectives`.
 
 Every solve builds its constraints afresh: a failed or infeasible solve leaves nothing behind
 (the reference code kept a failed re-solve's constraint in place).
@@ -33,16 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..cost import LayerCost, config_summary
-from ..nn.layers import QuantLayer
+from ..cost import LayerCost, config_summary, pair_bops, reference_pair
 from .budget import Budget, parse_budget
+from .objectives import check_objective, objective_scores
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("bits", "noise", "loss")
 Pair = tuple[int, int]
 
 
@@ -63,40 +52,6 @@ class SearchResult:
             "solve_seconds": self.solve_seconds, **self.summary,
             "layers": {k: list(v) for k, v in self.config.items()},
         }
-
-
-@torch.no_grad()
-def weight_noise(model: nn.Module, bits: Sequence[int] | None = None) -> dict[str, dict[int, float]]:
-    """``‖Ŵ_l(b) − W_l‖²`` per quantized layer and bit-width ``b``: the rounding error the objective weighs.
-
-    ``W_l`` is the latent FP32 weight when the model holds one (training-time supernet). An integer
-    model only knows its top-precision weight ``Ŵ_l(h)``; the error is then ``‖Ŵ_l(b) − Ŵ_l(h)‖²``
-    plus the expected error of ``Ŵ_l(h)`` itself, ``Σ step_h²/12`` (uniform rounding noise), so the
-    top precision is not treated as free.
-    """
-    out: dict[str, dict[int, float]] = {}
-    for name, layer in _quantized(model).items():
-        wq = layer.weight_quant
-        top = wq.bits[0]
-
-        def eff(b: int, layer: QuantLayer = layer, wq: nn.Module = wq) -> torch.Tensor:
-            if layer.is_integer:
-                return wq.dequantize(layer.weight_int, b)
-            return wq(layer.weight, b)
-
-        if layer.is_integer:
-            ref = eff(top)
-            _, step = layer.weight_qparams(top)
-            per_channel = layer.weight_int[0].numel()
-            base = float((step.double() ** 2).sum() * per_channel / 12)
-        else:
-            ref, base = layer.weight.detach(), 0.0
-        out[name] = {int(b): base + float((eff(b) - ref).double().pow(2).sum()) for b in (bits or wq.bits) if b in wq.bits}
-    return out
-
-
-def _quantized(model: nn.Module) -> dict[str, QuantLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
 def candidate_pairs(bits: Sequence[int], act: str | int | Sequence[Pair] = "tied") -> list[Pair]:
@@ -135,8 +90,7 @@ class SearchProblem:
         pinned: Mapping[str, int | Pair] | None = None,
         loss_delta: Mapping[str, Mapping[Pair, float]] | None = None,
     ):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+        check_objective(objective)
         self.all_costs = list(costs)
         self.layer_costs = [c for c in costs if c.quantized]
         if not self.layer_costs:
@@ -161,35 +115,12 @@ class SearchProblem:
                 raise ValueError(f"cannot pin unknown quantized layer {name!r}{hint}; layers: {', '.join(self.names[:8])}...")
             pair = (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
             self.candidates[self.names.index(name)] = [pair]
-        if objective == "noise":
-            if noise is None:
-                raise ValueError("objective 'noise' needs per-layer weight noise: pass noise=weight_noise(model)")
-            for n, cands in zip(self.names, self.candidates):
-                for w, _ in cands:
-                    if n not in noise or w not in noise[n]:
-                        raise ValueError(f"no weight noise for layer {n!r} at {w} bits")
-        self.noise = noise
-        if objective == "loss":
-            if loss_delta is None:
-                raise ValueError("objective 'loss' needs measured loss increases: pass loss_delta=loss_deltas(model, batches, bits)")
-            for n, cands in zip(self.names, self.candidates):
-                for p in cands:
-                    if n not in loss_delta or tuple(p) not in {tuple(k) for k in loss_delta[n]}:
-                        raise ValueError(f"no measured loss increase for layer {n!r} at (w, a) = {p}; measure every candidate with loss_deltas")
-        self.loss_delta = {n: {(int(k[0]), int(k[1])): float(v) for k, v in d.items()} for n, d in loss_delta.items()} if loss_delta is not None else None
         # flattened variables
         self.var_layer = np.array([l for l, cands in enumerate(self.candidates) for _ in cands])
         self.var_pair: list[Pair] = [p for cands in self.candidates for p in cands]
-        self.score = np.array([self._score(l, p) for l, p in zip(self.var_layer, self.var_pair)])
+        self.score = objective_scores(objective, self.names, self.candidates, self.sens, noise=noise, loss_delta=loss_delta)
 
-    # -- objective and costs --------------------------------------------------------------------
-    def _score(self, l: int, pair: Pair) -> float:
-        if self.objective == "bits":
-            return float(self.sens[l] * pair[0])
-        if self.objective == "loss":
-            return -self.loss_delta[self.names[l]][tuple(pair)]  # type: ignore[index]
-        return float(-self.sens[l] * self.noise[self.names[l]][pair[0]])  # type: ignore[index]
-
+    # -- costs -------------------------------------------------------------------------------------
     def int_costs(self, kind: str) -> list[int]:
         """Exact integer cost of every variable in the scaled unit of ``kind`` (cached)."""
         cache = self.__dict__.setdefault("_cost_cache", {})
@@ -201,7 +132,7 @@ class SearchProblem:
         out = []
         for l, (w, a) in zip(self.var_layer, self.var_pair):
             c = self.layer_costs[l]
-            out.append({"avg-bits": w, "wavg-bits": c.params * w, "bytes": c.params * w, "bops": c.macs * w * a}[kind])
+            out.append({"avg-bits": w, "wavg-bits": c.params * w, "bytes": c.params * w, "bops": pair_bops(c.macs, (w, a))}[kind])
         return out
 
     def scaled_limit(self, budget: Budget) -> float:
@@ -213,8 +144,7 @@ class SearchProblem:
         if budget.kind == "bytes":
             ref = sum(c.params * 8 for c in self.layer_costs)  # all-8-bit size, in bits
             return budget.value * ref if budget.relative else budget.value * 8
-        ref_w, ref_a = {"w8a8": (8, 8), "w8a16": (8, 16)}[budget.reference]
-        ref = sum(c.macs * ref_w * ref_a for c in self.layer_costs)
+        ref = sum(pair_bops(c.macs, reference_pair(budget.reference)) for c in self.layer_costs)
         return budget.value * ref if budget.relative else budget.value
 
     def unscale(self, budget: Budget, scaled: float) -> float:
@@ -406,4 +336,4 @@ def pareto_front(results: Sequence[SearchResult], cost: str = "rel_bops_w8a8") -
     return front
 
 
-__all__ = ["OBJECTIVES", "SearchProblem", "SearchResult", "candidate_pairs", "pareto_front", "weight_noise"]
+__all__ = ["SearchProblem", "SearchResult", "candidate_pairs", "pareto_front"]
