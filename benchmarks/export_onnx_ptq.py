@@ -35,7 +35,7 @@ from export_onnx import agreement, imagenet_split
 from bitswitch.export.layerwise import compare_layer_codes
 from bitswitch.export.onnx import export_onnx, run_onnx
 from bitswitch.models import build
-from bitswitch.ptq import prepare
+from bitswitch.ptq import PTQConfig, start_session
 
 SHAPE = (3, 224, 224)
 
@@ -52,15 +52,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     calib, x, y = imagenet_split(args.test_subset or None)
-    s = prepare(build("efficientnet_lite0", pretrained=True).eval(), [calib], adaround=True, bias_correct=True,
-                adaround_iters=args.adaround_iters, progress=False)
+    s = start_session(build("efficientnet_lite0", pretrained=True).eval(), [calib],
+                      PTQConfig(adaround=True, bias_correct=True, adaround_iters=args.adaround_iters, progress=False))
     prep_s = time.perf_counter() - t0
     rows, layerwise = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for pair in ((8, 8), (4, 8)):
             for snap in (False, True):
-                s.apply(s.uniform(pair))  # also restores the biases a previous snap moved
-                s.model.to(memory_format=torch.contiguous_format)
+                s.apply(s.uniform(pair)).to(memory_format=torch.contiguous_format)  # also restores the biases a previous snap moved
                 path = Path(tmp) / f"w{pair[0]}a{pair[1]}.onnx"
                 report = export_onnx(s.model, path, input_shape=SHAPE, snap_bias=snap)
                 with torch.no_grad():

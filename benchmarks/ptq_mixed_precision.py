@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
 from bitswitch import models  # noqa: E402
-from bitswitch.ptq import prepare  # noqa: E402
+from bitswitch.ptq import PTQConfig, start_session  # noqa: E402
 from bitswitch.ptq.plots import plot_pareto, plot_sensitivity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,19 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.info("FP32 accuracy %.2f", fp32)
 
     t0 = time.perf_counter()
-    session = prepare(model, [xc], CANDIDATES, adaround=args.adaround, adaround_iters=args.adaround_iters, adaround_rows=args.adaround_rows,
-                      bias_correct=args.bias_correct, weight_ranges=args.weight_ranges, chunk_size=args.chunk_size)
+    session = start_session(model, [xc], PTQConfig(CANDIDATES, adaround=args.adaround, adaround_iters=args.adaround_iters,
+                                                   adaround_rows=args.adaround_rows, bias_correct=args.bias_correct,
+                                                   weight_ranges=args.weight_ranges, chunk_size=args.chunk_size))
     t["prepare_s"] = time.perf_counter() - t0  # BN folding, range setting, groups, AdaRound
     t.update(session.timings)
     uniform: dict[str, float] = {}
     for pair in CANDIDATES:
-        session.apply(session.uniform(pair))
-        uniform[f"W{pair[0]}A{pair[1]}"] = acc(session.model)
+        uniform[f"W{pair[0]}A{pair[1]}"] = acc(session.apply(session.uniform(pair)))
         logging.info("uniform W%dA%d: %.2f", *pair, uniform[f"W{pair[0]}A{pair[1]}"])
     if args.adaround:
-        with session.nearest_rounding():
-            session.apply(session.uniform((4, 8)))
-            uniform["W4A8 (nearest rounding)"] = acc(session.model)
+        uniform["W4A8 (nearest rounding)"] = acc(session.apply(session.uniform((4, 8)), nearest=True))
         logging.info("uniform W4A8 without AdaRound: %.2f", uniform["W4A8 (nearest rounding)"])
 
     t0 = time.perf_counter()
@@ -166,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in BUDGETS:
             res = session.search(r, priority=prio)  # the search itself: no evaluation inside
             t[f"phase2_s_budget_{r}"] = max(t.get(f"phase2_s_budget_{r}", 0.0), res.timings["phase2_s"])
-            mixed.append({"budget": r, "priority": prio, "relative_bops": res.relative_bops, "top1": acc(session.model),
+            mixed.append({"budget": r, "priority": prio, "relative_bops": res.relative_bops, "top1": acc(session.apply(res.group_config)),
                           "config": {g: f"W{c[0]}A{c[1]}" for g, c in res.group_config.items()}})
             logging.info("%s, budget %.3f: rel BOPs %.4f, top-1 %.2f", prio, r, res.relative_bops, mixed[-1]["top1"])
     t0 = time.perf_counter()
@@ -177,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pareto_every > 0:
         steps = sorted(set(range(0, len(pts), args.pareto_every)) | {len(pts) - 1})
         for s in steps:
-            session.apply(_config_after(curve.pareto, session, s))
-            pts[s]["metric"] = acc(session.model)
+            pts[s]["metric"] = acc(session.apply(_config_after(curve.pareto, session, s)))
     t["pareto_curve_eval_s"] = time.perf_counter() - t0
     for m in mixed:  # the budget points were evaluated too; put them on the curve
         for p in pts if m["priority"] == args.priority else []:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..ptq import PTQResult, PTQSession
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +125,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary_rows(session, res, eval_fn) -> list[tuple[str, float | None, float, float]]:
+def _summary_rows(session: PTQSession, res: PTQResult,
+                  eval_fn: Callable[[torch.nn.Module], float] | None) -> list[tuple[str, float | None, float, float]]:
     """``(name, top-1 or None, model bytes, relative BOPs)`` of FP32, uniform W8A8 (where every group
     supports it) and the chosen configuration."""
     from ..cost import layer_costs, model_bytes, relative_bops
 
     costs = layer_costs(session.model, session.input_shape)
-    configs: list[tuple[str, dict | None]] = [("FP32", None)]
+    configs: list[tuple[str, dict[str, tuple[int, int]] | None]] = [("FP32", None)]
     try:
         configs.append(("uniform W8A8", session.uniform((8, 8))))
         session.layer_config(configs[-1][1])
@@ -135,16 +141,15 @@ def _summary_rows(session, res, eval_fn) -> list[tuple[str, float | None, float,
     configs.append(("chosen", res.group_config))
     rows = []
     for name, group_config in configs:
-        if group_config is None:
-            layers = {c.name: (32, 32) for c in costs if c.quantized}
-        else:
-            layers = session.layer_config(group_config)
-        if name == "chosen" or eval_fn is None:
-            top1 = res.metric if eval_fn is not None else None
+        fp32 = {c.name: (32, 32) for c in costs if c.quantized}
+        layers = fp32 if group_config is None else session.layer_config(group_config)
+        if eval_fn is None:
+            top1 = None
+        elif name == "chosen":
+            top1 = res.metric  # the search evaluated it
         else:
             top1 = eval_fn(session.apply(group_config))
         rows.append((name, top1, model_bytes(costs, layers), relative_bops(costs, layers, "w8a16")))
-    session.apply(res.group_config)
     return rows
 
 

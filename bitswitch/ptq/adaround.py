@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..quant.functional import channel_view, fake_quant
 from ..quant.grid import int_range
@@ -218,10 +219,6 @@ def adaround_layers(layers: dict[str, nn.Module], stats: dict[str, tuple[torch.T
     """
     out = cache if cache is not None else {}
     bits = tuple(bits)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = lambda x, **k: x  # noqa: E731
     for name in tqdm(list(layers), desc="AdaRound", disable=not progress):
         layer = layers[name]
         if name not in stats:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 
-import torch
 from torch import fx, nn
 
 from ..nn.fold import fold_conv_bn

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
+from tqdm import tqdm
 
 from .pareto import config_at, greedy_sequence, steps_for_budget
 from .sensitivity import pair_key
@@ -145,8 +146,6 @@ def search(
         n = walk.last_meeting(accuracy_target, n)
     if pareto:
         steps = sorted(set(range(0, len(walk.flips) + 1, max(1, pareto_every))) | {len(walk.flips), n})
-        from tqdm import tqdm
-
         for s in tqdm(steps, desc="phase 2 (Pareto curve)", disable=not session.config.progress):
             walk.evaluate(s)
     curve = walk.curve()

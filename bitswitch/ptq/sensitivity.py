@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import fx
+from tqdm import tqdm
 
 from ..export.checkpoint import atomic_write_bytes
 
@@ -139,12 +140,8 @@ def phase1(
             log.warning("phase 1: unreadable cache %s; starting over", cache_path)
     starts = {g.name: min(runner.index[n] for n in runner.nodes if n.op == "call_module" and n.target in g.layers) for g in groups}
     t0 = time.perf_counter()
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
     total = (len(chunks) - state["chunks_done"]) * len(work)
-    bar = tqdm(total=total, desc="phase 1 (SQNR)", disable=not progress or tqdm is None, unit="eval") if tqdm else None
+    bar = tqdm(total=total, desc="phase 1 (SQNR)", disable=not progress, unit="eval")
     with torch.inference_mode():
         for ci in range(state["chunks_done"], len(chunks)):
             env, out = runner.run_all(chunks[ci])
@@ -158,15 +155,13 @@ def phase1(
                     set_group(g, None)
                 key = state["noise"].setdefault(g.name, {})
                 key[pair_key(c)] = key.get(pair_key(c), 0.0) + float((ref - q).pow(2).sum())
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
             del env
             state["chunks_done"] = ci + 1
             if cache_path is not None:
                 data = json.dumps(state).encode()
                 atomic_write_bytes(cache_path, lambda p, d=data: Path(p).write_bytes(d))
-    if bar is not None:
-        bar.close()
+    bar.close()
     result: dict[str, dict[Pair, float]] = {}
     for g, c in work:
         result.setdefault(g.name, {})[c] = sqnr_db(state["signal"], state["noise"][g.name][pair_key(c)])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nn.convert import quantized_layers
 from ..nn.layers import QuantLayer
 
 OBJECTIVES = ("bits", "noise", "loss")
@@ -41,7 +42,7 @@ def weight_noise(model: nn.Module, bits: Sequence[int] | None = None) -> dict[st
     top precision is not treated as free.
     """
     out: dict[str, dict[int, float]] = {}
-    for name, layer in _quantized_layers(model).items():
+    for name, layer in quantized_layers(model).items():
         wq = layer.weight_quant
         top = wq.bits[0]
 
@@ -59,14 +60,6 @@ def weight_noise(model: nn.Module, bits: Sequence[int] | None = None) -> dict[st
             ref, base = layer.weight.detach(), 0.0
         out[name] = {int(b): base + float((eff(b) - ref).double().pow(2).sum()) for b in (bits or wq.bits) if b in wq.bits}
     return out
-
-
-def _quantized(model: nn.Module) -> dict[str, QuantLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
-
-
-def _quantized_layers(model: nn.Module) -> dict[str, QuantLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
 def objective_scores(
