@@ -1,14 +1,12 @@
-"""Phase 2: greedy Pareto flipping.
+"""Phase 2's flip sequence: greedy Pareto flipping.
 
 Start with every group at its highest candidate; at each step flip one group down to a cheaper
 candidate, never back up (the walk is :func:`bitswitch.search.greedy.monotone_greedy`). Which
 flip: ``priority="sqnr"`` (the paper / AIMET rule) takes the (group, lower candidate) whose
 phase-1 SQNR is highest, i.e. the least sensitive one;
 ``priority="noise_per_bops"`` treats the output noise of the groups as additive
-(``N = 10^(-SQNR/10)``) and takes the flip adding the least noise per BOP saved. The sequence of
-configurations depends only on phase 1, so the metric is evaluated only where it is needed: once at
-a BOPs budget, about log2(#flips) times (bisection) for an accuracy target, at every step for the
-full curve.
+(``N = 10^(-SQNR/10)``) and takes the flip adding the least noise per BOP saved. The sequence
+depends only on phase 1; :mod:`bitswitch.ptq.phase2` walks it.
 """
 
 from __future__ import annotations
