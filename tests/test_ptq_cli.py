@@ -1,0 +1,57 @@
+"""``bitswitch ptq``'s closing table: FP32, uniform W8A8 and the chosen configuration side by side."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bitswitch.cli import build_parser
+from bitswitch.commands.ptq import _summary_rows, print_summary
+from bitswitch.ptq import PTQConfig, start_session
+
+
+def _session(candidates):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    x = torch.randn(32, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+
+    def metric(m: nn.Module) -> float:  # a stand-in for top-1 that tells every configuration apart
+        with torch.no_grad():
+            return -float((m(x) - ref).pow(2).mean())
+
+    return start_session(model, [x], PTQConfig(candidates, progress=False, chunk_size=16)), metric
+
+
+def test_summary_rows_are_exact_sizes_bops_and_accuracies(capsys) -> None:
+    s, metric = _session([(8, 16), (8, 8), (4, 8)])
+    res = s.search(0.3, eval_fn=metric)
+    rows = {name: row for name, *row in _summary_rows(s, res, metric)}
+    assert list(rows) == ["FP32", "uniform W8A8", "chosen"]
+    params, biases = 8 * 3 * 9 + 8 * 8 * 9 + 8 * 5, 8 + 5  # conv1 (its folded BN gives the bias), conv2, fc
+    assert rows["FP32"] == [metric(s.apply(None)), 4 * (params + biases), 8.0]  # W32A32 / W8A16
+    assert rows["uniform W8A8"] == [metric(s.apply(s.uniform((8, 8)))), params + 4 * biases, 0.5]
+    assert rows["FP32"][0] > -1e-10 > rows["uniform W8A8"][0] > rows["chosen"][0]  # the rows are told apart
+    wbits = {n: c[0] for n, c in res.layer_config.items()}
+    chosen_bytes = (8 * 3 * 9 * wbits["0"] + 8 * 8 * 9 * wbits["3"] + 8 * 5 * wbits["7"]) / 8 + 4 * biases
+    assert rows["chosen"] == [res.metric, chosen_bytes, res.relative_bops]
+    assert res.metric == metric(s.apply(res.group_config)) and res.relative_bops <= 0.3
+    print_summary(list(_summary_rows(s, res, metric)), 32)
+    out = capsys.readouterr().out
+    assert "top-1 on 32 held-out images" in out and "uniform W8A8" in out and "0.5000" in out
+
+
+def test_summary_without_w8a8_candidate_or_held_out_images() -> None:
+    s, _ = _session([(8, 16), (4, 8)])
+    res = s.search(0.5)
+    rows = _summary_rows(s, res, None)
+    assert [r[0] for r in rows] == ["FP32", "chosen"]
+    assert all(r[1] is None for r in rows)
+
+
+def test_ptq_evaluates_on_every_held_out_image_by_default() -> None:
+    args = build_parser().parse_args(["ptq", "--model", "efficientnet_lite0", "--data", "x", "--budget", "0.3"])
+    assert args.num_eval is None and args.num_calib == 256
