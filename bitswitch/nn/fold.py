@@ -39,9 +39,9 @@ def fold_bn(bn: nn.modules.batchnorm._BatchNorm, bias: torch.Tensor | None,
 def fold_conv_bn(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Fold ``bn`` into ``layer`` (a conv or linear with float weights) in place."""
     w = layer.weight
+    if w.shape[0] != bn.num_features:
+        raise ValueError(f"BatchNorm of {bn.num_features} channels does not match a layer of {w.shape[0]} outputs")
     factor, bias = fold_bn(bn, layer.bias, w.dtype)
-    if w.shape[0] != factor.numel():
-        raise ValueError(f"BatchNorm of {factor.numel()} channels does not match a layer of {w.shape[0]} outputs")
     w.mul_(factor.reshape((-1,) + (1,) * (w.dim() - 1)))
     if layer.bias is None:
         layer.bias = nn.Parameter(bias)
