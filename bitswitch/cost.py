@@ -129,8 +129,7 @@ def total_bops(macs: Mapping[str, int], config: Config) -> float:
 
 def bops(costs: Sequence[LayerCost], config: Config | None = None, *, include_fp: bool = False) -> float:
     """``Σ MAC·b_w·b_a`` per sample; full-precision layers are outside the budget unless asked."""
-    counted = [c for c in costs if c.quantized or include_fp]
-    return total_bops({c.name: c.macs for c in counted}, {c.name: _bits(c, config) for c in counted})
+    return float(sum(pair_bops(c.macs, _bits(c, config)) for c in costs if c.quantized or include_fp))
 
 
 def layer_table(costs: Sequence[LayerCost]) -> str:
@@ -166,7 +165,7 @@ def reference_pair(reference: str) -> tuple[int, int]:
 def reference_bops(costs: Sequence[LayerCost], reference: str = "w8a8") -> float:
     """BOPs of the quantized layers when every one of them runs at ``reference`` (FP layers excluded)."""
     pair = reference_pair(reference)
-    return total_bops({c.name: c.macs for c in costs if c.quantized}, {c.name: pair for c in costs if c.quantized})
+    return float(sum(pair_bops(c.macs, pair) for c in costs if c.quantized))
 
 
 def relative_bops(costs: Sequence[LayerCost], config: Config | None = None, reference: str = "w8a8") -> float:
