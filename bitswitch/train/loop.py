@@ -51,6 +51,8 @@ METRICS_FILE = "metrics.jsonl"
 
 @dataclass
 class RunResult:
+    """What :func:`train` returns: the run's history, its accuracies and the trained model (in memory)."""
+
     out_dir: Path
     config: TrainConfig
     history: list[dict[str, Any]]
@@ -129,7 +131,7 @@ def build_run_model(cfg: TrainConfig, data: Data, *, resume: bool) -> nn.Module:
     calibrated here; HASB continues a joint run's checkpoint as a trainable model.
     """
     torch.manual_seed(cfg.seed)
-    model = build_float_model(cfg, data)
+    model = build_float_model(cfg, data)  # for hasb too: it checks the model fits the data, and seeded runs depend on its draws
     if cfg.mode == "hasb":
         return latent_from_checkpoint(cfg.init_from)
     if cfg.init_from and not resume:
