@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .nn.layers import QuantLayer
+from .table import format_table
 
 
 @dataclass(frozen=True)
@@ -133,19 +134,10 @@ def bops(costs: Sequence[LayerCost], config: Config | None = None, *, include_fp
 
 
 def layer_table(costs: Sequence[LayerCost]) -> str:
-    """A plain-text table of :func:`layer_costs` output (name, kind, params, MACs, precision)."""
-    rows = [("layer", "kind", "params", "MACs", "precision")]
-    for c in costs:
-        prec = "FP32" if not c.quantized else f"W{c.w_bits or 'fp'}A{c.a_bits or 'fp'}"
-        rows.append((c.name, c.kind, f"{c.params:,}", f"{c.macs:,}", prec))
-    total_p = sum(c.params for c in costs)
-    total_m = sum(c.macs for c in costs)
-    rows.append(("total", "", f"{total_p:,}", f"{total_m:,}", f"{sum(c.quantized for c in costs)} quantized"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.insert(len(lines) - 1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    """A plain-text table of :func:`layer_costs` output (name, kind, params, MACs, precision) with totals."""
+    rows = [(c.name, c.kind, f"{c.params:,}", f"{c.macs:,}", "FP32" if not c.quantized else f"W{c.w_bits or 'fp'}A{c.a_bits or 'fp'}") for c in costs]
+    total = ("total", "", f"{sum(c.params for c in costs):,}", f"{sum(c.macs for c in costs):,}", f"{sum(c.quantized for c in costs)} quantized")
+    return format_table(["layer", "kind", "params", "MACs", "precision"], rows, footer=total)
 
 
 # --- references and summaries (search budgets) ---------------------------------------------------

@@ -186,9 +186,28 @@ def test_newer_format_version_is_refused(tmp_path: Path) -> None:
         bitswitch.load(path)
 
 
-def test_save_refuses_float_models(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="bitswitch.quantize"):
-        bitswitch.save(build("mlp"), tmp_path / "m.safetensors")
+def test_float_models_round_trip_as_float_checkpoints(tmp_path: Path) -> None:
+    model = build("small_cnn").eval()
+    path = bitswitch.save(model, tmp_path / "fp32.safetensors", extra={"epoch": 3})
+    tensors, meta = bitswitch.export.read_checkpoint(path)
+    assert (meta["storage"], meta["quant_config"], meta["precision"]) == ("float", None, None)
+    assert meta["arch"] == model.bitswitch_arch
+    loaded = bitswitch.load(path)
+    assert not bitswitch.quantized_layers(loaded) and not loaded.training and loaded.bitswitch_extra == {"epoch": 3}
+    assert tensors.keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v) and torch.equal(tensors[k], v), k
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+    # a custom architecture: rebuilt only into the model the caller passes
+    model.bitswitch_arch = None
+    bitswitch.save(model, path)
+    with pytest.raises(CheckpointError, match="custom architecture"):
+        bitswitch.load(path)
+    into = bitswitch.load(path, model=build("small_cnn"))
+    assert torch.equal(into(x), model(x))
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        bitswitch.load(path, model=build("digits_cnn"))
 
 
 def test_atomic_write_leaves_the_old_file_on_failure(saved: Path) -> None:

@@ -11,7 +11,8 @@ import torch
 
 import bitswitch
 from bitswitch.train import StateError, TrainConfig, train
-from bitswitch.train.loop import evaluate, load_data, make_loader, prepare
+from bitswitch.train import evaluate, load_data, make_loader
+from bitswitch.train.loop import setup_run
 from bitswitch.train.state import read_state
 
 TINY = {"dataset": "digits", "model": "digits_cnn", "batch_size": 128, "train_subset": 800, "progress": False,
@@ -24,7 +25,7 @@ def tiny(tmp_path: Path, name: str = "run", **kw) -> TrainConfig:
 
 def test_joint_training_improves_every_bit(tmp_path):
     cfg = tiny(tmp_path, mode="joint", bits=[8, 6, 4, 2], epochs=3, lr=3e-3, train_subset=0, batch_size=64, act_init="lsq")
-    data, model, _, _ = prepare(cfg)
+    data, model, _, _ = setup_run(cfg)
     before = evaluate(model, make_loader(data, "test", cfg, "cpu"), cfg.bits)
     result = train(cfg)
     for lab in ("w8a8", "w6a6", "w4a4", "w2a2"):

@@ -1,5 +1,7 @@
 """``bitswitch eval CKPT --bits 8,6,4,2 --data ...``: accuracy, model size and BOPs per bit-width.
 
+An FP32 run's checkpoint gives one row, ``FP32``.
+
 With ``--config subnet.json`` (a per-layer precision file, :mod:`bitswitch.nn.precision_file`) it
 evaluates that one mixed-precision configuration instead.
 """
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.checkpoint import atomic_write_json, load, read_checkpoint
     from ..nn.convert import set_precision
     from ..nn.precision_file import read_precision_file
-    from ..train.loop import format_table
+    from ..table import print_table
 
     path = Path(args.checkpoint)
     _, meta = read_checkpoint(path)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     mean, std = extra.get("mean", stats.get("mean")), extra.get("std", stats.get("std"))
     loader = TensorLoader(ds, args.batch_size, shuffle=False, mean=mean, std=std)
     model = load(path)
-    avail = list(meta["quant_config"]["bits"])
+    avail = [] if meta["quant_config"] is None else list(meta["quant_config"]["bits"])  # []: an FP32 checkpoint
     shape = list(ds.images.shape[1:])
 
     @torch.no_grad()
@@ -81,7 +83,13 @@ def run(args: argparse.Namespace) -> int:
         train = load_dataset(name, root, "train")
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_recal]
         recal = list(TensorLoader(ArrayDataset(train.images[idx], train.labels[idx], train.classes), 128, shuffle=False, mean=mean, std=std))
-    if args.config:
+    if not avail:
+        if args.bits or args.config:
+            raise ValueError(f"{path} is an FP32 checkpoint: --bits and --config apply to quantized checkpoints only")
+        if n_recal:
+            recalibrate_bn(model, recal)
+        rows.append(row("FP32"))
+    elif args.config:
         spec = read_precision_file(args.config)
         set_precision(model, spec)
         if n_recal:  # measured: mixed configurations lose up to ~10 points with the per-bit BNs as trained
@@ -98,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 recalibrate_bn(model, recal)
             rows.append(row(f"W{b}A{b}"))
     print(f"{path} on {name} {args.split} ({len(ds)} images); BOPs per image, quantized layers only")
-    print(format_table(rows, list(rows[0])))
+    print_table(list(rows[0]), rows)
     if args.json:
         atomic_write_json(args.json, rows)
     return 0

@@ -1,4 +1,4 @@
-"""``bitswitch info CKPT``: what an integer checkpoint holds, layer by layer."""
+"""``bitswitch info CKPT``: what a checkpoint (integer, or an FP32 run's) holds, layer by layer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..export.checkpoint import load, read_checkpoint
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="describe an integer checkpoint", description="Print the quantization config, file size and per-layer table of a checkpoint.")
+    p = sub.add_parser("info", help="describe a checkpoint", description="Print the quantization config, file size and per-layer table of a checkpoint.")
     p.add_argument("checkpoint", help="a .safetensors file written by bitswitch")
     p.add_argument("--input-shape", default=None, help="one sample's shape for MAC counts, e.g. 3,32,32 (default: from the checkpoint's metadata)")
     p.set_defaults(func=run)
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     shape = args.input_shape or meta["extra"].get("input_shape")
     print(f"file: {args.checkpoint} ({os.path.getsize(args.checkpoint):,} bytes)")
     print(f"architecture: {json.dumps(meta['arch'])}")
-    print(f"quantization: {json.dumps(meta['quant_config'])}")
+    print(f"quantization: {'none (FP32 checkpoint)' if meta['quant_config'] is None else json.dumps(meta['quant_config'])}")
     if shape:
         dims = [int(v) for v in shape.split(",")] if isinstance(shape, str) else list(shape)
         costs = layer_costs(model, dims)

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     import bitswitch
     from ..train import TrainConfig, train
-    from ..train.loop import evaluate, format_table, load_data, make_loader
+    from ..table import print_table
+    from ..train import evaluate, load_data, make_loader
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     val = {**fp32.best_val, **joint.best_val}
     rows = [{"precision": lab.upper(), "val %": val[lab], "test %": test[lab]} for lab in labels]
     print("\nper-bit accuracy (checkpoints chosen on the validation split; test evaluated once):")
-    print(format_table(rows, list(rows[0])))
+    print_table(list(rows[0]), rows)
 
     ckpt = out / "digits_cnn_w8.safetensors"
     print(f"\n[3/4] saving ONE integer checkpoint: {ckpt}")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         bitswitch.set_precision(reloaded, b)
         acc = evaluate(reloaded, loader, [b])[f"w{b}a{b}"]
         rows.append({"set_precision": b, "test %": acc, "same as trained": "yes" if abs(acc - test[f"w{b}a{b}"]) < 1e-9 else "NO"})
-    print(format_table(rows, list(rows[0])))
+    print_table(list(rows[0]), rows)
     x = next(iter(loader))[0][:1]
     with torch.no_grad():
         bitswitch.set_precision(reloaded, bits[0])

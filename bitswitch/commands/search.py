@@ -17,6 +17,7 @@ from ..search.budget import parse_budget
 from ..search.hessian import load_traces, sensitivity
 from ..search.ilp import SearchProblem, SearchResult, pareto_front
 from ..search.objectives import OBJECTIVES, weight_noise
+from ..table import print_table
 from ._data import resolve_data
 from .hessian import default_trace_path
 
@@ -181,12 +182,13 @@ def _pins(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _row(r: SearchResult) -> str:
+COLUMNS = ["method", "objective", "avg-bits", "wavg-bits", "bytes", "BOPs/W8A8", "BOPs/W8A16", "note"]
+
+
+def _row(r: SearchResult, note: str = "") -> list[str]:
     s = r.summary
-    return f"{r.method:<14} {r.objective:>12.5g} {s['avg_bits']:>8.3f} {s['wavg_bits']:>9.3f} {s['quantized_bytes']:>12,.0f} {s['rel_bops_w8a8']:>9.4f} {s['rel_bops_w8a16']:>10.4f}"
-
-
-HEADER = f"{'method':<14} {'objective':>12} {'avg-bits':>8} {'wavg-bits':>9} {'bytes':>12} {'BOPs/W8A8':>9} {'BOPs/W8A16':>10}"
+    return [r.method, f"{r.objective:.5g}", f"{s['avg_bits']:.3f}", f"{s['wavg_bits']:.3f}", f"{s['quantized_bytes']:,.0f}",
+            f"{s['rel_bops_w8a8']:.4f}", f"{s['rel_bops_w8a16']:.4f}", note]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,9 +223,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no value of the sweep {args.sweep} is feasible; the smallest feasible is "
                              f"{parse_budget(f'{kind}={values[0]}').describe(problem.smallest_feasible(parse_budget(f'{kind}={values[0]}')))}")
         front = pareto_front(results)
-        print(HEADER)
-        for r in front:
-            print(_row(r) + f"  {r.budgets[0]}  ({r.solve_seconds * 1e3:.1f} ms)")
+        print_table(COLUMNS, [_row(r, f"{r.budgets[0]}  ({r.solve_seconds * 1e3:.1f} ms)") for r in front])
         out = Path(args.out or "pareto.json")
         doc = {**extra, "sweep": args.sweep, "points": [r.as_dict() for r in front]}
         atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
@@ -238,8 +238,7 @@ def run(args: argparse.Namespace) -> int:
         extra["rerank"] = {"k": args.rerank, "samples": args.rerank_samples, "measured_loss": measured}
     else:
         best = problem.solve(budgets)
-    print(HEADER)
-    print(_row(best) + f"  ({best.solve_seconds * 1e3:.1f} ms)")
+    rows = [_row(best, f"({best.solve_seconds * 1e3:.1f} ms)")]
     if args.baselines:
         for w in sorted({p[0] for c in problem.candidates for p in c}, reverse=True):
             try:
@@ -247,12 +246,13 @@ def run(args: argparse.Namespace) -> int:
             except ValueError:
                 continue
             if all(problem.fits(u.config, b) for b in budgets):
-                print(_row(u))
+                rows.append(_row(u))
         for b in budgets:
-            print(_row(greedy(problem, b)) + f"  ({b})")
+            rows.append(_row(greedy(problem, b), f"({b})"))
             rs = random_at_cost(problem, b, args.random)
             med = statistics.median(r.objective for r in rs)
-            print(f"{'random-median':<14} {med:>12.5g}  over {len(rs)} configurations within 5% below {b}")
+            rows.append(["random-median", f"{med:.5g}", "", "", "", "", "", f"over {len(rs)} configurations within 5% below {b}"])
+    print_table(COLUMNS, rows)
     out = Path(args.out or "subnet.json")
     write_precision_file(out, best.config, budget=[str(b) for b in budgets], **extra, **best.summary)
     print(f"wrote {out}; evaluate it with: bitswitch eval {args.checkpoint} --config {out}")

@@ -12,6 +12,10 @@ Layout of a ``.safetensors`` file written by :func:`save`:
   current per-layer precision), ``extra`` (JSON supplied by the caller) and ``sha256`` of the
   tensor contents, so a corrupted byte anywhere is detected.
 
+A model without quantized layers (an FP32 run's) is saved the same way with ``storage="float"``:
+its state dict as is, ``quant_config`` and ``precision`` ``null``; :func:`load` rebuilds it as a
+float model.
+
 No pickle is involved anywhere; writes go to a temporary file that replaces the target atomically.
 """
 
@@ -115,20 +119,21 @@ def read_tagged_json(path: str | os.PathLike, fmt: str, *, missing: str, wrong: 
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as an integer checkpoint (see the module docstring for the layout)."""
+    """Write ``model`` as a checkpoint (see the module docstring for the layout): integer codes for a
+    quantized model, the float state dict (``storage="float"``) for a model :func:`quantize` never saw."""
     config: QuantConfig | None = getattr(model, "bitswitch_config", None)
-    if config is None:
-        raise ValueError("only quantized models can be saved as integer checkpoints: call bitswitch.quantize first")
     tensors = integer_state_dict(model)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "quant_config": json.dumps(config.to_dict()),
+        "quant_config": json.dumps(None if config is None else config.to_dict()),
         "arch": json.dumps(getattr(model, "bitswitch_arch", None)),
-        "precision": json.dumps({k: list(v) for k, v in get_precision(model).items()}),
+        "precision": json.dumps(None if config is None else {k: list(v) for k, v in get_precision(model).items()}),
         "extra": json.dumps(extra or {}),
         "sha256": tensor_digest(tensors),
     }
+    if config is None:
+        metadata["storage"] = "float"
     path = Path(path)
     atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
@@ -190,20 +195,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a quantized model from an integer checkpoint, in integer (deployment) form.
+    """Rebuild a model from a checkpoint: a quantized one in integer (deployment) form, or a float one.
 
     Built-in architectures are rebuilt from the file alone. For a custom architecture pass the
     un-quantized ``model`` it was converted from (its weights are replaced). The result gives
     bit-identical outputs to the saved model at every bit-width, and is in eval mode.
     """
     tensors, meta = read_checkpoint(path)
-    if meta["storage"] != "int":  # packed low-precision storage: expand to ordinary integer codes first
-        if meta["storage"] != "packed":
-            raise CheckpointError(f"{path}: unknown storage {meta['storage']!r} (this bitswitch reads 'int' and 'packed')")
+    if meta["storage"] == "packed":  # packed low-precision storage: expand to ordinary integer codes first
         from .compact import expand_packed
 
         tensors = expand_packed(tensors, meta, path)
-    config = QuantConfig.from_dict(meta["quant_config"])
+    elif meta["storage"] not in ("int", "float"):
+        raise CheckpointError(f"{path}: unknown storage {meta['storage']!r} (this bitswitch reads 'int', 'packed' and 'float')")
+    config = None if meta["storage"] == "float" else QuantConfig.from_dict(meta["quant_config"])
     if model is None:
         arch = meta["arch"]
         if not arch:
@@ -211,19 +216,20 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         from ..models import build
 
         model = build(arch["name"], **arch.get("kwargs", {}))
-    try:
-        model = quantize(
-            model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
-            full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
-            switchable_bn=config.switchable_bn, inplace=True, act_asymmetric=config.act_asymmetric,
-        )
-    except ValueError as e:
-        raise CheckpointError(f"{path}: the model's layers do not match the checkpoint ({e})") from None
-    if tuple(model.bitswitch_config.quantized) != tuple(config.quantized):
-        raise CheckpointError(f"{path}: the model's layers do not match the checkpoint's quantized layers")
-    if config.variant == "shared":
-        for layer in quantized_layers(model).values():
-            layer.to_integer()
+    if config is not None:  # a float checkpoint's state dict fits the model as built
+        try:
+            model = quantize(
+                model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
+                full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
+                switchable_bn=config.switchable_bn, inplace=True, act_asymmetric=config.act_asymmetric,
+            )
+        except ValueError as e:
+            raise CheckpointError(f"{path}: the model's layers do not match the checkpoint ({e})") from None
+        if tuple(model.bitswitch_config.quantized) != tuple(config.quantized):
+            raise CheckpointError(f"{path}: the model's layers do not match the checkpoint's quantized layers")
+        if config.variant == "shared":
+            for layer in quantized_layers(model).values():
+                layer.to_integer()
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -234,7 +240,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             f"unexpected {unexpected[:5]} ({len(unexpected)}), shape mismatches {sorted(shapes)[:5]} ({len(shapes)})"
         )
     model.load_state_dict(tensors, strict=True)
-    set_precision(model, {k: tuple(v) if v[0] is not None else None for k, v in meta["precision"].items()})
+    if config is not None:
+        set_precision(model, {k: tuple(v) if v[0] is not None else None for k, v in meta["precision"].items()})
     model.bitswitch_extra = meta["extra"]
     return model.eval()
 

@@ -136,11 +136,9 @@ def compare_layer_codes(
 
 
 def format_layer_codes(rows: Sequence[LayerCodes]) -> str:
-    """A fixed-width table of the comparison, one layer per line."""
-    width = max(len(r.name) for r in rows)
-    lines = [f"{'layer (input codes)':<{width}}  {'codes':>12}  {'differ':>9}  {'max |diff|':>10}"]
-    lines += [f"{r.name:<{width}}  {r.codes:>12,}  {100 * r.fraction:>8.4f}%  {r.max_diff:>10}" for r in rows]
-    return "\n".join(lines)
+    """A plain-text table of the comparison, one layer per line."""
+    return format_table(["layer (input codes)", "codes", "differ", "max |diff|"],
+                        [(r.name, f"{r.codes:,}", f"{100 * r.fraction:.4f}%", r.max_diff) for r in rows])
 
 
 __all__ = ["LayerCodes", "compare_layer_codes", "format_layer_codes"]

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..nn.convert import set_precision
 from ..nn.layers import QuantLayer
+from ..table import format_table
 
 FORMAT = "bitswitch-hessian"
 
@@ -202,11 +203,10 @@ def sensitivity(traces: Mapping[str, LayerTrace]) -> dict[str, float]:
 
 
 def trace_table(traces: Mapping[str, LayerTrace]) -> str:
-    rows = [("layer", "params", "trace", "trace/param", "iters", "rel.stderr", "converged")]
-    for t in traces.values():
-        rows.append((t.name, f"{t.n_params:,}", f"{t.trace:.4g}", f"{t.trace_per_param:.4g}", str(t.iterations), f"{t.rel_stderr:.3f}", "yes" if t.converged else "NO"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows)
+    """A plain-text table of the traces, one layer per line."""
+    rows = [(t.name, f"{t.n_params:,}", f"{t.trace:.4g}", f"{t.trace_per_param:.4g}", t.iterations, f"{t.rel_stderr:.3f}", "yes" if t.converged else "NO")
+            for t in traces.values()]
+    return format_table(["layer", "params", "trace", "trace/param", "iters", "rel.stderr", "converged"], rows)
 
 
 __all__ = ["FORMAT", "LayerTrace", "float_copy", "hessian_traces", "load_traces", "save_traces", "sensitivity", "trace_table"]

@@ -1,0 +1,55 @@
+"""The model of a run: the FP32 architecture built from the data, its starting weights, and its quantized form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..export.checkpoint import read_checkpoint
+from ..models import accepted_kwargs, build
+from ..nn.convert import quantize
+from .config import TrainConfig
+from .data import Data
+
+
+def build_float_model(cfg: TrainConfig, data: Data) -> nn.Module:
+    """The FP32 architecture; ``num_classes``/``in_channels``/``in_features`` come from the data."""
+    accepted = accepted_kwargs(cfg.model)  # raises with the list of available models
+    c, h, w = data.input_shape
+    auto = {"num_classes": data.num_classes, "in_channels": c, "in_features": c * h * w}
+    kwargs = {k: v for k, v in auto.items() if accepted is None and k != "in_features" or accepted is not None and k in accepted}
+    kwargs.update(cfg.model_kwargs)
+    return build(cfg.model, **kwargs)
+
+
+def load_fp32_weights(model: nn.Module, source: str | Path) -> Path:
+    """Copy the weights of an FP32 checkpoint (an fp32 run directory or its ``best.safetensors``) into ``model``.
+
+    The file must hold the architecture ``model`` was built as, so a run cannot silently start from
+    another model's weights.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no FP32 weights at {path}")
+    tensors, meta = read_checkpoint(path)
+    if meta["storage"] != "float":
+        raise ValueError(f"init_from: {path} is a quantized checkpoint; init_from takes the checkpoint of an fp32 run")
+    mine = getattr(model, "bitswitch_arch", None)
+    if meta["arch"] != mine:
+        raise ValueError(f"init_from: {path} holds {meta['arch']}, but this run builds {mine}")
+    model.load_state_dict(tensors, strict=True)
+    return path
+
+
+def quantize_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``model`` converted for the run's bit-widths, rounding and variant (scales not yet calibrated)."""
+    fp: Any = "first_last" if cfg.full_precision == ["first_last"] else list(cfg.full_precision)
+    return quantize(model, cfg.bits, storage_bits=cfg.storage_bits, full_precision=fp, rounding=cfg.rounding,
+                    variant=cfg.variant, switchable_bn=cfg.switchable_bn)
+
+
+__all__ = ["build_float_model", "load_fp32_weights", "quantize_model"]
