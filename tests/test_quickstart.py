@@ -30,7 +30,7 @@ def quickstart(tmp_path_factory):
     capture.setenv("COLUMNS", "100")  # rich's width when stdout is not a terminal
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["quickstart", "--out", str(out), "--fp32-epochs", "4", "--joint-epochs", "2", "--budget", str(BUDGET), "--no-progress"])
+        rc = main(["quickstart", "--out", str(out), "--fp32-epochs", "3", "--joint-epochs", "1", "--budget", str(BUDGET), "--no-progress"])
     capture.undo()
     assert rc == 0
     return out, json.loads((out / "summary.json").read_text()), buf.getvalue()
