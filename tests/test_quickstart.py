@@ -81,6 +81,14 @@ def test_mixed_configuration_spends_the_budget_and_keeps_accuracy(quickstart):
 
 
 @pytest.mark.slow
+def test_the_suggested_next_command_runs_on_the_files(quickstart, capsys):
+    path, _, out = quickstart
+    assert f"bitswitch eval {path / 'model.safetensors'} --config {path / 'subnet.json'}" in out
+    assert main(["eval", str(path / "model.safetensors"), "--config", str(path / "subnet.json")]) == 0
+    assert "mixed (subnet.json)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_exported_onnx_agrees_with_pytorch(quickstart):
     path, s, out = quickstart
     assert (path / "mixed.onnx").stat().st_size == s["onnx_bytes"]

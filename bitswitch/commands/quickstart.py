@@ -99,7 +99,8 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
 
     ckpt = out / "model.safetensors"
     say(3, f"saving ONE integer file for every bit-width: {ckpt}")
-    bitswitch.save(bitswitch.load(joint.out_dir / "best.safetensors"), ckpt)
+    best = bitswitch.load(joint.out_dir / "best.safetensors")
+    bitswitch.save(best, ckpt, extra=best.bitswitch_extra)  # keeps the dataset and input shape: eval/export need no flags
     fp32_bytes = sum(t.numel() * t.element_size() for t in fp32.model.state_dict().values())
 
     say(4, "reloading it and switching its precision at run time")
