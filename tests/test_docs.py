@@ -88,11 +88,19 @@ def test_every_number_in_a_results_table_is_in_its_source(doc, line, sources, ro
     assert not wrong, f"{doc.name}:{line}: numbers not in {[s.name for s in sources]}: {wrong}"
 
 
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces -> '-'."""
+    heads = [line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
-def test_relative_links_point_to_existing_files(doc):
-    targets = [t.split("#")[0] for t in LINK.findall(doc.read_text()) if not t.startswith(("http://", "https://", "#", "mailto:"))]
-    broken = [t for t in targets if not (doc.parent / t).exists()]
+def test_relative_links_point_to_existing_files_and_headings(doc):
+    targets = [t for t in LINK.findall(doc.read_text()) if not t.startswith(("http://", "https://", "#", "mailto:"))]
+    broken = [t for t in targets if not (doc.parent / t.split("#")[0]).exists()]
     assert not broken, f"{doc.name}: links to missing files {broken}"
+    bad_anchor = [t for t in targets if "#" in t and t.split("#")[1] not in anchors(doc.parent / t.split("#")[0])]
+    assert not bad_anchor, f"{doc.name}: links to missing headings {bad_anchor}"
 
 
 def test_the_checker_rejects_a_number_its_source_does_not_hold():
