@@ -1,4 +1,4 @@
-"""The train / eval / quickstart commands end to end."""
+"""The train / eval commands end to end (quickstart: test_quickstart.py)."""
 
 from __future__ import annotations
 
@@ -51,13 +51,3 @@ def test_eval_cli_prints_table(joint_run, capsys):
     assert "mixed (subnet.json)" in capsys.readouterr().out
     assert main(["eval", str(ckpt), "--bits", "8,3"]) == 2
     assert "not one this checkpoint supports" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_quickstart_end_to_end(tmp_path, capsys):
-    assert main(["quickstart", "--out", str(tmp_path), "--fp32-epochs", "6", "--joint-epochs", "2", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "per-bit accuracy" in out and "W2A2" in out and "NO" not in out
-    model = bitswitch.load(tmp_path / "digits_cnn_w8.safetensors")
-    for b in (8, 6, 4, 2):
-        bitswitch.set_precision(model, b)

@@ -1,84 +1,165 @@
-"""``bitswitch quickstart``: the main job end to end in about a minute on a laptop CPU, no download.
+"""``bitswitch quickstart``: the whole product in about a minute on a laptop CPU, no download.
 
-On scikit-learn's bundled 8x8 digits it trains an FP32 CNN, then trains it jointly for {8,6,4,2}
-bits (Double Rounding, ALRS, per-bit BatchNorm), prints the per-bit accuracy table, saves ONE
-integer checkpoint, reloads it and switches its precision at run time.
+On scikit-learn's bundled 8x8 digits, with a six-convolution CNN (five quantized layers):
+
+1. train it in FP32;
+2. train it jointly for {8,6,4,2} bits (Double Rounding, ALRS, per-bit BatchNorm);
+3. save ONE integer file for every bit-width and compare its size with the FP32 weights;
+4. reload that file and switch its precision at run time (same accuracy as after training);
+5. choose a per-layer (mixed) configuration for an average bit-width budget (Hessian x rounding
+   noise objective + ILP, the default of ``bitswitch search``);
+6. export that configuration as a QDQ ONNX file and verify it in onnxruntime.
+
+One summary table at the end; the numbers are also written to ``<out>/summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+WIDTHS = [16, 32, 32, 64, 64, 64]
+STRIDES = [1, 1, 2, 1, 2, 1]
+SAMPLE_SHAPE = (1, 8, 8)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="train FP32 then joint {8,6,4,2} on bundled digits, save integers, reload and switch",
+    p = sub.add_parser("quickstart", help="FP32 -> joint {8,6,4,2} -> one integer file -> switch -> mixed search -> ONNX, on bundled digits",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/quickstart", help="folder for the two runs and the final checkpoint (runs in it are restarted)")
+    p.add_argument("--out", default="runs/quickstart", help="folder for the runs, the integer file, the subnet and the ONNX file (runs in it are restarted)")
     p.add_argument("--bits", default="8,6,4,2", help="bit-widths to train jointly, highest first")
-    p.add_argument("--fp32-epochs", type=int, default=15)
-    p.add_argument("--joint-epochs", type=int, default=5)
+    p.add_argument("--fp32-epochs", type=int, default=10)
+    p.add_argument("--joint-epochs", type=int, default=3)
+    p.add_argument("--budget", type=float, default=5.0, help="average weight/activation bits of the mixed configuration (between the lowest and highest of --bits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this tiny model, and robust on a busy machine)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
+@dataclass
+class Summary:
+    """What the quickstart measured (test accuracies in %, sizes in bytes)."""
+
+    fp32_acc: float
+    trained_acc: dict[str, float]    # "w8a8" -> test accuracy of the joint run's best checkpoint
+    reloaded_acc: dict[str, float]   # the same, from the reloaded integer file after set_precision
+    fp32_bytes: int                  # FP32 state dict (weights + BN)
+    int_bytes: int                   # the one integer file, every bit-width
+    mixed_layers: dict[str, list[int]]
+    mixed_avg_bits: float
+    mixed_rel_bops: float            # BOPs relative to all-W8A8
+    mixed_acc: float
+    onnx_bytes: int
+    onnx_acc: float                  # test accuracy computed by onnxruntime
+    onnx_agreement: float            # top-1 agreement with PyTorch, %
+    seconds: float
+
+
 def run(args: argparse.Namespace) -> int:
+    bits = [int(b) for b in args.bits.split(",") if b.strip()]
+    if not min(bits) <= args.budget <= max(bits):
+        raise ValueError(f"--budget must lie between the lowest and highest of --bits ({min(bits)}..{max(bits)}), got {args.budget}")
+    summary = quickstart(Path(args.out), bits, args)
+    print_summary(summary, bits, Path(args.out))
+    return 0
+
+
+def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     import torch
 
     import bitswitch
+    from ..export import export_onnx, run_onnx, verify_onnx
+    from ..nn.precision_file import write_precision_file
+    from ..search import SearchProblem, hessian_traces, sensitivity, weight_noise
+    from ..search.evaluate import accuracy, at_config, dataset_batches
     from ..train import TrainConfig, train
-    from ..table import print_table
-    from ..train import evaluate, load_data, make_loader
 
     t_start = time.perf_counter()
-    out = Path(args.out)
-    bits = [int(b) for b in args.bits.split(",") if b.strip()]
-    common = {"dataset": "digits", "model": "digits_cnn", "batch_size": 64, "seed": args.seed, "progress": not args.no_progress,
-              "val_fraction": 0.1, "optimizer": "adam",
+    common = {"dataset": "digits", "model": "digits_cnn", "model_kwargs": {"widths": WIDTHS, "strides": STRIDES},
+              "batch_size": 64, "seed": args.seed, "progress": not args.no_progress, "val_fraction": 0.1, "optimizer": "adam",
               "num_threads": args.threads}
     fp32_cfg = TrainConfig.from_dict({**common, "mode": "fp32", "epochs": args.fp32_epochs, "lr": 3e-3, "out_dir": str(out / "fp32")})
     joint_cfg = TrainConfig.from_dict({**common, "mode": "joint", "bits": bits, "epochs": args.joint_epochs, "lr": 1e-3,
                                        "init_from": str(out / "fp32"), "out_dir": str(out / "joint")})  # validates bits up front
     for run_dir in (out / "fp32", out / "joint"):
         (run_dir / "state.safetensors").unlink(missing_ok=True)
+    torch.set_num_threads(args.threads)
 
-    print(f"[1/4] FP32 training: digits_cnn on scikit-learn digits, {fp32_cfg.epochs} epochs")
+    def say(step: int, what: str) -> None:
+        print(f"[{step}/6, {time.perf_counter() - t_start:.0f} s] {what}", flush=True)
+
+    say(1, f"FP32 training: a 6-conv CNN on scikit-learn digits, {fp32_cfg.epochs} epochs")
     fp32 = train(fp32_cfg)
-    print(f"[2/4] joint training for {bits} bits from the FP32 weights (ALRS, per-bit BatchNorm), {joint_cfg.epochs} epochs")
+    say(2, f"joint training for {bits} bits from the FP32 weights (ALRS, per-bit BatchNorm), {joint_cfg.epochs} epochs")
     joint = train(joint_cfg)
 
-    labels = ["fp32"] + [f"w{b}a{b}" for b in bits]
-    test = {**fp32.test_acc, **joint.test_acc}
-    val = {**fp32.best_val, **joint.best_val}
-    rows = [{"precision": lab.upper(), "val %": val[lab], "test %": test[lab]} for lab in labels]
-    print("\nper-bit accuracy (checkpoints chosen on the validation split; test evaluated once):")
-    print_table(list(rows[0]), rows)
+    ckpt = out / "model.safetensors"
+    say(3, f"saving ONE integer file for every bit-width: {ckpt}")
+    best = bitswitch.load(joint.out_dir / "best.safetensors")
+    bitswitch.save(best, ckpt, extra=best.bitswitch_extra)  # keeps the dataset and input shape: eval/export need no flags
+    fp32_bytes = sum(t.numel() * t.element_size() for t in fp32.model.state_dict().values())
 
-    ckpt = out / "digits_cnn_w8.safetensors"
-    print(f"\n[3/4] saving ONE integer checkpoint: {ckpt}")
-    model = bitswitch.load(joint.out_dir / "best.safetensors")
-    bitswitch.save(model, ckpt, extra=model.bitswitch_extra)
-    fp32_bytes = (out / "fp32" / "best.safetensors").stat().st_size
-    print(f"      {ckpt.stat().st_size:,} bytes (int8 codes + scales) vs {fp32_bytes:,} bytes for the FP32 model")
-
-    print("[4/4] reloading it and switching precision at run time:")
-    reloaded = bitswitch.load(ckpt)
-    data = load_data(joint_cfg)
-    loader = make_loader(data, "test", joint_cfg, "cpu")
-    rows = []
+    say(4, "reloading it and switching its precision at run time")
+    test, _ = dataset_batches("digits", None, "test", None, 512)
+    calib, _ = dataset_batches("digits", None, "train", 256, 128, seed=args.seed)
+    model = bitswitch.load(ckpt)
+    reloaded = {}
     for b in bits:
-        bitswitch.set_precision(reloaded, b)
-        acc = evaluate(reloaded, loader, [b])[f"w{b}a{b}"]
-        rows.append({"set_precision": b, "test %": acc, "same as trained": "yes" if abs(acc - test[f"w{b}a{b}"]) < 1e-9 else "NO"})
-    print_table(list(rows[0]), rows)
-    x = next(iter(loader))[0][:1]
-    with torch.no_grad():
-        bitswitch.set_precision(reloaded, bits[0])
-        bitswitch.set_precision(reloaded, {n: bits[-1] for n in list(bitswitch.quantized_layers(reloaded))[:1]})
-        mixed = reloaded(x).argmax(1).item()
-    print(f"      per-layer switching works too: {bitswitch.get_precision(reloaded)} -> class {mixed}")
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s. Evaluate again with: bitswitch eval {ckpt} --bits {','.join(map(str, bits))}")
-    return 0
+        bitswitch.set_precision(model, b)
+        reloaded[f"w{b}a{b}"] = accuracy(model, test)
+
+    say(5, f"mixed precision for an average of {args.budget:g} bits: Hessian traces x rounding noise, ILP")
+    traces = hessian_traces(model, calib, max_iter=10, seed=args.seed)
+    problem = SearchProblem(bitswitch.layer_costs(model, SAMPLE_SHAPE), sensitivity(traces), bits, objective="noise",
+                            noise=weight_noise(model, bits))
+    chosen = problem.solve(f"avg-bits={args.budget:g}")
+    mixed = at_config(model, chosen.config, calib)  # a copy, BatchNorm statistics re-estimated on 256 training images
+    mixed_acc = accuracy(mixed, test)
+    write_precision_file(out / "subnet.json", chosen.config, budget=chosen.budgets, objective="noise", test_acc=mixed_acc)
+
+    onnx_path = out / "mixed.onnx"
+    say(6, f"exporting the mixed configuration to {onnx_path} and verifying it in onnxruntime")
+    report = export_onnx(mixed, onnx_path, input_shape=SAMPLE_SHAPE)
+    agreement = verify_onnx(mixed, onnx_path, [x for x, _ in test])
+    onnx_correct = sum(int((torch.from_numpy(run_onnx(onnx_path, x)).argmax(1) == y).sum()) for x, y in test)
+
+    summary = Summary(
+        fp32_acc=fp32.test_acc["fp32"], trained_acc={k: joint.test_acc[k] for k in reloaded}, reloaded_acc=reloaded,
+        fp32_bytes=fp32_bytes, int_bytes=ckpt.stat().st_size,
+        mixed_layers={k: list(v) for k, v in chosen.config.items()}, mixed_avg_bits=chosen.summary["avg_bits"],
+        mixed_rel_bops=chosen.summary["rel_bops_w8a8"], mixed_acc=mixed_acc,
+        onnx_bytes=report.file_bytes, onnx_acc=100.0 * onnx_correct / sum(len(y) for _, y in test),
+        onnx_agreement=100.0 * agreement.top1_agreement, seconds=time.perf_counter() - t_start,
+    )
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def print_summary(s: Summary, bits: list[int], out: Path) -> None:
+    """One table: every stage's result next to the check that shows it worked (fits 80 columns)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bitswitch quickstart: digits test set, {s.seconds:.0f} s", box=box.SIMPLE_HEAD)
+    for col in ("step", "model / file", "top-1 %", "size", "check"):
+        table.add_column(col, justify="right" if col in ("top-1 %", "size") else "left")
+    table.add_row("train", "FP32 model", f"{s.fp32_acc:.2f}", f"{s.fp32_bytes / 1e3:.1f} kB", "")
+    for b in bits:
+        key = f"w{b}a{b}"
+        same = "= trained" if s.reloaded_acc[key] == s.trained_acc[key] else f"DIFFERS ({s.trained_acc[key]:.2f})"
+        table.add_row("joint, switch" if b == bits[0] else "", f"W{b}A{b} (file)", f"{s.reloaded_acc[key]:.2f}", "", same)
+    table.add_row("save", "model.safetensors", "", f"{s.int_bytes / 1e3:.1f} kB",
+                  f"{s.int_bytes / s.fp32_bytes:.2f}x FP32")
+    layers = ",".join(str(w) for w, _ in s.mixed_layers.values())
+    table.add_row("search", f"mixed {s.mixed_avg_bits:.1f} bits", f"{s.mixed_acc:.2f}",
+                  f"{s.mixed_rel_bops:.2f}x BOPs", f"bits {layers}")
+    table.add_row("export", "mixed.onnx", f"{s.onnx_acc:.2f}", f"{s.onnx_bytes / 1e3:.1f} kB",
+                  f"{s.onnx_agreement:.1f} % agree")
+    Console().print(table)
+    print(f"BOPs relative to all-W8A8; bits = weight (= activation) bits of {', '.join(s.mixed_layers)}.\n"
+          f"Files in {out}/. Next: bitswitch eval {out / 'model.safetensors'} --config {out / 'subnet.json'}")

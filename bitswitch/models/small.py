@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -19,28 +21,30 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 
 
 class _ConvNet(nn.Module):
-    """Three conv-BN-ReLU stages, global average pool, linear head."""
+    """Conv-BN-ReLU stages (``conv1``/``bn1``/``relu1``, ``conv2``, ...), global average pool, linear head."""
 
     def __init__(
         self,
         in_channels: int,
-        widths: tuple[int, int, int],
-        strides: tuple[int, int, int],
+        widths: Sequence[int],
+        strides: Sequence[int],
         num_classes: int,
     ) -> None:
         super().__init__()
-        c1, c2, c3 = widths
-        s1, s2, s3 = strides
-        self.conv1, self.bn1, self.relu1 = _conv_bn_relu(in_channels, c1, s1)
-        self.conv2, self.bn2, self.relu2 = _conv_bn_relu(c1, c2, s2)
-        self.conv3, self.bn3, self.relu3 = _conv_bn_relu(c2, c3, s3)
+        if not widths or len(widths) != len(strides):
+            raise ValueError(f"need one stride per width and at least one stage, got widths={list(widths)}, strides={list(strides)}")
+        self.depth = len(widths)
+        cin = in_channels
+        for i, (cout, stride) in enumerate(zip(widths, strides), 1):
+            for kind, module in zip(("conv", "bn", "relu"), _conv_bn_relu(cin, cout, stride)):
+                self.add_module(f"{kind}{i}", module)
+            cin = cout
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c3, num_classes)
+        self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        x = self.relu3(self.bn3(self.conv3(x)))
+        for i in range(1, self.depth + 1):
+            x = getattr(self, f"relu{i}")(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
@@ -54,10 +58,16 @@ class SmallCNN(_ConvNet):
 
 @register("digits_cnn")
 class DigitsCNN(_ConvNet):
-    """CNN for 1x8x8 scikit-learn digits: 16 -> 32 (s2) -> 64 channels, ~24K params."""
+    """CNN for 1x8x8 scikit-learn digits: 16 -> 32 (s2) -> 64 channels, ~24K params by default.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
-        super().__init__(in_channels, (16, 32, 64), (1, 2, 1), num_classes)
+    ``widths``/``strides`` give other depths (the quickstart uses six convolutions, so that five
+    quantized layers leave a per-layer bit-width search something to choose).
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, widths: Sequence[int] = (16, 32, 64), strides: Sequence[int] = (1, 2, 1)
+    ) -> None:
+        super().__init__(in_channels, widths, strides, num_classes)
 
 
 @register("mlp")
