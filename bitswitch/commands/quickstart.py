@@ -141,25 +141,19 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
 
 def print_summary(s: Summary, bits: list[int], out: Path) -> None:
     """One table: every stage's result next to the check that shows it worked (fits 80 columns)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+    from ..table import print_table
 
-    table = Table(title=f"bitswitch quickstart: digits test set, {s.seconds:.0f} s", box=box.SIMPLE_HEAD)
-    for col in ("step", "model / file", "top-1 %", "size", "check"):
-        table.add_column(col, justify="right" if col in ("top-1 %", "size") else "left")
-    table.add_row("train", "FP32 model", f"{s.fp32_acc:.2f}", f"{s.fp32_bytes / 1e3:.1f} kB", "")
+    rows = [("train", "FP32 model", f"{s.fp32_acc:.2f}", f"{s.fp32_bytes / 1e3:.1f} kB", "")]
     for b in bits:
         key = f"w{b}a{b}"
         same = "= trained" if s.reloaded_acc[key] == s.trained_acc[key] else f"DIFFERS ({s.trained_acc[key]:.2f})"
-        table.add_row("joint, switch" if b == bits[0] else "", f"W{b}A{b} (file)", f"{s.reloaded_acc[key]:.2f}", "", same)
-    table.add_row("save", "model.safetensors", "", f"{s.int_bytes / 1e3:.1f} kB",
-                  f"{s.int_bytes / s.fp32_bytes:.2f}x FP32")
+        rows.append(("joint, switch" if b == bits[0] else "", f"W{b}A{b} (file)", f"{s.reloaded_acc[key]:.2f}", "", same))
+    rows.append(("save", "model.safetensors", "", f"{s.int_bytes / 1e3:.1f} kB", f"{s.int_bytes / s.fp32_bytes:.2f}x FP32"))
     layers = ",".join(str(w) for w, _ in s.mixed_layers.values())
-    table.add_row("search", f"mixed {s.mixed_avg_bits:.1f} bits", f"{s.mixed_acc:.2f}",
-                  f"{s.mixed_rel_bops:.2f}x BOPs", f"bits {layers}")
-    table.add_row("export", "mixed.onnx", f"{s.onnx_acc:.2f}", f"{s.onnx_bytes / 1e3:.1f} kB",
-                  f"{s.onnx_agreement:.1f} % agree")
-    Console().print(table)
+    rows.append(("search", f"mixed {s.mixed_avg_bits:.1f} bits", f"{s.mixed_acc:.2f}", f"{s.mixed_rel_bops:.2f}x BOPs",
+                 f"bits {layers}"))
+    rows.append(("export", "mixed.onnx", f"{s.onnx_acc:.2f}", f"{s.onnx_bytes / 1e3:.1f} kB", f"{s.onnx_agreement:.1f} % agree"))
+    print(f"\nbitswitch quickstart: digits test set, {s.seconds:.0f} s")
+    print_table(["step", "model / file", "top-1 %", "size", "check"], rows)
     print(f"BOPs relative to all-W8A8; bits = weight (= activation) bits of {', '.join(s.mixed_layers)}.\n"
           f"Files in {out}/. Next: bitswitch eval {out / 'model.safetensors'} --config {out / 'subnet.json'}")
