@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model (FP32, fixed-precision QAT or joint multi-precision) from a config file",
         description="Train from a YAML/TOML config. Any option can be overridden as key=value (e.g. epochs=5 bits=4,3,2). "
-        "The run directory (out_dir) receives the config used, metrics.jsonl, last/best integer checkpoints, "
+        "The run directory (out_dir) receives the config used, metrics.jsonl, last/best checkpoints (integer codes for QAT runs), "
         "the resumable state and accuracy.png.",
     )
     p.add_argument("config", help="a .yaml/.yml/.toml config file (see configs/)")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..table import format_table
 from .onnx_graph import container_types, require_onnx
 from .onnx_runtime import INPUT_NAME, ort_session, reference_model
 

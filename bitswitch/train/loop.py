@@ -23,6 +23,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import TensorLoader
 from ..export.checkpoint import atomic_write_bytes, save
 from ..nn.convert import calibrate, quantized_layers, set_precision
 from . import ddp
@@ -160,16 +162,13 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
     train_loader = make_loader(data, "train", cfg, device, train=True)
     val_loader = make_loader(data, "val", cfg, device)
     steps_per_epoch = len(train_loader)
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    bits = None if cfg.mode == "fp32" else list(cfg.bits)
-    hasb = None
-    if cfg.mode == "hasb":
-        from ..search.hessian import load_traces, sensitivity
+    total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
 
-        sampler = RouletteSampler(sensitivity(load_traces(cfg.hessian)), cfg.bits, layers=list(quantized_layers(model)))
-        schedule = SwitchSchedule(int(cfg.hasb_warmup_epochs * steps_per_epoch), max(1, int(cfg.hasb_ramp_epochs * steps_per_epoch)), cfg.hasb_p_max)
-        hasb = (sampler, schedule)
+    def lr_factor(step: int) -> float:
+        return schedule_factor(step, total, warmup, cfg.min_lr_ratio)
+
+    plan_at = hasb_planner(cfg, model, steps_per_epoch)
+    bits = None if cfg.mode == "fp32" else list(cfg.bits)
     history: list[dict[str, Any]] = list(info["history"])
     if dist.master:
         log.info("%s run %s: %s, %d train / %d val / %d test images, %d steps/epoch%s", cfg.mode, out, cfg.model,
@@ -183,31 +182,13 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
         atomic_write_bytes(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
     show = cfg.progress and dist.master and sys.stderr.isatty()
     step = int(info["step"])
-    done_now = 0
-    for epoch in range(int(info["epoch"]), cfg.epochs):
-        if stop_after is not None and done_now >= stop_after:
-            break
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, int(info["epoch"]) + stop_after)
+    for epoch in range(int(info["epoch"]), last):
         model.train()
         train_loader.set_epoch(epoch)
-        timer: dict[str, float] = {}
-        sums: dict[str, float] = {}
         t_epoch = time.perf_counter()
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
-        n = 0
-        for x, y in ddp.shard_batches(train_loader, dist):
-            sched = schedule_factor(step, total, warmup, cfg.min_lr_ratio)
-            # hasb: drawn from (seed, step) only, identical on every rank and on resume
-            plan = None if hasb is None else supernet_plan(*hasb, step, cfg.bits, seed=cfg.seed)
-            losses = train_step(model, optimizer, x, y, cfg, sched, dist, timer, plan)
-            for k, v in losses.items():
-                if not math.isfinite(v):
-                    raise FloatingPointError(f"loss became {v} at step {step} ({k}); lower the learning rate")
-                sums[k] = sums.get(k, 0.0) + v
-            step += 1
-            n += 1
-            bar.update(losses)
-            if dist.master and cfg.log_every and step % cfg.log_every == 0:
-                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        losses, timer, step = train_epoch(model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar)
         bar.close()
         train_time = time.perf_counter() - t_epoch
         ddp.average_buffers(model, dist)
@@ -217,29 +198,20 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
         if improved:
             info["best"], info["best_epoch"] = metric, epoch + 1
         record = {
-            "epoch": epoch + 1, "step": step, "lr": cfg.lr * schedule_factor(max(step - 1, 0), total, warmup, cfg.min_lr_ratio),
-            "train_loss": {k: v / max(n, 1) for k, v in sums.items()}, "val_acc": val, "val_metric": metric,
+            "epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0)),
+            "train_loss": losses, "val_acc": val, "val_metric": metric,
             "best": improved, "train_time_s": train_time, "bit_time_s": timer,
         }
         history.append(record)
         info.update(epoch=epoch + 1, step=step, history=history)
         if dist.master:
-            extra = checkpoint_extra(cfg, data, epoch + 1, val)
-            save(model, out / "last.safetensors", extra=extra)
-            if improved:
-                save(model, out / "best.safetensors", extra=extra)
-            with open(out / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
-            log.info("validation accuracy (%%):\n%s", epoch_table(record, cfg.epochs))
+            write_epoch(cfg, data, model, optimizer, info, record)
         ddp.barrier(dist)
-        done_now += 1
 
-    finished = int(info["epoch"]) >= cfg.epochs
     best_val = next((h["val_acc"] for h in history if h["epoch"] == info["best_epoch"]), {})
     test_acc: dict[str, float] = {}
     summary: dict[str, Any] = {}
-    if finished and dist.master and (out / "best.safetensors").exists():
+    if int(info["epoch"]) >= cfg.epochs and dist.master and (out / "best.safetensors").exists():
         test_acc = evaluate_checkpoint(out / "best.safetensors", data, cfg, device)
         summary = summarize(cfg, data, history, info["best_epoch"], test_acc)
         labels = bit_labels(cfg)
@@ -248,4 +220,52 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
     return RunResult(out, cfg, history, best_val, test_acc, model, summary)
 
 
-__all__ = ["RunResult", "build_run_model", "checkpoint_extra", "read_resumable_state", "run_epochs", "setup_run", "train"]
+def hasb_planner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Callable[[int], list | None]:
+    """HASB's configurations of iteration ``step`` (drawn from ``(seed, step)`` only: the same on
+    every rank and on resume); ``None`` for the other modes."""
+    if cfg.mode != "hasb":
+        return lambda step: None
+    from ..search.hessian import load_traces, sensitivity  # bitswitch.search imports scipy; only HASB needs it
+
+    sampler = RouletteSampler(sensitivity(load_traces(cfg.hessian)), cfg.bits, layers=list(quantized_layers(model)))
+    schedule = SwitchSchedule(int(cfg.hasb_warmup_epochs * steps_per_epoch), max(1, int(cfg.hasb_ramp_epochs * steps_per_epoch)), cfg.hasb_p_max)
+    return lambda step: supernet_plan(sampler, schedule, step, cfg.bits, seed=cfg.seed)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TensorLoader, cfg: TrainConfig, dist: ddp.DistInfo,
+                step: int, lr_factor: Callable[[int], float], plan_at: Callable[[int], list | None],
+                bar: Progress) -> tuple[dict[str, float], dict[str, float], int]:
+    """One pass over the training batches: (mean loss and seconds per bit label, the next step number)."""
+    timer: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    n = 0
+    for x, y in ddp.shard_batches(batches, dist):
+        losses = train_step(model, optimizer, x, y, cfg, lr_factor(step), dist, timer, plan_at(step))
+        for k, v in losses.items():
+            if not math.isfinite(v):
+                raise FloatingPointError(f"loss became {v} at step {step} ({k}); lower the learning rate")
+            sums[k] = sums.get(k, 0.0) + v
+        step += 1
+        n += 1
+        bar.update(losses)
+        if dist.master and cfg.log_every and step % cfg.log_every == 0:
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+    return {k: v / max(n, 1) for k, v in sums.items()}, timer, step
+
+
+def write_epoch(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
+                record: dict[str, Any]) -> None:
+    """The files of a finished epoch: last (and best) checkpoint, a metrics line, the resumable state, a log table."""
+    out = Path(cfg.out_dir)
+    extra = checkpoint_extra(cfg, data, record["epoch"], record["val_acc"])
+    save(model, out / "last.safetensors", extra=extra)
+    if record["best"]:
+        save(model, out / "best.safetensors", extra=extra)
+    with open(out / METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
+    log.info("validation accuracy (%%):\n%s", epoch_table(record, cfg.epochs))
+
+
+__all__ = ["RunResult", "build_run_model", "checkpoint_extra", "hasb_planner", "read_resumable_state", "run_epochs", "setup_run", "train",
+           "train_epoch", "write_epoch"]
