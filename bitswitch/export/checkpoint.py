@@ -13,9 +13,10 @@ Layout of a ``.safetensors`` file written by :func:`save`:
   over the canonical metadata and every tensor, so a changed bit anywhere is detected.
 
 Loading trusts nothing in the file (see ``docs/security.md``): the header and the metadata are
-checked against a schema (:mod:`bitswitch.export.schema`), the architecture is first built on the
-``meta`` device and every declared tensor's shape and dtype compared with it, then the digest is
-verified and the tensor values checked, and only then is a real model allocated. No pickle is
+checked against a schema (:mod:`bitswitch.export.schema`), the digest is verified (memory so far is
+bounded by the file's size), the architecture is built on the ``meta`` device and every declared
+tensor's shape and dtype compared with it, and only then is a real model allocated and the tensor
+values checked. No pickle is
 involved anywhere; writes go to a temporary file that replaces the target atomically.
 """
 
@@ -170,6 +171,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     header, meta = _checked_header(path)
+    tensors, _ = container.read(path, CheckpointError)  # the digest, before anything is built
     config = QuantConfig.from_dict(meta["quant_config"]) if meta["quant_config"] is not None else None
     if model is None:
         if not meta["arch"]:
@@ -178,7 +180,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         with torch.device("meta"):
             skeleton = _convert(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), config, path)
         _compare(skeleton, header, meta, path)
-    tensors, _ = container.read(path, CheckpointError)
     if model is None:
         model = _build_arch(meta["arch"], path)
     model = _convert(model, config, path)
