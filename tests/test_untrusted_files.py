@@ -102,7 +102,7 @@ def test_metadata_edits_break_the_digest(saved, tmp_path: Path) -> None:
     (lambda m: m.update(data_root="/etc"), None, r"metadata data_root: unknown key"),
     (lambda m: m.update(extra="[1]"), None, r"metadata extra: must be an object"),
     (lambda m: m.update(precision="{"), None, r"metadata precision: is not valid JSON"),
-    (None, lambda t: t["fc2.weight_quant.scale"].__setitem__(0, 0.0), r"tensor fc2.weight_quant.scale: scales must be positive"),
+    (None, lambda t: t["fc2.weight_quant.scale"].__setitem__(0, 0.0), r"tensor fc2.weight_quant.scale: scales must be non-zero"),
     (None, lambda t: t["fc1.act_quant.scales.4"].fill_(float("nan")), r"tensor fc1.act_quant.scales.4: contains NaN"),
     (None, lambda t: t["bn2.bn.4.running_var"].__setitem__(0, -1.0), r"tensor bn2.bn.4.running_var: BatchNorm variances"),
     (None, lambda t: t["fc1.act_quant.signed_flag"].fill_(7), r"signed_flag: must be -1, 0 or 1"),

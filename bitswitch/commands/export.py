@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--bits", type=int, default=None, help="uniform bit-width to export (default: the checkpoint's saved precision)")
     g.add_argument("--config", default=None, help="a per-layer precision JSON file (searched subnet or post-training result)")
     g.add_argument("--compact", default=None, help="comma-separated bit-widths a device keeps, e.g. 4,3,2: write a packed checkpoint instead of ONNX")
+    p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep their precision (default: an error)")
     p.add_argument("--input-shape", default=None, help="one sample's shape, e.g. 3,32,32 (default: from the checkpoint or the data)")
     p.add_argument("--opset", type=int, default=21)
     p.add_argument("--container", choices=("int8", "int4"), default="int8",
@@ -81,7 +82,7 @@ def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int]
 def run(args: argparse.Namespace) -> int:
     from ..export.checkpoint import atomic_write_json, load, read_checkpoint
     from ..nn.convert import set_precision
-    from ..nn.precision_file import read_precision_file
+    from ..nn.precision_file import apply_precision_file
 
     _, meta = read_checkpoint(args.checkpoint)
     extra = meta.get("extra") or {}
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(e)) from None
     model = load(args.checkpoint)
     if args.config:
-        set_precision(model, read_precision_file(args.config))
+        apply_precision_file(model, args.config, others_stay=args.others_stay)
     elif args.bits is not None:
         set_precision(model, args.bits)
     shape = _shape(args, extra)
@@ -168,10 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shape(args: argparse.Namespace, extra: dict) -> list[int] | None:
-    text = args.input_shape or extra.get("input_shape")
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
-    except ValueError:
-        raise ValueError(f"--input-shape must be comma-separated integers, e.g. 3,32,32; got {text!r}") from None
+    from ..export.schema import input_shape
+
+    if args.input_shape is not None:
+        return input_shape(args.input_shape, "--input-shape")
+    return input_shape(extra["input_shape"], "the checkpoint's extra.input_shape") if "input_shape" in extra else None

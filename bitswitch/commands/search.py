@@ -152,7 +152,9 @@ def _shape(args: argparse.Namespace, meta: dict[str, Any], trace_doc: dict[str, 
     raw = args.input_shape or meta["extra"].get("input_shape") or trace_doc.get("input_shape")
     if not raw:
         raise ValueError("unknown input shape: pass --input-shape C,H,W (needed to count MACs)")
-    return [int(v) for v in raw.split(",")] if isinstance(raw, str) else [int(v) for v in raw]
+    from ..export.schema import input_shape
+
+    return input_shape(raw, "--input-shape" if args.input_shape else "the input shape of the checkpoint or trace file")
 
 
 def _sweep_values(text: str) -> tuple[str, list[float]]:

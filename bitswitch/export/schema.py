@@ -2,7 +2,7 @@
 
 :func:`decode_metadata` validates every metadata key against a schema (known keys only, types,
 ranges) and returns it decoded; :func:`check_values` validates the tensor values a model will
-compute with (finite floats, integer codes on their grid, positive scales, non-negative BatchNorm
+compute with (finite floats, integer codes on their grid, non-zero scales, non-negative BatchNorm
 variances). Each problem raises :class:`CheckpointError` naming the key.
 """
 
@@ -198,8 +198,10 @@ def check_values(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: An
             if codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
                 raise CheckpointError(f"{path}: tensor {name}.weight_int: codes outside the {wq.storage_bits}-bit range [{lo}, {hi}]")
         for key in [k for k in tensors if k.startswith((f"{name}.weight_quant.scale", f"{name}.act_quant.scales."))]:
-            if not (tensors[key] > 0).all():
-                raise CheckpointError(f"{path}: tensor {key}: scales must be positive")
+            # training can drive an LSQ weight scale through zero (the codes then change sign and the
+            # product stays right); a zero scale divides by zero, so only that is refused
+            if not (tensors[key] != 0).all():
+                raise CheckpointError(f"{path}: tensor {key}: scales must be non-zero")
         flag = tensors.get(f"{name}.act_quant.signed_flag")
         if flag is not None and int(flag) not in (-1, 0, 1):
             raise CheckpointError(f"{path}: tensor {name}.act_quant.signed_flag: must be -1, 0 or 1, got {int(flag)}")
