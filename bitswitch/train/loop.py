@@ -38,6 +38,7 @@ from ..nn.convert import calibrate, quantize, set_precision
 from . import ddp
 from .config import TrainConfig
 from .optim import alrs_factors, build_optimizer, describe_groups, schedule_factor, set_lr
+from .lock import RunLock
 from .state import StateError, read_state, restore_state, save_state
 
 log = logging.getLogger("bitswitch.train")
@@ -383,11 +384,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
     info_d, device = ddp.setup(cfg.device)
     out = Path(cfg.out_dir)
     handler: logging.Handler | None = None
+    lock: RunLock | None = None
     try:
+        lock = RunLock(out) if info_d.master else None  # before anything reads or writes the folder
         data, model, optimizer, info = prepare(cfg, resume=resume, device=device)
         if info_d.master:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(cfg.to_yaml())
+            atomic_write_bytes(out / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
             handler = logging.FileHandler(out / "train.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
             log.addHandler(handler)
@@ -400,6 +403,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             handler.close()
         torch.set_num_threads(threads)
         ddp.teardown(info_d)
+        if lock is not None:
+            lock.release()
 
 
 def _checkpoint_extra(cfg: TrainConfig, data: Data, epoch: int, val: dict[str, float]) -> dict[str, Any]:
