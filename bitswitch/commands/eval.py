@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._args import COUNT, NON_NEGATIVE
 from ._data import resolve_data
 
 
@@ -23,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset folder, or a dataset name (digits); default: the one the checkpoint was trained on")
     p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits) when --data is a folder the checkpoint does not name")
     p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--recalibrate-bn", type=int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=COUNT, default=1000)
+    p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images first (default: 256 with --config, 0 otherwise)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.set_defaults(func=run)

@@ -14,6 +14,8 @@ import json
 import sys
 from collections import Counter
 
+from ._args import BITS, COUNT, NON_NEGATIVE, float_in
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (QDQ) and verify it in onnxruntime, or re-store it packed",
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by bitswitch")
     p.add_argument("--out", required=True, help="output file (.onnx, or .safetensors with --compact)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--bits", type=int, default=None, help="uniform bit-width to export (default: the checkpoint's saved precision)")
+    g.add_argument("--bits", type=BITS, default=None, help="uniform bit-width to export (default: the checkpoint's saved precision)")
     g.add_argument("--config", default=None, help="a per-layer precision JSON file (searched subnet or post-training result)")
     g.add_argument("--compact", default=None, help="comma-separated bit-widths a device keeps, e.g. 4,3,2: write a packed checkpoint instead of ONNX")
     p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep their precision (default: an error)")
@@ -42,13 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp32", action="store_true", help="write the unquantized float network (a baseline for latency and size)")
     p.add_argument("--data", default=None, help="dataset folder or name for verification (default: the checkpoint's dataset)")
     p.add_argument("--dataset", default=None, help="dataset name when --data is a folder the checkpoint does not name")
-    p.add_argument("--verify-images", type=int, default=1000, help="number of test images to verify on (default 1000)")
+    p.add_argument("--verify-images", type=COUNT, default=1000, help="number of test images to verify on (default 1000)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--min-top1", type=float, default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
+    p.add_argument("--min-top1", type=float_in(0.0, 1.0), default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
     p.add_argument("--reference", choices=("float32", "float64"), default="float32",
                    help="how PyTorch computes the outputs the file is compared with: float32 (default) or float64 (a near-exact "
                         "copy, so only the file's own rounding counts; for models whose float32 result changes with the summation order)")
-    p.add_argument("--layerwise", type=int, nargs="?", const=64, default=0, metavar="N",
+    p.add_argument("--layerwise", type=NON_NEGATIVE, nargs="?", const=64, default=0, metavar="N",
                    help="after verifying, compare every quantized layer's input codes in onnxruntime with the model's "
                         "(a float64 copy) on the first N verification images (default 64) and print where they differ: "
                         "a real export fault shows as one layer that differs in bulk, rounding noise as ~1e-5 that grows layer by layer")

@@ -11,16 +11,18 @@ import argparse
 import time
 from pathlib import Path
 
+from ._args import COUNT, NON_NEGATIVE, THREADS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train FP32 then joint {8,6,4,2} on bundled digits, save integers, reload and switch",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quickstart", help="folder for the two runs and the final checkpoint (runs in it are restarted)")
     p.add_argument("--bits", default="8,6,4,2", help="bit-widths to train jointly, highest first")
-    p.add_argument("--fp32-epochs", type=int, default=15)
-    p.add_argument("--joint-epochs", type=int, default=5)
+    p.add_argument("--fp32-epochs", type=NON_NEGATIVE, default=15)
+    p.add_argument("--joint-epochs", type=COUNT, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this tiny model, and robust on a busy machine)")
+    p.add_argument("--threads", type=THREADS, default=1, help="torch threads (1 is fastest for this tiny model, and robust on a busy machine)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
