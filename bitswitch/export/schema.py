@@ -175,7 +175,7 @@ def input_shape(value: Any, source: str) -> list[int]:
     """A one-sample input shape (``C,H,W`` or ``N`` features) from a flag or a file, bounded in size."""
     if isinstance(value, str):
         try:
-            value = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+            value = [int(v) for v in value.split(",")]
         except ValueError:
             raise ValueError(f"{source}: input shape {value!r} must be comma-separated integers, e.g. 3,32,32") from None
     if not (isinstance(value, list) and 1 <= len(value) <= 4 and all(_is_int(d) and d > 0 for d in value)):

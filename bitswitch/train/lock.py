@@ -24,6 +24,7 @@ class RunLock:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -39,7 +40,12 @@ class RunLock:
         remove_stale_temporaries(self.folder)
 
     def release(self) -> None:
+        """Unlock; a folder this lock created and nothing else wrote to (a run that failed early) is removed."""
         if self._fd is not None:
+            lock_file = self.folder / LOCK_FILE
+            if self._created and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
+                lock_file.unlink(missing_ok=True)
+                self.folder.rmdir()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
