@@ -84,6 +84,7 @@ def _cases(ckpt: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["export", c, "--out", str(tmp / "m.onnx"), "--bits", "99"], "--bits: must be an integer in [2, 16], got 99"),
         (["eval", c, "--recalibrate-bn", "-5"], "--recalibrate-bn: must be an integer >= 0, got -5"),
         (["eval", c, "--batch-size", "0"], "--batch-size: must be an integer >= 1, got 0"),
+        (["eval", c, "--data", "imagenet"], "--data 'imagenet' is neither a dataset name"),
         (["hessian", c, "--tol", "nan"], "--tol: must be a finite number > 0.0, got 'nan'"),
         (["info", str(tmp / "missing.safetensors")], "checkpoint not found"),
         (["info", str(flipped)], "checksum mismatch"),
@@ -116,3 +117,27 @@ def test_cli_bad_arguments_give_one_line_and_exit_code_2(ckpt: Path, tmp_path: P
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         main(["--debug", "info", str(tmp_path / "missing.safetensors")])
+
+
+def test_model_that_does_not_fit_the_data_is_refused_before_training(tmp_path: Path) -> None:
+    from bitswitch.train import train
+
+    cfg = TrainConfig(dataset="digits", model="digits_cnn", model_kwargs={"num_classes": 5}, out_dir=str(tmp_path / "run"),
+                      epochs=1, train_subset=200, progress=False, num_threads=1)
+    with pytest.raises(ValueError, match=r"outputs of shape \[2, 5\] per batch of 2, the data has 10 classes"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_hostile_pt_file_is_a_clear_error(tmp_path: Path) -> None:
+    from bitswitch.models import load_weights
+
+    path = tmp_path / "evil.pt"
+    torch.save({"w": _Payload()}, path)
+    with pytest.raises(ValueError, match="refused: not a plain PyTorch state dict"):
+        load_weights(build("mlp"), path)

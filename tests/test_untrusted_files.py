@@ -57,9 +57,9 @@ def saved(tmp_path_factory) -> tuple[Path, list[torch.Tensor]]:
     return path, _outputs(bitswitch.load(path))
 
 
-def _resign(src: Path, dst: Path, meta_edit=None, tensor_edit=None) -> Path:
+def _resign(src: Path, dst: Path, meta_edit=None, tensor_edit=None, error: type[Exception] = CheckpointError) -> Path:
     """What an attacker can do: edit the file and write a valid new digest."""
-    tensors, meta = container.read(src, CheckpointError)
+    tensors, meta = container.read(src, error)
     meta = dict(meta)
     if meta_edit:
         meta_edit(meta)
@@ -235,13 +235,7 @@ def test_resigned_state_with_wrong_shapes_or_fields_is_refused(tmp_path: Path) -
         (None, lambda t: t["model.fc2.weight"].fill_(float("nan")), "NaN"),
     ]
     for meta_edit, tensor_edit, match in cases:
-        tensors, meta = container.read(path, StateError)
-        meta = dict(meta)
-        if meta_edit:
-            meta_edit(meta)
-        if tensor_edit:
-            tensor_edit(tensors)
-        edited = container.write(tmp_path / "e.safetensors", tensors, meta)
+        edited = _resign(path, tmp_path / "e.safetensors", meta_edit, tensor_edit, StateError)
         fresh = _model()
         with pytest.raises(StateError, match=match):
             t, m = read_state(edited)

@@ -21,6 +21,8 @@ def resolve_data(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[str, 
     data_root = getattr(args, "data_root", None)
     if args.data and canonical_name(args.data) in DATASETS:
         return args.data, data_root
+    if args.data and not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data!r} is neither a dataset name ({', '.join(DATASETS)}) nor a folder")
     name = args.dataset or extra.get("dataset") or trained.get("dataset")
     root = args.data or data_root
     if name is None and root is not None:

@@ -38,6 +38,7 @@ from ..nn.convert import calibrate, quantize, set_precision
 from . import ddp
 from .config import TrainConfig
 from .optim import alrs_factors, build_optimizer, describe_groups, schedule_factor, set_lr
+from .fit import check_model_fits_data
 from .lock import RunLock
 from .state import StateError, read_state, restore_state, save_state
 
@@ -355,6 +356,7 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, device: str | None = None
         model = latent_from_checkpoint(cfg.init_from)
     elif cfg.init_from and not resume:  # a resumed run takes every weight from its state file
         load_fp32_weights(model, cfg.init_from)
+    check_model_fits_data(model, data.input_shape, data.num_classes, f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs} on dataset {data.key!r}")
     device = device or cfg.device
     calib_loader = make_loader(data, "train", cfg, "cpu")
     calib_loader.shuffle, calib_loader.augment = False, False
