@@ -264,3 +264,17 @@ def test_fuzz_ptq_cache(tmp_path: Path) -> None:
     write_cache(path, dict(state, noise={"fc1": {"W4A8": -1.0, "W2A8": 1.0}, "fc2": {"W4A8": 0.1}}))
     with pytest.raises(ValueError, match="noise.fc1.W4A8"):
         read_cache(path, "abc", 4, work)
+
+
+def test_fp32_checkpoints_get_the_same_checks(tmp_path: Path) -> None:
+    """A model without quantized layers (quant_config null) is verified and rebuilt the same way."""
+    torch.manual_seed(0)
+    model = build("mlp", in_features=16, hidden=8, num_classes=3).eval()
+    meta = {"format": "bitswitch", "format_version": "1", "quant_config": "null", "arch": json.dumps(model.bitswitch_arch),
+            "precision": "{}", "extra": "{}"}
+    path = container.write(tmp_path / "fp32.safetensors", model.state_dict(), meta)
+    with torch.no_grad():
+        assert torch.equal(bitswitch.load(path)(X), model(X))
+    bad = _resign(path, tmp_path / "bad.safetensors", tensor_edit=lambda t: t["bn1.running_var"].__setitem__(0, -1.0))
+    with pytest.raises(CheckpointError, match="bn1.running_var"):
+        bitswitch.load(bad)
