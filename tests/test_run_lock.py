@@ -12,11 +12,12 @@ from bitswitch.errors import RunLockedError
 from bitswitch.train import TrainConfig, train
 from bitswitch.train.lock import RunLock
 
+REPO = Path(__file__).resolve().parents[1]  # subprocesses import this checkout
 HOLDER = "import sys, time; from bitswitch.train.lock import RunLock; l = RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(60)"
 
 
 def _hold(folder: Path) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert p.stdout is not None and p.stdout.readline().strip() == "locked"
     return p
 

@@ -25,6 +25,7 @@ from bitswitch.ptq.cache import read_cache, write_cache
 from bitswitch.train.state import StateError, read_state, restore_state, save_state
 
 BITS = (8, 4, 2)
+REPO = Path(__file__).resolve().parents[1]  # subprocesses import this checkout
 
 
 def _model(**kw) -> torch.nn.Module:
@@ -158,7 +159,7 @@ def test_memory_bomb_headers_fail_fast_with_bounded_memory(saved, tmp_path: Path
     """
     path, _ = saved
     out = subprocess.run([sys.executable, "-c", BOMB, str(path), str(tmp_path / "bomb.safetensors")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("refused:") == 3, out.stdout
     growth_kb = int(out.stdout.split("peak_growth_kb")[1])
