@@ -213,7 +213,7 @@ def test_fuzz_training_state(tmp_path: Path) -> None:
     data = path.read_bytes()
     mutated = tmp_path / "f.safetensors"
     template = _model()
-    for pos, buf in _mutations(data, 100, seed=1):
+    for pos, buf in _mutations(data, 60, seed=1):
         mutated.write_bytes(buf)
         fresh = copy.deepcopy(template)
         fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)

@@ -180,10 +180,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         with torch.device("meta"):
             skeleton = _convert(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), config, path)
         _compare(skeleton, header, meta, path)
-    if model is None:
         model = _build_arch(meta["arch"], path)
     model = _convert(model, config, path)
-    _compare(model, header, meta, path)
+    _compare(model, header, meta, path)  # cheap; the only shape check for a caller's own model
     if meta["storage"] == "packed":
         from .compact import expand_packed
 
