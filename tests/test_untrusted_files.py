@@ -279,3 +279,15 @@ def test_fp32_checkpoints_get_the_same_checks(tmp_path: Path) -> None:
     bad = _resign(path, tmp_path / "bad.safetensors", tensor_edit=lambda t: t["bn1.running_var"].__setitem__(0, -1.0))
     with pytest.raises(CheckpointError, match="bn1.running_var"):
         bitswitch.load(bad)
+
+
+def test_deeply_nested_json_is_a_checkpoint_error(saved, tmp_path: Path) -> None:
+    """JSON nested deeper than Python recurses: a CheckpointError, not a RecursionError."""
+    header = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "nested.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointError, match="corrupted safetensors header"):
+        bitswitch.load(path)
+    edited = _resign(saved[0], tmp_path / "e.safetensors", lambda m: m.update(extra="[" * 100_000 + "]" * 100_000))
+    with pytest.raises(CheckpointError, match="metadata extra"):
+        bitswitch.load(edited)

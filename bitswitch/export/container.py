@@ -105,7 +105,7 @@ def read_header(path: str | os.PathLike, error: type[Exception]) -> Header:
         text = f.read(n)
     try:
         header = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, or nesting deeper than Python recurses
         raise error(f"{path}: corrupted safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise error(f"{path}: corrupted safetensors header (not a JSON object)")

@@ -155,7 +155,7 @@ def decode_metadata(meta: Mapping[str, str], path: Any) -> dict[str, Any]:
     for key in ("quant_config", "arch", "precision", "extra") + (("packing",) if "packing" in meta else ()):
         try:
             decoded[key] = json.loads(meta[key], parse_constant=lambda c: _reject_constant(c, path, key))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise _fail(path, key, f"is not valid JSON ({e})") from None
     _check_quant_config(decoded["quant_config"], path)
     _check_arch(decoded["arch"], path)

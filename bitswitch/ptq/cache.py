@@ -44,7 +44,7 @@ def read_cache(path: str | os.PathLike, fingerprint: str, chunks: int, work: Map
     bad = f"{path}: damaged or edited phase-1 cache ({{}}); delete it to start phase 1 over"
     try:
         state = json.loads(path.read_text(), parse_constant=lambda c: float("nan"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError(bad.format(f"not valid JSON: {e}")) from None
     if not isinstance(state, dict) or set(state) != KEYS | {"sha256"}:
         raise ValueError(bad.format(f"keys must be {sorted(KEYS | {'sha256'})}"))

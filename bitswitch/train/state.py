@@ -108,7 +108,7 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     for key in ("config", "info", "optimizer"):
         try:
             decoded[key] = json.loads(meta[key])
-        except (KeyError, json.JSONDecodeError) as e:
+        except (KeyError, ValueError, RecursionError) as e:
             raise StateError(f"{path}: metadata {key}: missing or not valid JSON ({type(e).__name__})") from None
     if not isinstance(decoded["config"], dict):
         raise StateError(f"{path}: metadata config must be an object")
