@@ -358,7 +358,10 @@ def test_image_folder_class_subfolders(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(2):
             Image.fromarray(np.full((10, 12, 3), i * 50, np.uint8)).save(tmp_path / c / f"{i}.jpg")
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty").mkdir()  # would shift every later label by one: refused
+    with pytest.raises(DataError, match="empty.*holds no image"):
+        ImageFolderDataset(tmp_path)
+    (tmp_path / "empty").rmdir()
     ds = ImageFolderDataset(tmp_path, preprocess=Preprocess(resize=None, crop=8, mean=(0.0,) * 3, std=(1.0,) * 3))
     assert ds.layout == "folders" and ds.classes == ["ant", "zebra"]
     assert ds.labels.tolist() == [0, 0, 1, 1]

@@ -12,7 +12,8 @@ def resolve_data(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[str, 
 
     ``--data`` may be a dataset name (then ``--data-root`` or ``$BITSWITCH_DATA`` locates it) or a
     folder (then ``--dataset`` or the folder's name says what it holds); without either, the
-    checkpoint's training config decides.
+    checkpoint's training config decides which dataset, never which folder: a file's metadata cannot
+    point a command at a path (``docs/security.md``).
     """
     from ..data import DATASETS, canonical_name
 
@@ -20,8 +21,10 @@ def resolve_data(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[str, 
     data_root = getattr(args, "data_root", None)
     if args.data and canonical_name(args.data) in DATASETS:
         return args.data, data_root
+    if args.data and not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data!r} is neither a dataset name ({', '.join(DATASETS)}) nor a folder")
     name = args.dataset or extra.get("dataset") or trained.get("dataset")
-    root = args.data or data_root or trained.get("data_root")
+    root = args.data or data_root
     if name is None and root is not None:
         name = Path(root).name
     if name is None:

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._args import COUNT, NON_NEGATIVE
 from ._data import resolve_data
 
 
@@ -21,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by bitswitch (train, quickstart or bitswitch.save)")
     p.add_argument("--bits", default=None, help="comma-separated bit-widths, e.g. 8,6,4,2 (default: every bit-width of the checkpoint)")
     p.add_argument("--config", default=None, help="a per-layer precision JSON file: evaluate that mixed configuration")
+    p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep their precision (default: an error)")
     p.add_argument("--data", default=None, help="dataset folder, or a dataset name (digits); default: the one the checkpoint was trained on")
     p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits) when --data is a folder the checkpoint does not name")
     p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--recalibrate-bn", type=int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=COUNT, default=1000)
+    p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images first (default: 256 with --config, 0 otherwise)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.set_defaults(func=run)
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import TensorLoader, dataset_stats, load_dataset
     from ..export.checkpoint import atomic_write_json, load, read_checkpoint
     from ..nn.convert import set_precision
-    from ..nn.precision_file import read_precision_file
+    from ..nn.precision_file import apply_precision_file
     from ..table import print_table
 
     path = Path(args.checkpoint)
@@ -90,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
             recalibrate_bn(model, recal)
         rows.append(row("FP32"))
     elif args.config:
-        spec = read_precision_file(args.config)
-        set_precision(model, spec)
+        apply_precision_file(model, args.config, others_stay=args.others_stay)
         if n_recal:  # measured: mixed configurations lose up to ~10 points with the per-bit BNs as trained
             recalibrate_bn(model, recal)
         rows.append(row(f"mixed ({Path(args.config).name})" + (f", BN re-estimated on {n_recal} images" if n_recal else "")))

@@ -14,6 +14,8 @@ import json
 import sys
 from collections import Counter
 
+from ._args import BITS, COUNT, NON_NEGATIVE, float_in
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (QDQ) and verify it in onnxruntime, or re-store it packed",
@@ -24,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by bitswitch")
     p.add_argument("--out", required=True, help="output file (.onnx, or .safetensors with --compact)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--bits", type=int, default=None, help="uniform bit-width to export (default: the checkpoint's saved precision)")
+    g.add_argument("--bits", type=BITS, default=None, help="uniform bit-width to export (default: the checkpoint's saved precision)")
     g.add_argument("--config", default=None, help="a per-layer precision JSON file (searched subnet or post-training result)")
     g.add_argument("--compact", default=None, help="comma-separated bit-widths a device keeps, e.g. 4,3,2: write a packed checkpoint instead of ONNX")
+    p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep their precision (default: an error)")
     p.add_argument("--input-shape", default=None, help="one sample's shape, e.g. 3,32,32 (default: from the checkpoint or the data)")
     p.add_argument("--opset", type=int, default=21)
     p.add_argument("--container", choices=("int8", "int4"), default="int8",
@@ -41,13 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp32", action="store_true", help="write the unquantized float network (a baseline for latency and size)")
     p.add_argument("--data", default=None, help="dataset folder or name for verification (default: the checkpoint's dataset)")
     p.add_argument("--dataset", default=None, help="dataset name when --data is a folder the checkpoint does not name")
-    p.add_argument("--verify-images", type=int, default=1000, help="number of test images to verify on (default 1000)")
+    p.add_argument("--verify-images", type=COUNT, default=1000, help="number of test images to verify on (default 1000)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--min-top1", type=float, default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
+    p.add_argument("--min-top1", type=float_in(0.0, 1.0), default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
     p.add_argument("--reference", choices=("float32", "float64"), default="float32",
                    help="how PyTorch computes the outputs the file is compared with: float32 (default) or float64 (a near-exact "
                         "copy, so only the file's own rounding counts; for models whose float32 result changes with the summation order)")
-    p.add_argument("--layerwise", type=int, nargs="?", const=64, default=0, metavar="N",
+    p.add_argument("--layerwise", type=NON_NEGATIVE, nargs="?", const=64, default=0, metavar="N",
                    help="after verifying, compare every quantized layer's input codes in onnxruntime with the model's "
                         "(a float64 copy) on the first N verification images (default 64) and print where they differ: "
                         "a real export fault shows as one layer that differs in bulk, rounding noise as ~1e-5 that grows layer by layer")
@@ -81,7 +84,7 @@ def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int]
 def run(args: argparse.Namespace) -> int:
     from ..export.checkpoint import atomic_write_json, load, read_checkpoint
     from ..nn.convert import set_precision
-    from ..nn.precision_file import read_precision_file
+    from ..nn.precision_file import apply_precision_file
 
     _, meta = read_checkpoint(args.checkpoint)
     extra = meta.get("extra") or {}
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(e)) from None
     model = load(args.checkpoint)
     if args.config:
-        set_precision(model, read_precision_file(args.config))
+        apply_precision_file(model, args.config, others_stay=args.others_stay)
     elif args.bits is not None:
         set_precision(model, args.bits)
     shape = _shape(args, extra)
@@ -168,10 +171,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shape(args: argparse.Namespace, extra: dict) -> list[int] | None:
-    text = args.input_shape or extra.get("input_shape")
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
-    except ValueError:
-        raise ValueError(f"--input-shape must be comma-separated integers, e.g. 3,32,32; got {text!r}") from None
+    from ..export.schema import input_shape
+
+    if args.input_shape is not None:
+        return input_shape(args.input_shape, "--input-shape")
+    return input_shape(extra["input_shape"], "the checkpoint's extra.input_shape") if "input_shape" in extra else None

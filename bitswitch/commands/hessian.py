@@ -11,6 +11,7 @@ import torch
 from ..export.checkpoint import load, read_checkpoint
 from ..search.evaluate import dataset_batches
 from ..search.hessian import hessian_traces, save_traces, trace_table
+from ._args import COUNT, THREADS, float_in
 from ._data import resolve_data
 
 
@@ -29,12 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset name (fashion_mnist, cifar10, digits) or folder; default: the checkpoint's training data")
     p.add_argument("--dataset", default=None, help="dataset name when --data is a folder the checkpoint does not name")
     p.add_argument("--data-root", default=None, help="dataset folder when --data is a name (default: $BITSWITCH_DATA/<name>)")
-    p.add_argument("--samples", type=int, default=1024, help="training images in the loss (default 1024)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--tol", type=float, default=0.05, help="stop a layer when stderr/|mean| < tol (default 0.05)")
-    p.add_argument("--max-iter", type=int, default=100, help="iteration cap (default 100)")
+    p.add_argument("--samples", type=COUNT, default=1024, help="training images in the loss (default 1024)")
+    p.add_argument("--batch-size", type=COUNT, default=128)
+    p.add_argument("--tol", type=float_in(0.0, lo_open=True), default=0.05, help="stop a layer when stderr/|mean| < tol (default 0.05)")
+    p.add_argument("--max-iter", type=COUNT, default=100, help="iteration cap (default 100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default); on a shared CPU 1 is often much faster")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch threads (0: torch default); on a shared CPU 1 is often much faster")
     p.add_argument("--out", default=None, help="output JSON (default: CKPT with .hessian.json)")
     p.set_defaults(func=run)
 

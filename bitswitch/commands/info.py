@@ -8,6 +8,7 @@ import os
 
 from ..cost import layer_costs, layer_table, model_bytes
 from ..export.checkpoint import load, read_checkpoint
+from ..export.schema import input_shape
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,13 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     _, meta = read_checkpoint(args.checkpoint)
     model = load(args.checkpoint)
-    shape = args.input_shape or meta["extra"].get("input_shape")
+    raw = args.input_shape or meta["extra"].get("input_shape")
+    shape = input_shape(raw, "--input-shape" if args.input_shape else "the checkpoint's extra.input_shape") if raw else None
     print(f"file: {args.checkpoint} ({os.path.getsize(args.checkpoint):,} bytes)")
     print(f"architecture: {json.dumps(meta['arch'])}")
     print(f"quantization: {'none (FP32 checkpoint)' if meta['quant_config'] is None else json.dumps(meta['quant_config'])}")
     if shape:
-        dims = [int(v) for v in shape.split(",")] if isinstance(shape, str) else list(shape)
-        costs = layer_costs(model, dims)
+        costs = layer_costs(model, shape)
         print(layer_table(costs))
         print(f"model bytes at current precision: {model_bytes(costs):,.0f}")
     return 0

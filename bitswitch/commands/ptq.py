@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._args import COUNT, NON_NEGATIVE, float_in
+
 if TYPE_CHECKING:
     from ..ptq import PTQResult, PTQSession
 
@@ -37,20 +39,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="state dict file (.pt/.safetensors) to load strictly")
     p.add_argument("--data", required=True, help="data root: ImageNet-style folder (imagenet_samples) or cifar10 root")
     p.add_argument("--dataset", default="imagenet", choices=["imagenet", "cifar10"])
-    p.add_argument("--num-calib", type=int, default=256, help="calibration images (first N in sorted order)")
-    p.add_argument("--num-eval", type=int, default=None,
+    p.add_argument("--num-calib", type=COUNT, default=256, help="calibration images (first N in sorted order)")
+    p.add_argument("--num-eval", type=NON_NEGATIVE, default=None,
                    help="held-out evaluation images after the calibration ones (default: all of them; 0: no accuracy)")
     p.add_argument("--candidates", default="W8A16,W8A8,W4A8")
-    p.add_argument("--budget", type=float, default=None, help="relative BOPs budget (all-W8A16 = 1)")
-    p.add_argument("--accuracy-target", type=float, default=None, help="top-1 %% to keep (needs --num-eval)")
+    p.add_argument("--budget", type=float_in(0.0, lo_open=True), default=None, help="relative BOPs budget (all-W8A16 = 1)")
+    p.add_argument("--accuracy-target", type=float_in(0.0, 100.0), default=None, help="top-1 %% to keep (needs --num-eval)")
     p.add_argument("--pareto", action="store_true", help="evaluate the full Pareto curve")
-    p.add_argument("--pareto-every", type=int, default=1)
+    p.add_argument("--pareto-every", type=COUNT, default=1)
     p.add_argument("--priority", default="sqnr", choices=["sqnr", "noise_per_bops"])
     p.add_argument("--adaround", action="store_true", help="AdaRound the <8-bit weights (once per layer and bit-width, reused in both phases)")
-    p.add_argument("--adaround-iters", type=int, default=300)
+    p.add_argument("--adaround-iters", type=NON_NEGATIVE, default=300)
     p.add_argument("--bias-correct", action="store_true", help="empirical bias correction of the quantized weights")
     p.add_argument("--weight-ranges", default="mse", choices=["mse", "output"], help="per-channel weight clipping by weight or layer-output MSE")
-    p.add_argument("--phase1-samples", type=int, default=None, help="calibration samples for phase 1 (default: all)")
+    p.add_argument("--phase1-samples", type=COUNT, default=None, help="calibration samples for phase 1 (default: all)")
     p.add_argument("--out", default="ptq_out", help="output folder (JSON, plots, cache, checkpoint)")
     p.set_defaults(func=run)
 

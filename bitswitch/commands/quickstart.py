@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ._args import COUNT, NON_NEGATIVE, THREADS
+
 WIDTHS = [16, 32, 32, 64, 64, 64]
 STRIDES = [1, 1, 2, 1, 2, 1]
 SAMPLE_SHAPE = (1, 8, 8)
@@ -31,11 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quickstart", help="folder for the runs, the integer file, the subnet and the ONNX file (runs in it are restarted)")
     p.add_argument("--bits", default="8,6,4,2", help="bit-widths to train jointly, highest first")
-    p.add_argument("--fp32-epochs", type=int, default=10)
-    p.add_argument("--joint-epochs", type=int, default=3)
+    p.add_argument("--fp32-epochs", type=NON_NEGATIVE, default=10)
+    p.add_argument("--joint-epochs", type=COUNT, default=3)
     p.add_argument("--budget", type=float, default=5.0, help="average weight/activation bits of the mixed configuration (between the lowest and highest of --bits)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this tiny model, and robust on a busy machine)")
+    p.add_argument("--threads", type=THREADS, default=1, help="torch threads (1 is fastest for this tiny model, and robust on a busy machine)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..search.hessian import load_traces, sensitivity
 from ..search.ilp import SearchProblem, SearchResult, pareto_front
 from ..search.objectives import OBJECTIVES, weight_noise
 from ..table import print_table
+from ._args import BITS, COUNT, NON_NEGATIVE, THREADS
 from ._data import resolve_data
 from .hessian import default_trace_path
 
@@ -110,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", action="append", default=[], help="a budget; repeat for several at once")
     p.add_argument("--sweep", default=None, help="Pareto sweep: KIND=V1,V2,... or KIND=LO:HI:N (e.g. bops=0.1:1:10)")
     p.add_argument("--bits", default=None, help="candidate weight bit-widths, e.g. 4,3,2 (default: the checkpoint's)")
-    p.add_argument("--act", default="tied", help="activation bits: tied (= weight bits, default) or a fixed bit-width")
+    p.add_argument("--act", default="tied", type=_act, help="activation bits: tied (= weight bits, default) or a fixed bit-width")
     p.add_argument(
         "--objective", default="noise", choices=OBJECTIVES,
         help="noise (default): min Σ(t/n)·‖ΔW‖², Hessian trace times each layer's real rounding error (data-free, instant). "
@@ -122,23 +124,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="--objective loss: dataset name (fashion_mnist, cifar10, digits) or folder; default: the checkpoint's")
     p.add_argument("--dataset", default=None, help="--objective loss: dataset name when --data is a folder the checkpoint does not name")
     p.add_argument("--data-root", default=None, help="--objective loss: dataset folder when --data is a name")
-    p.add_argument("--samples", type=int, default=4096, help="--objective loss: labelled training images per measurement (default 4096: "
+    p.add_argument("--samples", type=COUNT, default=4096, help="--objective loss: labelled training images per measurement (default 4096: "
                    "one-layer differences are small, and 1,024 images measured worse)")
-    p.add_argument("--recal-samples", type=int, default=256, help="--objective loss: images for BN re-estimation of every measured configuration (0: off; default 256)")
-    p.add_argument("--reference", type=int, default=None, help="--objective loss: the uniform bit-width the other layers keep while one is measured (default: the middle candidate)")
+    p.add_argument("--recal-samples", type=NON_NEGATIVE, default=256, help="--objective loss: images for BN re-estimation of every measured configuration (0: off; default 256)")
+    p.add_argument("--reference", type=BITS, default=None, help="--objective loss: the uniform bit-width the other layers keep while one is measured (default: the middle candidate)")
     p.add_argument(
-        "--rerank", type=int, default=0, metavar="K",
+        "--rerank", type=NON_NEGATIVE, default=0, metavar="K",
         help="take the K best distinct ILP configurations (no-good cuts) and return the one whose measured loss, as a whole "
         "configuration with BN re-estimated, is lowest: the objectives add per-layer effects, which do not add up exactly. "
         "Needs data like --objective loss; uses training images disjoint from the loss deltas' (0: off, the default; "
         "a single --budget only). Try 8-16",
     )
-    p.add_argument("--rerank-samples", type=int, default=4096, help="--rerank: labelled training images to measure each proposal on (default 4096)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--rerank-samples", type=COUNT, default=4096, help="--rerank: labelled training images to measure each proposal on (default 4096)")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch threads (0: torch default)")
     p.add_argument("--pin", action="append", default=[], help="fix a layer: NAME=B or NAME=W,A (repeatable)")
     p.add_argument("--input-shape", default=None, help="one sample's shape for MACs, e.g. 3,32,32 (default: from the checkpoint or trace file)")
     p.add_argument("--baselines", action="store_true", help="also report uniform, greedy and random configurations at the same budget")
-    p.add_argument("--random", type=int, default=20, help="random configurations per budget for --baselines (default 20)")
+    p.add_argument("--random", type=NON_NEGATIVE, default=20, help="random configurations per budget for --baselines (default 20)")
     p.add_argument("--out", default=None, help="precision file for a single budget (default: subnet.json); JSON of all points for --sweep")
     p.add_argument("--out-dir", default=None, help="--sweep: also write one precision file per Pareto point here")
     p.set_defaults(func=run)
@@ -148,10 +150,31 @@ def _shape(args: argparse.Namespace, meta: dict[str, Any], trace_doc: dict[str, 
     raw = args.input_shape or meta["extra"].get("input_shape") or trace_doc.get("input_shape")
     if not raw:
         raise ValueError("unknown input shape: pass --input-shape C,H,W (needed to count MACs)")
-    return [int(v) for v in raw.split(",")] if isinstance(raw, str) else [int(v) for v in raw]
+    from ..export.schema import input_shape
+
+    return input_shape(raw, "--input-shape" if args.input_shape else "the input shape of the checkpoint or trace file")
+
+
+MAX_SWEEP_POINTS = 1000  # each point is one ILP solve
+
+
+def _act(text: str) -> str | int:
+    if text == "tied":
+        return text
+    try:
+        return BITS(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'tied' or a bit-width in [2, 16], got {text!r}") from None
 
 
 def _sweep_values(text: str) -> tuple[str, list[float]]:
+    kind, values = _parse_sweep(text)
+    if not values or len(values) > MAX_SWEEP_POINTS or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"--sweep {text!r}: needs 1 to {MAX_SWEEP_POINTS} finite values, got {len(values)}")
+    return kind, values
+
+
+def _parse_sweep(text: str) -> tuple[str, list[float]]:
     kind, sep, vals = text.partition("=")
     if not sep:
         raise ValueError(f"malformed --sweep {text!r}; expected KIND=V1,V2,... or KIND=LO:HI:N")
@@ -162,6 +185,8 @@ def _sweep_values(text: str) -> tuple[str, list[float]]:
             lo_f, hi_f, n_i = float(lo), float(hi), int(n)
         except ValueError:
             raise ValueError(f"malformed --sweep range {vals!r}; expected LO:HI:N") from None
+        if not 1 <= n_i <= MAX_SWEEP_POINTS:
+            raise ValueError(f"--sweep {text!r}: N must be 1 to {MAX_SWEEP_POINTS} points, got {n_i}")
         if n_i < 2:
             return kind, [lo_f]
         return kind, [lo_f + (hi_f - lo_f) * i / (n_i - 1) for i in range(n_i)]
@@ -194,6 +219,7 @@ def _row(r: SearchResult, note: str = "") -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if not args.budget and not args.sweep:
         raise ValueError("give --budget KIND=VALUE (e.g. --budget avg-bits=3) or --sweep KIND=LO:HI:N")
+    sweep = _sweep_values(args.sweep) if args.sweep else None  # bad values fail before any work
     if args.rerank < 0:
         raise ValueError(f"--rerank must be >= 0, got {args.rerank}")
     if args.rerank and args.sweep:
@@ -209,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.checkpoint)
     costs = layer_costs(model, _shape(args, meta, trace_doc))
     bits = [int(b) for b in args.bits.split(",")] if args.bits else list(meta["quant_config"]["bits"])
-    act: Any = "tied" if args.act == "tied" else int(args.act)
+    act: Any = args.act
     problem = SearchProblem(
         costs, sensitivity(traces), bits, act=act, objective=args.objective,
         noise=weight_noise(model, bits) if args.objective == "noise" else None, pinned=_pins(args.pin),
@@ -217,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     )
     extra = {"checkpoint": str(args.checkpoint), "hessian": str(trace_path), "objective": args.objective}
     if args.sweep:
-        kind, values = _sweep_values(args.sweep)
+        kind, values = sweep
         results = problem.sweep(kind, values)
         if not results:
             raise ValueError(f"no value of the sweep {args.sweep} is feasible; the smallest feasible is "

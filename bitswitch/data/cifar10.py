@@ -28,7 +28,7 @@ from PIL import Image
 
 from . import cache as _cache
 from .arrays import ArrayDataset
-from .errors import DataError, layout_error
+from .errors import DataError, layout_error, require_8bit
 
 __all__ = ["CIFAR10_CLASSES", "detect_cifar10_layout", "load_cifar10"]
 
@@ -213,6 +213,7 @@ def _decode(items: list[tuple[str, object]], where: Path) -> np.ndarray:
     for i, (name, src) in enumerate(items):
         try:
             with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
+                require_8bit(im.mode, name)
                 arr = np.asarray(im.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"CIFAR-10: could not decode image {name!r} in {str(where)!r}: {exc}") from exc
@@ -268,11 +269,14 @@ def _load_folder_layout(d: Path, split: str, cache, cache_dir) -> ArrayDataset:
         cdir = split_dir / c
         if not cdir.is_dir():
             continue
+        count = len(files)
         for p in sorted(cdir.iterdir(), key=lambda p: p.name):
             if _is_image_name(p.name) and p.is_file():
                 st = p.stat()
                 files.append((k, p))
                 listing.append(f"{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}")
+        if len(files) == count:
+            raise DataError(f"CIFAR-10: class folder {str(cdir)!r} holds no .jpg/.jpeg/.png image; remove it or add its images")
     if not files:
         raise layout_error("CIFAR-10", split_dir, LAYOUTS, "no .jpg/.jpeg/.png files in the class folders")
 

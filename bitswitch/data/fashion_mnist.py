@@ -51,49 +51,57 @@ _IDX_DTYPES = {
 }
 
 
-def _read_bytes(path: Path) -> bytes:
+#: an IDX file's data may not exceed this (Fashion-MNIST's largest is 47 MB)
+MAX_IDX_BYTES = 1 << 30
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
+    """Read one IDX file (optionally ``.gz``) into a numpy array, validating header and size.
+
+    Decompression stops one byte after the size the header declares, so a gzip bomb costs no more
+    memory than an honest file of the declared shape (itself capped at :data:`MAX_IDX_BYTES`).
+    """
+    path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with _open(path) as f:
+            magic = f.read(4)
+            if len(magic) < 4:
+                raise DataError(f"IDX file {str(path)!r} is too short ({len(magic)} bytes) to hold a header")
+            if magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise DataError(
+                    f"IDX file {str(path)!r} has a bad magic number {magic.hex()} "
+                    "(expected 0x0000 + type code + ndim, e.g. 00000803 for images, 00000801 for labels)"
+                )
+            dtype = _IDX_DTYPES[magic[2]]
+            ndim = magic[3]
+            if expected_ndim is not None and ndim != expected_ndim:
+                raise DataError(
+                    f"IDX file {str(path)!r} has {ndim} dimensions, expected {expected_ndim} "
+                    f"(magic {magic.hex()})"
+                )
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"IDX file {str(path)!r} is truncated inside its header")
+            shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4", count=ndim))
+            expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"IDX file {str(path)!r}: header says shape {shape} ({expected} bytes), above the limit of {MAX_IDX_BYTES} bytes")
+            data = f.read(expected + 1)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"IDX file {str(path)!r} is truncated or not valid gzip: {exc}") from exc
     except OSError as exc:
         raise DataError(f"could not read IDX file {str(path)!r}: {exc}") from exc
-
-
-def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
-    """Read one IDX file (optionally ``.gz``) into a numpy array, validating header and size."""
-    path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"IDX file {str(path)!r} is too short ({len(data)} bytes) to hold a header")
-    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataError(
-            f"IDX file {str(path)!r} has a bad magic number {data[:4].hex()} "
-            "(expected 0x0000 + type code + ndim, e.g. 00000803 for images, 00000801 for labels)"
-        )
-    dtype = _IDX_DTYPES[data[2]]
-    ndim = data[3]
-    if expected_ndim is not None and ndim != expected_ndim:
-        raise DataError(
-            f"IDX file {str(path)!r} has {ndim} dimensions, expected {expected_ndim} "
-            f"(magic {data[:4].hex()})"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"IDX file {str(path)!r} is truncated inside its header")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = len(data) - header
-    if actual != expected:
-        kind = "truncated" if actual < expected else "longer than its header says"
+    if len(data) != expected:
+        kind = "truncated" if len(data) < expected else "longer than its header says"
         raise DataError(
             f"IDX file {str(path)!r} is {kind}: header says shape {shape} ({expected} bytes of data) "
-            f"but it holds {actual} bytes"
+            f"but it holds {'more' if len(data) > expected else len(data)} bytes"
         )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 

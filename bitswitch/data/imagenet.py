@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DataError, layout_error
+from .errors import DataError, layout_error, require_8bit
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -221,7 +221,7 @@ class ImageFolderDataset:
             for cdir in class_dirs:
                 files = sorted((p for p in cdir.iterdir() if _is_image(p)), key=lambda p: p.name)
                 if not files:
-                    continue
+                    raise DataError(f"class folder {str(cdir)!r} holds no image; remove it or add its images (labels follow the folder order)")
                 k = len(classes)
                 classes.append(cdir.name)
                 samples.extend((p, k) for p in files)
@@ -247,6 +247,7 @@ class ImageFolderDataset:
         try:
             with Image.open(path) as im:
                 im.load()
+                require_8bit(im.mode, str(path))
                 return im.convert("RGB") if im.mode != "RGB" else im.copy()
         except (OSError, ValueError) as exc:
             raise DataError(f"could not decode image {str(path)!r}: {exc}") from exc

@@ -9,51 +9,37 @@ Layout of a ``.safetensors`` file written by :func:`save`:
 * metadata (strings): ``format="bitswitch"``, ``format_version``, ``quant_config`` (JSON of
   :class:`~bitswitch.nn.convert.QuantConfig`, which names the rounding mode), ``arch`` (JSON of the
   built-in architecture and its constructor arguments, or ``null``), ``precision`` (JSON of the
-  current per-layer precision), ``extra`` (JSON supplied by the caller) and ``sha256`` of the
-  tensor contents, so a corrupted byte anywhere is detected.
+  current per-layer precision), ``extra`` (JSON supplied by the caller) and ``sha256``: one digest
+  over the canonical metadata and every tensor, so a changed bit anywhere is detected.
 
 A model without quantized layers (an FP32 run's) is saved the same way with ``storage="float"``:
-its state dict as is, ``quant_config`` and ``precision`` ``null``; :func:`load` rebuilds it as a
+its state dict as is, ``quant_config`` ``null`` and ``precision`` ``{}``; :func:`load` rebuilds it as a
 float model.
 
-No pickle is involved anywhere; writes go to a temporary file that replaces the target atomically.
+Loading trusts nothing in the file (see ``docs/security.md``): the header and the metadata are
+checked against a schema (:mod:`bitswitch.export.schema`), the digest is verified (memory so far is
+bounded by the file's size), the architecture is built on the ``meta`` device and every declared
+tensor's shape and dtype compared with it, and only then is a real model allocated and the tensor
+values checked. No pickle is
+involved anywhere; writes go to a temporary file that replaces the target atomically.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import stat
-import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..nn.convert import QuantConfig, get_precision, quantize, quantized_layers, set_precision
+from . import container
+from .atomic import atomic_write_bytes, atomic_write_json
+from .schema import FORMAT, CheckpointError, check_values, decode_metadata
 
-FORMAT = "bitswitch"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1, 2)  # 2: storage="packed" (bitswitch.export.compact)
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable bitswitch checkpoint (truncated, corrupted or foreign)."""
-
-
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and raw bytes, in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def integer_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -65,39 +51,6 @@ def integer_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         state.pop(f"{name}.weight", None)
         state[f"{name}.weight_int"] = layer.integer_codes()
     return {k: v.contiguous().clone() for k, v in state.items()}
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then move the file into place; no half-written ``path`` ever exists."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates the file 0600; the result gets the mode of the file it replaces, or the
-    # umask's default for a new file (as open() would give), not a private file by accident
-    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON through :func:`atomic_write_bytes` (results, configs, caches)."""
-    text = json.dumps(obj, indent=indent)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-    return Path(path)
 
 
 def read_tagged_json(path: str | os.PathLike, fmt: str, *, missing: str, wrong: str) -> dict[str, Any]:
@@ -122,43 +75,22 @@ def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | N
     """Write ``model`` as a checkpoint (see the module docstring for the layout): integer codes for a
     quantized model, the float state dict (``storage="float"``) for a model :func:`quantize` never saw."""
     config: QuantConfig | None = getattr(model, "bitswitch_config", None)
-    tensors = integer_state_dict(model)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "quant_config": json.dumps(None if config is None else config.to_dict()),
         "arch": json.dumps(getattr(model, "bitswitch_arch", None)),
-        "precision": json.dumps(None if config is None else {k: list(v) for k, v in get_precision(model).items()}),
+        "precision": json.dumps({} if config is None else {k: list(v) for k, v in get_precision(model).items()}),
         "extra": json.dumps(extra or {}),
-        "sha256": tensor_digest(tensors),
     }
     if config is None:
         metadata["storage"] = "float"
-    path = Path(path)
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    return path
+    return container.write(path, integer_state_dict(model), metadata)
 
 
-def _read_header(path: Path) -> dict[str, Any]:
-    """Parse the safetensors header ourselves, so any damage becomes a CheckpointError."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise CheckpointError(f"{path}: file is {size} bytes, too short to be a safetensors checkpoint")
-        (n,) = struct.unpack("<Q", raw)
-        if n <= 0 or 8 + n > size:
-            raise CheckpointError(f"{path}: not a safetensors file, or truncated (header length {n} exceeds the file size {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: corrupted safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupted safetensors header")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
-    if ends and 8 + n + max(ends) > size:
-        raise CheckpointError(f"{path}: file is truncated ({size} bytes, the header needs {8 + n + max(ends)})")
-    return header
+def _checked_header(path: Path) -> tuple[container.Header, dict[str, Any]]:
+    header = container.read_header(path, CheckpointError)
+    return header, decode_metadata(header.metadata, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -166,82 +98,112 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    header = _read_header(path)
-    meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: a safetensors file but not a bitswitch checkpoint (no format='{FORMAT}' metadata)")
+    _, meta = _checked_header(path)
+    tensors, _ = container.read(path, CheckpointError)
+    return tensors, meta
+
+
+def _build_arch(arch: dict[str, Any], path: Path, limit: int | None = None) -> nn.Module:
+    """Build the named architecture; with ``limit``, refuse to register more than ``limit`` modules."""
+    from ..models import build
+
+    count = 0
+
+    def guard(module: nn.Module, name: str, sub: nn.Module | None) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:  # type: ignore[operator]
+            raise CheckpointError(f"{path}: metadata arch: the architecture has more modules than the file has tensors for ({limit})")
+
+    handle = torch.nn.modules.module.register_module_module_registration_hook(guard) if limit is not None else None
     try:
-        version = int(meta.get("format_version", "-1"))
-    except ValueError:
-        version = -1
-    if version not in SUPPORTED_VERSIONS:
-        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported (this bitswitch reads {SUPPORTED_VERSIONS})")
-    try:
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                tensors[k] = f.get_tensor(k)
-        decoded = {k: json.loads(meta[k]) for k in ("quant_config", "arch", "precision", "extra")}
-        decoded["storage"] = meta.get("storage", "int")
-        if "packing" in meta:
-            decoded["packing"] = json.loads(meta["packing"])
+        return build(arch["name"], **arch.get("kwargs", {}))
     except CheckpointError:
         raise
-    except Exception as e:  # safetensors/json raise several types for damaged files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if tensor_digest(tensors) != meta.get("sha256"):
-        raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted")
-    return tensors, decoded
+    except Exception as e:  # the constructor rejected its arguments
+        raise CheckpointError(f"{path}: metadata arch: cannot build {arch['name']!r} with {arch.get('kwargs', {})} ({type(e).__name__}: {e})") from None
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _convert(model: nn.Module, config: QuantConfig | None, path: Path) -> nn.Module:
+    """Quantize ``model`` as the checkpoint's config says, in integer form."""
+    if config is None:
+        return model
+    try:
+        model = quantize(
+            model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
+            full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
+            switchable_bn=config.switchable_bn, inplace=True, act_asymmetric=config.act_asymmetric,
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{path}: metadata quant_config: the model's layers do not match the checkpoint ({e})") from None
+    if tuple(model.bitswitch_config.quantized) != tuple(config.quantized):
+        raise CheckpointError(f"{path}: metadata quant_config.quantized: the model's quantized layers are {list(model.bitswitch_config.quantized)[:5]}...")
+    if config.variant == "shared":
+        for layer in quantized_layers(model).values():
+            layer.to_integer()
+    return model
+
+
+def _compare(model: nn.Module, header: container.Header, meta: dict[str, Any], path: Path) -> None:
+    """Every tensor the header declares must be one the model has, with the same dtype and shape."""
+    expected = {k: (container.DTYPE_NAMES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in model.state_dict().items()}
+    if meta["storage"] == "packed":
+        from .compact import packed_entries
+
+        expected = packed_entries(expected, meta, path)
+    declared = {k: (e.dtype, e.shape) for k, e in header.entries.items()}
+    missing = sorted(set(expected) - set(declared))
+    unexpected = sorted(set(declared) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: checkpoint does not fit the model: missing tensors {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+    for k in sorted(expected):
+        if expected[k] != declared[k]:
+            raise CheckpointError(f"{path}: tensor {k}: the file declares {declared[k][0]} {list(declared[k][1])}, the model needs {expected[k][0]} {list(expected[k][1])}")
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a model from a checkpoint: a quantized one in integer (deployment) form, or a float one.
+    """Rebuild a model from a checkpoint, quantized layers in integer (deployment) form.
 
     Built-in architectures are rebuilt from the file alone. For a custom architecture pass the
     un-quantized ``model`` it was converted from (its weights are replaced). The result gives
-    bit-identical outputs to the saved model at every bit-width, and is in eval mode.
+    bit-identical outputs to the saved model at every bit-width, and is in eval mode. Any defect
+    of the file raises :class:`CheckpointError` before a real model is allocated.
     """
-    tensors, meta = read_checkpoint(path)
-    if meta["storage"] == "packed":  # packed low-precision storage: expand to ordinary integer codes first
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    header, meta = _checked_header(path)
+    tensors, _ = container.read(path, CheckpointError)  # the digest, before anything is built
+    config = QuantConfig.from_dict(meta["quant_config"]) if meta["quant_config"] is not None else None
+    if model is None:
+        if not meta["arch"]:
+            raise CheckpointError(f"{path}: the checkpoint holds a custom architecture; pass the FP32 model: bitswitch.load(path, model=...)")
+        # a bound on the modules a file of this many tensors can describe (a BatchNorm has 5, a ReLU 0)
+        with torch.device("meta"):
+            skeleton = _convert(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), config, path)
+        _compare(skeleton, header, meta, path)
+        model = _build_arch(meta["arch"], path)
+    model = _convert(model, config, path)
+    _compare(model, header, meta, path)  # cheap; the only shape check for a caller's own model
+    if meta["storage"] == "packed":
         from .compact import expand_packed
 
         tensors = expand_packed(tensors, meta, path)
-    elif meta["storage"] not in ("int", "float"):
-        raise CheckpointError(f"{path}: unknown storage {meta['storage']!r} (this bitswitch reads 'int', 'packed' and 'float')")
-    config = None if meta["storage"] == "float" else QuantConfig.from_dict(meta["quant_config"])
-    if model is None:
-        arch = meta["arch"]
-        if not arch:
-            raise CheckpointError(f"{path}: the checkpoint holds a custom architecture; pass the FP32 model: bitswitch.load(path, model=...)")
-        from ..models import build
-
-        model = build(arch["name"], **arch.get("kwargs", {}))
-    if config is not None:  # a float checkpoint's state dict fits the model as built
-        try:
-            model = quantize(
-                model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
-                full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
-                switchable_bn=config.switchable_bn, inplace=True, act_asymmetric=config.act_asymmetric,
-            )
-        except ValueError as e:
-            raise CheckpointError(f"{path}: the model's layers do not match the checkpoint ({e})") from None
-        if tuple(model.bitswitch_config.quantized) != tuple(config.quantized):
-            raise CheckpointError(f"{path}: the model's layers do not match the checkpoint's quantized layers")
-        if config.variant == "shared":
-            for layer in quantized_layers(model).values():
-                layer.to_integer()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    shapes = [k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{path}: checkpoint does not fit the model: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)}), shape mismatches {sorted(shapes)[:5]} ({len(shapes)})"
-        )
+    check_values(model, tensors, path)
     model.load_state_dict(tensors, strict=True)
+    precision = meta["precision"]
+    layers = sorted(quantized_layers(model))
+    if sorted(precision) != layers:
+        odd = sorted(set(precision) ^ set(layers))
+        raise CheckpointError(f"{path}: metadata precision: must list every quantized layer exactly once; differs at {odd[:5]}")
     if config is not None:
-        set_precision(model, {k: tuple(v) if v[0] is not None else None for k, v in meta["precision"].items()})
+        try:
+            set_precision(model, {k: tuple(v) if v[0] is not None else None for k, v in precision.items()})
+        except ValueError as e:
+            raise CheckpointError(f"{path}: metadata precision: {e}") from None
     model.bitswitch_extra = meta["extra"]
     return model.eval()
 

@@ -22,20 +22,21 @@ codes differ.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..nn.batchnorm import SwitchableBatchNorm
 from ..nn.convert import QuantConfig, get_precision, quantized_layers, set_precision
-from ..quant.grid import check_bit_list, requantize, storage_dtype
-from .checkpoint import FORMAT, CheckpointError, atomic_write_bytes, integer_state_dict, tensor_digest
+from ..quant.grid import check_bit_list, int_range, requantize, storage_dtype
+from . import container
+from .checkpoint import integer_state_dict
+from .schema import FORMAT, CheckpointError
 
 STORAGE = "packed"
 FORMAT_VERSION = 2
@@ -83,7 +84,12 @@ def expand_codes(wp: torch.Tensor, ties: torch.Tensor | None, high: int, p: int)
     """Rebuild ``h``-bit codes that give the original codes at every kept bit-width."""
     codes = wp.to(torch.int64) * 2 ** (high - p)
     if ties is not None:
+        if ties.numel() and not bool(((ties >= -1) & (ties <= 1)).all()):
+            raise ValueError("tie signs must be -1, 0 or +1")
         codes = codes + ties
+    lo, hi = int_range(high, signed=True)
+    if codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
+        raise ValueError(f"expanded codes leave the {high}-bit range [{lo}, {hi}]")
     return codes.to(storage_dtype(high))
 
 
@@ -137,30 +143,44 @@ def save_compact(model: nn.Module, path: str | os.PathLike, keep: Sequence[int],
         "precision": json.dumps(precision),
         "extra": json.dumps(extra if extra is not None else getattr(model, "bitswitch_extra", {}) or {}),
         "packing": json.dumps({"exact": exact, "layers": packing}),
-        "sha256": tensor_digest(tensors),
     }
-    path = Path(path)
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    path = container.write(path, tensors, metadata)
     return {"path": str(path), "keep": list(keep_t), "packed_bits": p, "exact": exact,
             "weight_bytes_int": before, "weight_bytes_packed": after, "file_bytes": path.stat().st_size}
 
 
-def expand_packed(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Any) -> dict[str, torch.Tensor]:
-    """Called by :func:`bitswitch.load` for ``storage="packed"``: turn packed codes into ``weight_int``."""
-    packing = meta.get("packing")
-    if not isinstance(packing, dict) or "layers" not in packing:
-        raise CheckpointError(f"{path}: packed checkpoint without packing metadata")
-    high = int(meta["quant_config"]["storage_bits"])
-    out = dict(tensors)
-    for name, info in packing["layers"].items():
-        key = f"{name}.weight_packed"
+def packed_entries(expected: dict[str, tuple[str, tuple[int, ...]]], meta: dict[str, Any], path: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The (dtype, shape) of every tensor a packed file must hold, from the model's ``expected`` ones."""
+    high = meta["quant_config"]["storage_bits"]
+    out = dict(expected)
+    for name, info in meta["packing"]["layers"].items():
+        key = f"{name}.weight_int"
         if key not in out:
-            raise CheckpointError(f"{path}: packed checkpoint is missing {key}")
-        shape, p = list(info["shape"]), int(info["bits"])
-        n = int(np.prod(shape))
-        wp = unpack_bits(out.pop(key), p, n)
-        ties = unpack_bits(out.pop(f"{name}.weight_ties"), 2, n, signed=False) - 1 if info.get("ties") else None
-        out[f"{name}.weight_int"] = expand_codes(wp, ties, high, p).reshape(shape)
+            raise CheckpointError(f"{path}: metadata packing.layers.{name}: not an integer-coded layer of the model")
+        _, shape = out.pop(key)
+        if list(shape) != info["shape"] or info["bits"] > high:
+            raise CheckpointError(f"{path}: metadata packing.layers.{name}: shape {info['shape']} at {info['bits']} bits does not fit "
+                                  f"the model's {list(shape)} at storage precision {high}")
+        n = math.prod(shape)
+        out[f"{name}.weight_packed"] = ("U8", (math.ceil(n * info["bits"] / 8),))
+        if info["ties"]:
+            out[f"{name}.weight_ties"] = ("U8", (math.ceil(n * 2 / 8),))
+    return out
+
+
+def expand_packed(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Any) -> dict[str, torch.Tensor]:
+    """Called by :func:`bitswitch.load` after :func:`packed_entries` matched: turn packed codes into ``weight_int``."""
+    high = meta["quant_config"]["storage_bits"]
+    out = dict(tensors)
+    for name, info in meta["packing"]["layers"].items():
+        shape, p = info["shape"], info["bits"]
+        n = math.prod(shape)
+        wp = unpack_bits(out.pop(f"{name}.weight_packed"), p, n)
+        ties = unpack_bits(out.pop(f"{name}.weight_ties"), 2, n, signed=False) - 1 if info["ties"] else None
+        try:
+            out[f"{name}.weight_int"] = expand_codes(wp, ties, high, p).reshape(shape)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: tensor {name}.weight_packed: {e}") from None
     return out
 
 
@@ -195,4 +215,4 @@ def verify_compact(model: nn.Module, path: str | os.PathLike, keep: Sequence[int
     return result
 
 
-__all__ = ["compact_codes", "expand_codes", "expand_packed", "pack_bits", "save_compact", "unpack_bits", "verify_compact"]
+__all__ = ["compact_codes", "expand_codes", "expand_packed", "pack_bits", "packed_entries", "save_compact", "unpack_bits", "verify_compact"]

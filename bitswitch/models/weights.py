@@ -77,9 +77,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state_dict: Mapping[str, Tensor] = load_file(path, device="cpu")
+        try:
+            state_dict: Mapping[str, Tensor] = load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError for anything beyond plain tensors, or a damaged file
+            raise ValueError(f"{path}: refused: not a plain PyTorch state dict ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
         if not isinstance(state_dict, Mapping):
             raise ValueError(
                 f"{path} does not contain a state dict (got {type(state_dict)})"

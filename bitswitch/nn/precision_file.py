@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..export.checkpoint import atomic_write_json, read_tagged_json
+from .convert import quantized_layers, set_precision
 
 FORMAT = "bitswitch-precision"
 
@@ -22,6 +25,21 @@ FORMAT = "bitswitch-precision"
 def write_precision_file(path: str | os.PathLike, layers: Mapping[str, tuple[int, int]], **extra: Any) -> Path:
     doc = {"format": FORMAT, "version": 1, "layers": {k: [int(v[0]), int(v[1])] for k, v in layers.items()}, **extra}
     return atomic_write_json(path, doc)
+
+
+def apply_precision_file(model: nn.Module, path: str | os.PathLike, *, others_stay: bool = False) -> dict[str, tuple[int, int]]:
+    """Set ``model`` to the precision file's configuration; it must name every quantized layer.
+
+    A file missing a layer would silently leave that layer at its current precision; that is an error
+    unless ``others_stay`` (the CLI's ``--others-stay``) says so.
+    """
+    spec = read_precision_file(path)
+    missing = [n for n in quantized_layers(model) if n not in spec]
+    if missing and not others_stay:
+        raise ValueError(f"{path}: no precision for {len(missing)} quantized layer(s) ({', '.join(missing[:5])}); "
+                         "list every layer, or pass --others-stay to keep their current precision")
+    set_precision(model, spec)
+    return spec
 
 
 def read_precision_file(path: str | os.PathLike) -> dict[str, tuple[int, int]]:

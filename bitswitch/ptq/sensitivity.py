@@ -10,7 +10,6 @@ run resumes at the next chunk; a cache made for another model, data or candidate
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ import torch
 from torch import fx
 from tqdm import tqdm
 
-from ..export.checkpoint import atomic_write_bytes
+from .cache import read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +128,15 @@ def phase1(
     work = [(g, c) for g in groups for c in (g.candidates if include_highest else g.candidates[1:])]
     state: dict[str, Any] = {"fingerprint": fingerprint, "chunks_done": 0, "signal": 0.0, "noise": {}}
     if cache_path is not None and Path(cache_path).is_file():
-        try:
-            cached = json.loads(Path(cache_path).read_text())
-            if cached.get("fingerprint") == fingerprint:
-                state = cached
-                log.info("phase 1: resuming from %s (%d of %d chunks done)", cache_path, state["chunks_done"], len(chunks))
-            else:
-                log.info("phase 1: cache %s is for another model/data/candidates; starting over", cache_path)
-        except (OSError, ValueError):
-            log.warning("phase 1: unreadable cache %s; starting over", cache_path)
+        keys: dict[str, list[str]] = {}
+        for g, c in work:
+            keys.setdefault(g.name, []).append(pair_key(c))
+        cached = read_cache(cache_path, fingerprint, len(chunks), keys)
+        if cached is not None:
+            state = cached
+            log.info("phase 1: resuming from %s (%d of %d chunks done)", cache_path, state["chunks_done"], len(chunks))
+        else:
+            log.info("phase 1: cache %s is for another model/data/candidates; starting over", cache_path)
     starts = {g.name: min(runner.index[n] for n in runner.nodes if n.op == "call_module" and n.target in g.layers) for g in groups}
     t0 = time.perf_counter()
     total = (len(chunks) - state["chunks_done"]) * len(work)
@@ -159,8 +158,7 @@ def phase1(
             del env
             state["chunks_done"] = ci + 1
             if cache_path is not None:
-                data = json.dumps(state).encode()
-                atomic_write_bytes(cache_path, lambda p, d=data: Path(p).write_bytes(d))
+                write_cache(cache_path, state)
     bar.close()
     result: dict[str, dict[Pair, float]] = {}
     for g, c in work:

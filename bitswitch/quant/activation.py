@@ -28,7 +28,7 @@ class ActivationQuantizer(nn.Module):
         # -1: not calibrated yet; 0: unsigned; 1: signed. A buffer so it travels with checkpoints.
         self.register_buffer("signed_flag", torch.tensor(-1 if signed is None else int(signed), dtype=torch.int8))
         # Python mirror of the buffer: reading a tensor in forward() would sync and break torch.compile graphs.
-        self._sign = int(self.signed_flag)
+        self._sign = -1 if signed is None else int(signed)
         self._zp: list[int] = [0] * len(self.bits) if self.asymmetric else []
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import re
 import tomllib
 import types
 import typing
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..quant.grid import ROUNDING_MODES, check_bits
+from ..safe_yaml import MAX_BYTES as MAX_CONFIG_BYTES
+from ..safe_yaml import load_yaml
 
 CONFIG_VERSION = 1
 MODES = ("fp32", "fixed", "joint", "hasb")
@@ -27,7 +32,9 @@ OPTIMIZERS = ("sgd", "adam")
 DISTILL = ("none", "inplace", "neighbour")
 LOSS_MODES = ("per_bit", "summed")
 BEST_METRICS = ("mean", "min")
-DEVICES_PREFIXES = ("cpu", "cuda")
+DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?)")
+#: set to 1 to allow more torch threads than the machine has cores
+FORCE_THREADS_ENV = "BITSWITCH_FORCE_THREADS"
 
 #: Keys that may differ between an interrupted run and its resume: they change how the run is
 #: displayed or where it runs, never what it computes.
@@ -138,8 +145,33 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be < 1, got {self.label_smoothing}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers, got {self.betas}")
-        if not str(self.device).startswith(DEVICES_PREFIXES):
+        if not DEVICE_PATTERN.fullmatch(str(self.device)):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        self._validate_ranges()
+
+    def _validate_ranges(self) -> None:
+        """Finite numbers, probabilities in [0, 1], threads within the machine, a real out_dir."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        for name in ("hasb_p_max", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("hasb_warmup_epochs", "hasb_ramp_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"momentum and betas must be in [0, 1), got momentum={self.momentum}, betas={self.betas}")
+        cores = os.cpu_count() or 1
+        if self.num_threads > cores and os.environ.get(FORCE_THREADS_ENV) != "1":
+            raise ValueError(f"num_threads must be in [0, {cores}] (this machine's cores), got {self.num_threads}; "
+                             f"set {FORCE_THREADS_ENV}=1 to allow more")
+        if not str(self.out_dir).strip():
+            raise ValueError(f"out_dir must name a folder, got {self.out_dir!r}")
+        if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+            raise ValueError(f"out_dir {self.out_dir!r} exists and is not a folder")
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -165,15 +197,12 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: {path.stat().st_size} bytes; config files are limited to {MAX_CONFIG_BYTES}")
         text = path.read_text()
         suffix = path.suffix.lower()
         if suffix in (".yaml", ".yml"):
-            import yaml
-
-            try:
-                data = yaml.safe_load(text) or {}
-            except yaml.YAMLError as e:
-                raise ValueError(f"{path}: not valid YAML ({e})") from None
+            data = load_yaml(text, str(path)) or {}
         elif suffix == ".toml":
             try:
                 data = tomllib.loads(text)
@@ -190,8 +219,6 @@ class TrainConfig:
 
     def apply_overrides(self, overrides: Sequence[str]) -> TrainConfig:
         """Return a copy with ``key=value`` overrides applied (values parsed as YAML scalars/lists)."""
-        import yaml
-
         data = self.to_dict()
         hints = typing.get_type_hints(type(self))
         for item in overrides:
@@ -202,11 +229,11 @@ class TrainConfig:
             if key not in hints:
                 raise ValueError(unknown_key_message(key, "override"))
             try:
-                value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
+                value = load_yaml(raw, f"override {key}") if raw.strip() else None
+            except ValueError:
                 value = raw
             if typing.get_origin(hints[key]) is list and isinstance(value, str) and "," in value:
-                value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]  # bits=8,6,4,2
+                value = [load_yaml(v, f"override {key}") for v in value.split(",") if v.strip()]  # bits=8,6,4,2
             if hints[key] is str or (hints[key] == (str | None) and value is not None):
                 value = raw  # never reinterpret a string option ("1e-3" stays text, "null" for Optional only)
             data[key] = _coerce(key, value, hints[key], "override")

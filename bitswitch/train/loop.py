@@ -38,7 +38,9 @@ from . import ddp
 from .config import TrainConfig
 from .data import Data, load_data, make_loader
 from .evaluate import evaluate, evaluate_checkpoint, select_metric
+from .fit import check_model_fits_data
 from .hasb import RouletteSampler, SwitchSchedule, latent_from_checkpoint, supernet_plan
+from .lock import RunLock
 from .model import build_float_model, load_fp32_weights, quantize_model
 from .optim import build_optimizer, describe_groups, schedule_factor
 from .report import Progress, epoch_table, summarize, summary_table, write_report
@@ -77,11 +79,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
     dist, device = ddp.setup(cfg.device)
     out = Path(cfg.out_dir)
     handler: logging.Handler | None = None
+    lock: RunLock | None = None
     try:
+        lock = RunLock(out) if dist.master else None  # before anything reads or writes the folder
         data, model, optimizer, info = setup_run(cfg, resume=resume, device=device)
         if dist.master:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(cfg.to_yaml())
+            atomic_write_bytes(out / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
             handler = logging.FileHandler(out / "train.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
             log.addHandler(handler)
@@ -94,6 +98,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             handler.close()
         torch.set_num_threads(threads)
         ddp.teardown(dist)
+        if lock is not None:
+            lock.release()
 
 
 def setup_run(cfg: TrainConfig, *, resume: bool = False, device: str | None = None) -> tuple[Data, nn.Module, torch.optim.Optimizer, dict[str, Any]]:
@@ -134,6 +140,7 @@ def build_run_model(cfg: TrainConfig, data: Data, *, resume: bool) -> nn.Module:
     """
     torch.manual_seed(cfg.seed)
     model = build_float_model(cfg, data)  # for hasb too: it checks the model fits the data, and seeded runs depend on its draws
+    check_model_fits_data(model, data.input_shape, data.num_classes, f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs} on dataset {data.key!r}")
     if cfg.mode == "hasb":
         return latent_from_checkpoint(cfg.init_from)
     if cfg.init_from and not resume:

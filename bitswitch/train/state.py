@@ -2,24 +2,23 @@
 
 Tensors (latent FP32 model state, optimizer state, RNG state) are safetensors entries named
 ``model.<key>``, ``optim.<param index>.<key>`` and ``rng.torch``; everything else (epoch, step,
-best metric, optimizer hyper-parameters, the run config) is JSON in the file's metadata, with a
-SHA-256 of the tensors so a damaged file is refused instead of silently resuming from garbage.
+best metric, optimizer hyper-parameters, the run config) is JSON in the file's metadata. One SHA-256 covers the metadata and the tensors
+(:mod:`bitswitch.export.container`), and every field and tensor is checked against the run before it
+is used, so a damaged or edited file is refused instead of silently resuming from garbage.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ..export.checkpoint import atomic_write_bytes, tensor_digest
+from ..export import container
 
 STATE_FORMAT = "bitswitch-train-state"
 STATE_VERSION = 1
@@ -74,11 +73,22 @@ def save_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim
         "config": config_json,
         "info": json.dumps(info),
         "optimizer": json.dumps(opt_meta),
-        "sha256": tensor_digest(tensors),
     }
-    path = Path(path)
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    return path
+    return container.write(path, tensors, metadata)
+
+
+def _check_info(info: Any, path: Path) -> None:
+    if not isinstance(info, dict):
+        raise StateError(f"{path}: metadata info must be an object")
+    for key in ("epoch", "step"):
+        v = info.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise StateError(f"{path}: metadata info.{key} must be a non-negative integer, got {v!r}")
+    best = info.get("best")
+    if best is not None and not (isinstance(best, (int, float)) and not isinstance(best, bool) and math.isfinite(best)):
+        raise StateError(f"{path}: metadata info.best must be a finite number or null, got {best!r}")
+    if not isinstance(info.get("history"), list):
+        raise StateError(f"{path}: metadata info.history must be a list")
 
 
 def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -86,47 +96,70 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training state to resume from: {path} does not exist")
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n <= 0 or 8 + n > size:
-                raise StateError(f"{path}: not a safetensors file, or truncated")
-            header = json.loads(f.read(n))
-        meta = header.get("__metadata__") or {}
-    except StateError:
-        raise
-    except Exception as e:
-        raise StateError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
+    tensors, meta = container.read(path, StateError)
     if meta.get("format") != STATE_FORMAT:
         raise StateError(f"{path}: not a bitswitch training state (format={meta.get('format')!r}, expected {STATE_FORMAT!r})")
     if meta.get("format_version") != str(STATE_VERSION):
         raise StateError(f"{path}: training state version {meta.get('format_version')!r} is not supported (expected {STATE_VERSION})")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                tensors[k] = f.get_tensor(k)
-        decoded = {"config": json.loads(meta["config"]), "info": json.loads(meta["info"]), "optimizer": json.loads(meta["optimizer"])}
-    except Exception as e:
-        raise StateError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
-    if tensor_digest(tensors) != meta.get("sha256"):
-        raise StateError(f"{path}: checksum mismatch: the training state is corrupted")
+    unknown = sorted(set(meta) - {"format", "format_version", "config", "info", "optimizer", "sha256"})
+    if unknown:
+        raise StateError(f"{path}: metadata {unknown[0]}: unknown key")
+    decoded = {}
+    for key in ("config", "info", "optimizer"):
+        try:
+            decoded[key] = json.loads(meta[key])
+        except (KeyError, ValueError, RecursionError) as e:
+            raise StateError(f"{path}: metadata {key}: missing or not valid JSON ({type(e).__name__})") from None
+    if not isinstance(decoded["config"], dict):
+        raise StateError(f"{path}: metadata config must be an object")
+    _check_info(decoded["info"], path)
+    opt = decoded["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list) and isinstance(opt.get("scalars"), dict)
+            and all(isinstance(g, dict) for g in opt["param_groups"]) and all(isinstance(d, dict) for d in opt["scalars"].values())):
+        raise StateError(f"{path}: metadata optimizer must be {{\"param_groups\": [objects], \"scalars\": {{index: object}}}}")
     return tensors, decoded
+
+
+def _check_fits(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every tensor and optimizer field of the file must match this run's model and optimizer."""
+    expected = model.state_dict()
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = sorted(set(expected) - set(model_sd)), sorted(set(model_sd) - set(expected))
+    if missing or unexpected:
+        raise StateError(f"training state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in expected.items():
+        if model_sd[k].shape != v.shape or model_sd[k].dtype != v.dtype:
+            raise StateError(f"training state tensor model.{k}: {model_sd[k].dtype} {list(model_sd[k].shape)}, the model needs {v.dtype} {list(v.shape)}")
+        if model_sd[k].is_floating_point() and not torch.isfinite(model_sd[k]).all():
+            raise StateError(f"training state tensor model.{k}: contains NaN or Inf")
+    current = optimizer.state_dict()["param_groups"]
+    groups = meta["optimizer"]["param_groups"]
+    if len(groups) != len(current) or any(sorted(g) != sorted(c) or g["params"] != c["params"] for g, c in zip(groups, current)):
+        raise StateError("training state has a different optimizer layout than this run")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    indices = {name.split(".")[1] for name in tensors if name.startswith("optim.")} | set(meta["optimizer"]["scalars"])
+    for idx in indices:
+        if not (idx.isdigit() and int(idx) < len(params)):
+            raise StateError(f"training state optimizer entry {idx!r}: not a parameter index (0..{len(params) - 1})")
+    for name, t in tensors.items():
+        if name.startswith("optim.") and not name.endswith(".step") and t.shape != params[int(name.split(".")[1])].shape:
+            raise StateError(f"training state tensor {name}: shape {list(t.shape)} does not fit its parameter {list(params[int(name.split('.')[1])].shape)}")
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise StateError("training state tensor rng.torch: missing or not a CPU generator state")
+    unknown = sorted(k for k in tensors if not k.startswith(("model.", "optim.")) and k not in ("rng.torch", "rng.cuda"))
+    if unknown:
+        raise StateError(f"training state tensor {unknown[0]}: unknown entry")
 
 
 def restore_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load model, optimizer and RNG state in place; returns the ``info`` dict."""
+    _check_fits(tensors, meta, model, optimizer)
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(model_sd)), sorted(set(model_sd) - set(expected))
-    if missing or unexpected:
-        raise StateError(f"training state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     device = next(iter(expected.values())).device
     model.load_state_dict({k: v.to(device) for k, v in model_sd.items()}, strict=True)
     opt_sd = _unflatten_optimizer({k: v.to(device) if not k.endswith(".step") else v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
-    if len(opt_sd["param_groups"]) != len(optimizer.param_groups):
-        raise StateError("training state has a different optimizer layout than this run")
     optimizer.load_state_dict(opt_sd)
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
