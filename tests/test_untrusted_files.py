@@ -271,9 +271,7 @@ def test_fp32_checkpoints_get_the_same_checks(tmp_path: Path) -> None:
     """A model without quantized layers (quant_config null) is verified and rebuilt the same way."""
     torch.manual_seed(0)
     model = build("mlp", in_features=16, hidden=8, num_classes=3).eval()
-    meta = {"format": "bitswitch", "format_version": "1", "quant_config": "null", "arch": json.dumps(model.bitswitch_arch),
-            "precision": "{}", "extra": "{}"}
-    path = container.write(tmp_path / "fp32.safetensors", model.state_dict(), meta)
+    path = bitswitch.save(model, tmp_path / "fp32.safetensors")
     with torch.no_grad():
         assert torch.equal(bitswitch.load(path)(X), model(X))
     bad = _resign(path, tmp_path / "bad.safetensors", tensor_edit=lambda t: t["bn1.running_var"].__setitem__(0, -1.0))
