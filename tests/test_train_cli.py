@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import bitswitch
 from bitswitch.cli import main
@@ -58,6 +59,19 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert main(["quickstart", "--out", str(tmp_path), "--fp32-epochs", "6", "--joint-epochs", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "per-bit accuracy" in out and "W2A2" in out and "NO" not in out
-    model = bitswitch.load(tmp_path / "digits_cnn_w8.safetensors")
+    ckpt = tmp_path / "digits_cnn_w8.safetensors"
+    trained = json.loads((tmp_path / "joint" / "summary.json").read_text())["test_acc"]
+    # the one integer checkpoint, reloaded by another command, scores what training measured at every bit-width
+    assert main(["eval", str(ckpt), "--bits", "8,6,4,2", "--data", "digits", "--json", str(tmp_path / "rows.json")]) == 0
+    accs = [r["accuracy %"] for r in json.loads((tmp_path / "rows.json").read_text())]
+    assert accs == [trained[f"w{b}a{b}"] for b in (8, 6, 4, 2)]
+    assert min(accs[:3]) >= 85.0 and accs[3] >= 50.0, accs  # 10 classes: chance is 10 %
+    model = bitswitch.load(ckpt)
+    x = torch.rand(16, 1, 8, 8)
+    outputs = {}
     for b in (8, 6, 4, 2):
         bitswitch.set_precision(model, b)
+        assert set(bitswitch.get_precision(model).values()) == {(b, b)}
+        with torch.no_grad():
+            outputs[b] = model(x)
+    assert all(not torch.equal(outputs[8], outputs[b]) for b in (6, 4, 2))  # switching changes what the model computes
