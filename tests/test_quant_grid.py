@@ -150,3 +150,37 @@ def test_codes_and_dequantize_agree_for_16_bit_storage() -> None:
     codes8 = torch.clamp(torch.round(codes16 / 256), -128, 127)
     assert torch.equal(q.dequantize(stored, 8).double(), (codes8 * 256 * s.double()).float().double())
     assert torch.equal(q.dequantize(stored, 12).double(), (torch.clamp(torch.round(codes16 / 16), -2048, 2047) * 16 * s.double()).float().double())
+
+
+def test_compiled_activation_kernels_equal_eager(monkeypatch) -> None:
+    """``compile_kernels`` (``use_compiled_kernels``) swaps in torch.compile'd kernels: the same codes
+    and input gradient bit for bit; the scale gradient is a sum, fused in another order (within 1e-6
+    of the sum of its terms' magnitudes)."""
+    import torch._inductor.config as inductor_config
+
+    from bitswitch.quant.functional import use_compiled_kernels
+
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)  # no compile worker pool: a few seconds less
+    g = torch.Generator().manual_seed(0)
+    s = 0.25  # a power of two: the ties below are exact
+    x = torch.cat([torch.randn(200, generator=g) * 2, (torch.arange(-10, 10) + 0.5) * s, torch.tensor([-2.0, 1.75, -2.01, 1.76])])
+    grad = torch.randn(x.shape, generator=g)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xr, sr = x.clone().requires_grad_(), torch.tensor(s, requires_grad=True)
+        y = LsqActivationFn.apply(xr, sr, -8, 7)
+        y.backward(grad)
+        return y.detach(), xr.grad, sr.grad
+
+    eager = run()
+    try:
+        assert use_compiled_kernels(True)
+        compiled = run()
+    finally:
+        use_compiled_kernels(False)
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+    assert (eager[1] == 0).sum() > 0 and len(eager[0].unique()) == 16  # clipped inputs and every code of the grid
+    # each term of the scale gradient is at most |grad| * 8 (a clip distance) / sqrt(numel * 7)
+    terms = float(grad.abs().sum()) * 8 / math.sqrt(x.numel() * 7)
+    assert abs(float(compiled[2]) - float(eager[2])) <= 1e-6 * terms
+    assert torch.equal(run()[0], eager[0])  # switched back
