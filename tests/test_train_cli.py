@@ -65,7 +65,7 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert main(["eval", str(ckpt), "--bits", "8,6,4,2", "--data", "digits", "--json", str(tmp_path / "rows.json")]) == 0
     accs = [r["accuracy %"] for r in json.loads((tmp_path / "rows.json").read_text())]
     assert accs == [trained[f"w{b}a{b}"] for b in (8, 6, 4, 2)]
-    assert min(accs[:3]) >= 85.0 and accs[3] >= 50.0, accs  # 10 classes: chance is 10 %
+    assert min(accs) >= 70.0, accs  # 10 classes: chance is 10 % (this run: 97-99 %)
     model = bitswitch.load(ckpt)
     x = torch.rand(16, 1, 8, 8)
     outputs = {}
