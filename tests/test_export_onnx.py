@@ -33,12 +33,13 @@ pytest.importorskip("onnxruntime")
 SHAPE = (3, 16, 16)
 
 
-def _calibrated(m: nn.Module, x: torch.Tensor, bits) -> nn.Module:
-    """``m`` with non-trivial BN statistics from ``x``, quantized, calibrated on ``x``, in eval mode."""
+def _calibrated(m: nn.Module, x: torch.Tensor, bits, **kw) -> nn.Module:
+    """``m`` with non-trivial BN statistics from ``x``, quantized (``kw``: more ``quantize`` options),
+    calibrated on ``x``, in eval mode."""
     m.train()
     with torch.no_grad():
         m(x)  # BN running stats that are not the identity
-    q = bitswitch.quantize(m.eval(), bits=bits)
+    q = bitswitch.quantize(m.eval(), bits=bits, **kw)
     bitswitch.calibrate(q, [x])
     return q.eval()
 
@@ -525,14 +526,8 @@ def test_floor_and_half_up_models_export_and_agree(tmp_path, rounding):
     """The second rounding's mode reaches the file: its 4-bit weight codes are the model's (which
     differ from half-even ones), and onnxruntime computes what PyTorch does."""
     torch.manual_seed(0)
-    m = build("preact_resnet8")
     x = torch.randn(32, *SHAPE)
-    m.train()
-    with torch.no_grad():
-        m(x)
-    q = bitswitch.quantize(m.eval(), bits=(8, 4), rounding=rounding)
-    bitswitch.calibrate(q, [x])
-    q.eval()
+    q = _calibrated(build("preact_resnet8"), x, (8, 4), rounding=rounding)
     x = _varied_inputs(q, x, bits=(4,), steps=10)
     bitswitch.set_precision(q, 4)
     assert _top1_classes(q, x) >= 3
