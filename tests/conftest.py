@@ -1,4 +1,9 @@
-"""Shared fixtures: the offline data beside the repository and small deterministic models."""
+"""Shared fixtures: the offline data beside the repository and small deterministic models.
+
+Under CI (``CI`` set to ``true``/``1``), a skipped test is a failure: a missing data folder or a
+missing extra (onnx, onnxruntime, the EfficientNet weights package) must break the build, not hide
+the tests that need it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # spin against other processes make small ops orders of magnitude slower. Deterministic too.
 torch.set_num_threads(1)
 
+CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 SHARED_DATA = Path(os.environ.get("BITSWITCH_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -35,3 +41,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _fail_skips_under_ci(report) -> None:
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skips_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level importorskip skips the whole module at collection
+    _fail_skips_under_ci(outcome.get_result())

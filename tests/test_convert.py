@@ -9,7 +9,6 @@ from torch import nn
 import bitswitch
 from bitswitch.models import build
 from bitswitch.nn import QuantConv2d, QuantLinear, SwitchableBatchNorm
-from bitswitch.nn.layers import QuantLayer
 
 
 def _calibrated(name: str = "preact_resnet8", bits=(8, 6, 4, 2), shape=(3, 32, 32), **kw) -> tuple[nn.Module, torch.Tensor]:

@@ -10,6 +10,7 @@ import pickle
 import struct
 import tarfile
 import time
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,6 @@ from bitswitch.data import (
 )
 
 # ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} is absent (see ../shared/data/README.md)")
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -251,27 +244,34 @@ def test_cifar10_small_tarball_and_cache(tmp_path):
 
 @pytest.fixture(scope="session")
 def cifar10_real(shared_data, tmp_path_factory):
+    """Both splits decoded once, then loaded again from the cache, counting the JPEG decodes and
+    tarball reads of each load (a spy on PIL's and tarfile's ``open``)."""
     root = shared_data / "cifar10"
     cache = tmp_path_factory.mktemp("cifar-cache")
-    timings = {}
-    out = {}
-    for split in ("train", "test"):
-        t0 = time.perf_counter()
-        out[split] = load_cifar10(root, split, cache_dir=cache)
-        timings[f"decode_{split}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        cached = load_cifar10(root, split, cache_dir=cache)
-        timings[f"cached_{split}"] = time.perf_counter() - t0
-        assert torch.equal(cached.images, out[split].images)
-        assert torch.equal(cached.labels, out[split].labels)
-    print(f"\nCIFAR-10 tarball timings (s): {timings}")
-    return out, timings
+    calls = {"image": 0, "tar": 0}
+    image_open, tar_open = Image.open, tarfile.open
+
+    def counting(kind, real):
+        def wrapper(*a, **k):
+            calls[kind] += 1
+            return real(*a, **k)
+        return wrapper
+
+    out, opened = {}, {}
+    with mock.patch.object(Image, "open", counting("image", image_open)), mock.patch.object(tarfile, "open", counting("tar", tar_open)):
+        for split in ("train", "test"):
+            for load in ("decode", "cached"):
+                before = dict(calls)
+                out[f"{load}_{split}"] = load_cifar10(root, split, cache_dir=cache)
+                opened[f"{load}_{split}"] = {k: calls[k] - before[k] for k in calls}
+    files = sorted(p.name for p in cache.iterdir())
+    return out, opened, files
 
 
 def test_cifar10_real_tarball(shared_data, cifar10_real):
-    data, timings = cifar10_real
+    data, opened, files = cifar10_real
     labels = np.load(shared_data / "cifar10" / "labels.npz")
-    train, test = data["train"], data["test"]
+    train, test = data["decode_train"], data["decode_test"]
     assert train.images.shape == (50000, 3, 32, 32) and train.images.dtype == torch.uint8
     assert test.images.shape == (10000, 3, 32, 32)
     assert train.classes == CIFAR10_CLASSES
@@ -279,7 +279,13 @@ def test_cifar10_real_tarball(shared_data, cifar10_real):
     assert test.class_counts().tolist() == np.bincount(labels["y_test"], minlength=10).tolist()
     mean = train.images[::10].float().div(255).mean(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.tensor(DATASET_STATS["cifar10"]["mean"]), atol=0.01)
-    assert timings["cached_train"] < timings["decode_train"]
+    # the first load of a split reads the tarball and decodes every image; the second reads the cache only
+    assert opened["decode_train"] == {"image": 50000, "tar": 1} and opened["decode_test"] == {"image": 10000, "tar": 1}
+    assert opened["cached_train"] == {"image": 0, "tar": 0} and opened["cached_test"] == {"image": 0, "tar": 0}
+    assert len(files) == 2 and all(f.startswith("cifar10-tar-") and f.endswith(".npz") for f in files)
+    for split in ("train", "test"):
+        cached, decoded = data[f"cached_{split}"], data[f"decode_{split}"]
+        assert torch.equal(cached.images, decoded.images) and torch.equal(cached.labels, decoded.labels)
 
 
 def test_cifar10_errors_name_layouts(tmp_path):

@@ -241,12 +241,22 @@ def test_weight_noise_grows_as_bits_drop_and_survives_integer_storage() -> None:
     latent = weight_noise(q)
     assert list(latent) == ["2"]
     assert latent["2"][2] > latent["2"][4] > latent["2"][8] > 0
-    w = q[2].weight.detach()
-    with torch.no_grad():
-        assert latent["2"][4] == pytest.approx(float((q[2].weight_quant(w, 4) - w).pow(2).sum()))
+    # by hand: 8-bit codes of the latent weight, b-bit codes by a half-even division by 2^(8-b)
+    w = q[2].weight.detach().double()
+    s = q[2].weight_quant.scale.detach().double().reshape(-1, 1)
+    codes8 = torch.clamp(torch.round(w / s), -128, 127)
+
+    def effective(b: int) -> torch.Tensor:
+        lo, hi = -(2 ** (b - 1)), 2 ** (b - 1) - 1
+        return torch.clamp(torch.round(codes8 / 2 ** (8 - b)), lo, hi) * s * 2 ** (8 - b)
+
+    for b in (8, 4, 2):
+        assert latent["2"][b] == pytest.approx(float((effective(b) - w).pow(2).sum()), rel=1e-5)
     for layer in bitswitch.quantized_layers(q).values():
         layer.to_integer()
     integer = weight_noise(q)
-    # without the FP32 weight: the top-bit error is modelled as step^2/12, the rest measured from codes
-    assert integer["2"][2] > integer["2"][4] > integer["2"][8] > 0
-    assert integer["2"][8] == pytest.approx(latent["2"][8], rel=1.0)
+    # without the FP32 weight: the top-bit error is modelled as step^2/12 per weight, the rest measured from codes
+    top = float((s**2).sum() * w.shape[1] / 12)
+    assert integer["2"][8] == pytest.approx(top, rel=1e-6)
+    for b in (4, 2):
+        assert integer["2"][b] == pytest.approx(top + float((effective(b) - effective(8)).pow(2).sum()), rel=1e-5)

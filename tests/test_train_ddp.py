@@ -1,13 +1,22 @@
-"""DDP under torchrun: 2 CPU processes (gloo) give the same model as 1 process with the same global batch.
+"""DDP under torchrun: 2 CPU processes (gloo) against 1 process, with and without BatchNorm.
 
-The model has no BatchNorm, because per-process BatchNorm statistics legitimately differ from the
-single-process ones (as with DistributedDataParallel without SyncBatchNorm); everything else (data
-order and sharding, gradient averaging across per-bit steps, ALRS, Adam) must agree up to float
-summation order.
+One torchrun launch (interpreter start-up dominates) runs every distributed case in turn; the
+single-process references run in this process:
+
+* an MLP without BatchNorm: the same model as 1 process with the same global batch (data order and
+  sharding, gradient averaging across per-bit steps, ALRS, Adam agree up to float summation order);
+* a BatchNorm CNN for one step: per-process batch statistics legitimately differ from the single
+  process ones (as with DistributedDataParallel without SyncBatchNorm), but the first BatchNorm's
+  running mean is linear in the batch means, so its average over the processes is the single-process
+  one; every process ends with the same buffers;
+* the BatchNorm CNN interrupted after one epoch and resumed under DDP, bit-exact against an
+  uninterrupted DDP run;
+* HASB from a joint checkpoint: every process trains the same mixed configurations at every step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import socket
@@ -19,14 +28,20 @@ from pathlib import Path
 import pytest
 import torch
 
+import bitswitch
+from bitswitch.search.hessian import hessian_traces, save_traces
 from bitswitch.train.state import read_state
 
+REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
-    import sys
+    import json, os, sys
+    from pathlib import Path
     import torch
+    import torch.distributed as dist
     from torch import nn
     from bitswitch.models import available, register
+    from bitswitch.nn.layers import QuantConv2d, QuantLinear
     from bitswitch.train import TrainConfig, train
 
     class Net(nn.Module):
@@ -39,9 +54,43 @@ SCRIPT = textwrap.dedent(
     if "ddp_test_mlp" not in available():
         register("ddp_test_mlp")(Net)
 
-    cfg = TrainConfig(mode="joint", bits=[8, 4, 2], model="ddp_test_mlp", dataset="digits", train_subset=600, batch_size=64,
-                      epochs=1, lr=3e-3, calib_batches=2, progress=False, num_threads=1, out_dir=sys.argv[1])
-    train(cfg)
+    # every training-mode forward of a quantized layer, in call order: the configurations trained
+    SEEN = []
+    for cls in (QuantConv2d, QuantLinear):
+        def forward(self, x, _real=cls.forward):
+            if self.training:
+                SEEN.append([self.w_bits, self.a_bits])
+            return _real(self, x)
+        cls.forward = forward
+
+    COMMON = dict(dataset="digits", batch_size=64, calib_batches=2, progress=False, num_threads=1, lr=3e-3)
+    root, only = Path(sys.argv[1]), sys.argv[2:]
+    rank = os.environ.get("RANK", "0")
+
+    def run(name, resume=False, stop_after=None, **kw):
+        cfg = TrainConfig(out_dir=str(root / name), **COMMON, **kw)
+        SEEN.clear()
+        if "RANK" in os.environ:  # a fresh key prefix per run: a re-created default group would read the last one's keys
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+            dist.init_process_group("gloo", store=dist.PrefixStore(f"{name}-{resume}", store), rank=int(rank),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+        result = train(cfg, resume=resume, stop_after=stop_after)
+        torch.save(result.model.state_dict(), root / name / f"rank{rank}.pt")
+        (root / name / f"seen{rank}.json").write_text(json.dumps(SEEN))
+
+    CASES = {
+        "mlp": lambda: run("mlp", mode="joint", bits=[8, 4, 2], model="ddp_test_mlp", train_subset=600, epochs=1),
+        # 72 images: 65 for training (one step of 64), 7 for validation
+        "bn_step": lambda: run("bn_step", mode="fixed", bits=[8], model="digits_cnn", train_subset=72, epochs=1),
+        "joint": lambda: run("joint", mode="joint", bits=[8, 4, 2], model="digits_cnn", train_subset=72, epochs=1),
+        "bn_full": lambda: run("bn_full", mode="joint", bits=[8, 2], model="digits_cnn", train_subset=144, epochs=2),
+        "bn_split": lambda: (run("bn_split", mode="joint", bits=[8, 2], model="digits_cnn", train_subset=144, epochs=2, stop_after=1),
+                             run("bn_split", resume=True, mode="joint", bits=[8, 2], model="digits_cnn", train_subset=144, epochs=2)),
+        "hasb": lambda: run("hasb", mode="hasb", bits=[8, 4, 2], model="digits_cnn", train_subset=200, epochs=2, init_from=str(root / "joint.safetensors"),
+                            hessian=str(root / "hessian.json"), hasb_warmup_epochs=0.0, hasb_ramp_epochs=0.5, hasb_p_max=1.0),
+    }
+    for case in only or [c for c in CASES if c != "joint"]:
+        CASES[case]()
     """
 )
 
@@ -53,34 +102,117 @@ def _free_port() -> int:
 
 
 def _run(cmd: list[str]) -> None:
-    # the script lives in tmp_path, so without PYTHONPATH it would import the installed bitswitch, not this checkout
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    # the script lives outside the repository: import this checkout's bitswitch, not an installed one
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT)
+def _in_process(script, *args: str) -> None:
     argv = sys.argv
-    try:  # the single-process reference runs in this process (saves one interpreter start-up)
-        sys.argv = [str(script), str(tmp_path / "single")]
+    try:  # single-process references run in this process (saves interpreter start-ups)
+        sys.argv = [str(script), *args]
         runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = argv
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    single, multi = root / "single", root / "ddp"
+    multi.mkdir()
+    script = root / "ddp_train.py"
+    script.write_text(SCRIPT)
+    _in_process(script, str(single), "mlp", "bn_step", "joint")
+    # HASB continues a joint run: a one-step joint run's checkpoint and its Hessian traces
+    joint = bitswitch.load(single / "joint" / "best.safetensors")
+    (multi / "joint.safetensors").write_bytes((single / "joint" / "best.safetensors").read_bytes())
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    save_traces(multi / "hessian.json", hessian_traces(joint, [(x, y)], max_iter=3), samples=32)
     _run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-          "--master_port", str(_free_port()), str(script), str(tmp_path / "ddp")])
-    single, _ = read_state(tmp_path / "single" / "state.safetensors")
-    multi, meta = read_state(tmp_path / "ddp" / "state.safetensors")
+          "--master_port", str(_free_port()), str(script), str(multi)])
+    return single, multi
+
+
+def _ranks(run_dir) -> list[dict[str, torch.Tensor]]:
+    return [torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def _model_state(run_dir) -> dict[str, torch.Tensor]:
+    state, _ = read_state(run_dir / "state.safetensors")
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def _same_on_every_rank(run_dir) -> dict[str, torch.Tensor]:
+    """Both processes hold the same parameters and buffers, and rank 0 saved them."""
+    a, b = _ranks(run_dir)
+    saved = _model_state(run_dir)
+    assert a.keys() == b.keys() and set(saved) <= set(a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k in saved:
+        assert torch.equal(saved[k], a[k]), k
+    return a
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one(runs):
+    single, multi = runs
+    one, _ = read_state(single / "mlp" / "state.safetensors")
+    two, meta = read_state(multi / "mlp" / "state.safetensors")
     assert meta["info"]["step"] == 8  # 540 training images // 64: the global batch, not the per-process one
-    model_keys = [k for k in single if k.startswith("model.")]
-    assert model_keys and set(model_keys) == {k for k in multi if k.startswith("model.")}
+    model_keys = [k for k in one if k.startswith("model.")]
+    assert model_keys and set(model_keys) == {k for k in two if k.startswith("model.")}
     for k in model_keys:
-        torch.testing.assert_close(multi[k], single[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
-    init_w = single["model.net.3.weight"]
-    assert not (tmp_path / "ddp" / "state.safetensors").samefile(tmp_path / "single" / "state.safetensors")
-    assert init_w.abs().sum() > 0
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    assert one["model.net.3.weight"].abs().sum() > 0
+    _same_on_every_rank(multi / "mlp")
+
+
+@pytest.mark.slow
+def test_batchnorm_buffers_agree_across_processes_and_with_one(runs):
+    single, multi = runs
+    two = _same_on_every_rank(multi / "bn_step")  # averaged before the epoch's evaluation
+    one = _model_state(single / "bn_step")
+    # one training step: the first BatchNorm saw conv1 of the same weights on each half batch, and a
+    # running mean is linear in the batch means, so the average over the processes is the single one
+    assert one["bn1.running_mean"].abs().max() > 1e-3
+    torch.testing.assert_close(two["bn1.running_mean"], one["bn1.running_mean"], rtol=1e-5, atol=1e-6)
+    assert int(two["bn1.num_batches_tracked"]) == int(one["bn1.num_batches_tracked"]) == 1
+    # deeper ones read activations normalised with per-process statistics: DDP's own values (no SyncBatchNorm)
+    assert not torch.equal(two["bn3.bn.8.running_mean"], one["bn3.bn.8.running_mean"])
+
+
+@pytest.mark.slow
+def test_resume_under_ddp_equals_uninterrupted(runs):
+    _, multi = runs
+    full = _same_on_every_rank(multi / "bn_full")
+    resumed = _same_on_every_rank(multi / "bn_split")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    history = lambda d: [{k: v for k, v in json.loads(x).items() if k not in ("train_time_s", "bit_time_s")}  # noqa: E731
+                         for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert history(multi / "bn_split") == history(multi / "bn_full") and len(history(multi / "bn_full")) == 2
+
+
+@pytest.mark.slow
+def test_hasb_under_ddp_trains_the_same_configurations_on_every_process(runs):
+    _, multi = runs
+    run = multi / "hasb"
+    seen = [json.loads((run / f"seen{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0] == seen[1]
+    # 180 training images // 64 = 2 steps per epoch, 2 epochs, 3 bit-widths, 2 quantized layers (conv2, conv3)
+    steps = [tuple(map(tuple, seen[0][i : i + 2])) for i in range(0, len(seen[0]), 2)]
+    assert len(steps) == 2 * 2 * 3
+    assert any(len({w for w, _ in s}) > 1 for s in steps)  # mixed configurations were drawn
+    _same_on_every_rank(run)
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(list(h["train_loss"].values()))).all() for h in history)
+    model = bitswitch.load(run / "best.safetensors")
+    bitswitch.set_precision(model, 2)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.rand(4, 1, 8, 8))).all()

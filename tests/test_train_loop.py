@@ -99,3 +99,27 @@ def test_resume_refuses_other_config_corrupted_and_foreign_state(tmp_path):
     Path(state).write_bytes((Path(cfg.out_dir) / "last.safetensors").read_bytes())  # an integer checkpoint, not a state
     with pytest.raises(StateError, match="not a bitswitch training state"):
         train(cfg, resume=True)
+
+
+def test_alrs_rates_are_the_ones_each_bit_step_uses(tmp_path, monkeypatch):
+    """What Adam reads at the step of bit b: the shared weight scales and bit b's own scales at
+    eta_b times the weights' rate (eta_b = 1, 5e-2, 1e-3 for 8, 5, 2 bits: deltas 0, 3 and 6)."""
+    eta = {8: 1.0, 5: 0.05, 2: 0.001}
+    steps: list[dict[str, tuple[float, bool]]] = []
+    real = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        steps.append({g["name"]: (g["lr"], any(p.grad is not None for p in g["params"])) for g in self.param_groups})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    cfg = tiny(tmp_path, mode="joint", bits=[8, 5, 2], model="mlp", epochs=1, train_subset=300, optimizer="adam", warmup_epochs=0.5)
+    train(cfg)
+    assert len(steps) == 3 * (270 // 128)
+    for i, groups in enumerate(steps):
+        b = cfg.bits[i % 3]  # one step per bit-width, highest first
+        assert [n for n, (_, has_grad) in groups.items() if n.startswith("scale_") and n != "scale_shared" and has_grad] == [f"scale_{b}"]
+        weights_lr = groups["weights"][0]
+        assert weights_lr > 0
+        assert groups["scale_shared"][0] == pytest.approx(weights_lr * eta[b] * cfg.scale_lr_mult, rel=1e-12)
+        assert groups[f"scale_{b}"][0] == pytest.approx(weights_lr * eta[b] * cfg.scale_lr_mult, rel=1e-12)
