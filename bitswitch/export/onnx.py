@@ -1,5 +1,10 @@
 """ONNX export with QuantizeLinear/DequantizeLinear pairs, and verification in onnxruntime.
 
+Why this module is ~800 lines: it is one translator over one ``torch.fx`` trace (tracing, folding,
+code widening, bias snapping, fusion rules, report). The capture path is being replaced by a
+``torch.export``-based one shared with post-training quantization (issue "Bring your own model");
+it is split then, along the new capture, rather than twice.
+
 The graph is built directly from a ``torch.fx`` trace with ``onnx.helper`` (no ``torch.onnx``), so
 every scale and integer grid in the file is the one the model computes with, read only through
 ``layer.weight_qparams(bits)`` and ``layer.act_quant.qparams(bits)``:
