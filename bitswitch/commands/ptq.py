@@ -131,19 +131,16 @@ def _summary_rows(session: PTQSession, res: PTQResult,
                   eval_fn: Callable[[torch.nn.Module], float] | None) -> list[tuple[str, float | None, float, float]]:
     """``(name, top-1 or None, model bytes, relative BOPs)`` of FP32, uniform W8A8 (where every group
     supports it) and the chosen configuration."""
-    from ..cost import layer_costs, model_bytes, relative_bops
+    from ..cost import model_bytes, relative_bops
 
-    costs = layer_costs(session.model, session.input_shape)
+    costs = session.costs
     configs: list[tuple[str, dict[str, tuple[int, int]] | None]] = [("FP32", None)]
-    try:
+    if all((8, 8) in g.candidates for g in session.groups):
         configs.append(("uniform W8A8", session.uniform((8, 8))))
-        session.layer_config(configs[-1][1])
-    except ValueError:
-        configs.pop()  # W8A8 is not a candidate of every group
     configs.append(("chosen", res.group_config))
+    fp32 = {c.name: (32, 32) for c in costs if c.quantized}
     rows = []
     for name, group_config in configs:
-        fp32 = {c.name: (32, 32) for c in costs if c.quantized}
         layers = fp32 if group_config is None else session.layer_config(group_config)
         if eval_fn is None:
             top1 = None
@@ -157,13 +154,8 @@ def _summary_rows(session: PTQSession, res: PTQResult,
 
 def print_summary(rows: list[tuple[str, float | None, float, float]], num_eval: int) -> None:
     """The closing table: accuracy and size of each configuration."""
-    from rich.console import Console
-    from rich.table import Table
+    from ..table import print_table
 
-    table = Table(title=f"bitswitch ptq: top-1 on {num_eval} held-out images" if num_eval else "bitswitch ptq (no held-out images: no accuracy)")
-    table.add_column("configuration")
-    for col in ("top-1 (%)", "size (bytes)", "relative BOPs (W8A16 = 1)"):
-        table.add_column(col, justify="right")
-    for name, top1, size, bops in rows:
-        table.add_row(name, "-" if top1 is None else f"{top1:.2f}", f"{size:,.0f}", f"{bops:.4f}")
-    Console().print(table)
+    print(f"bitswitch ptq: top-1 on {num_eval} held-out images" if num_eval else "bitswitch ptq (no held-out images: no accuracy)")
+    print_table(["configuration", "top-1 (%)", "size (bytes)", "relative BOPs (W8A16 = 1)"],
+                [(name, "-" if top1 is None else f"{top1:.2f}", f"{size:,.0f}", f"{bops:.4f}") for name, top1, size, bops in rows])

@@ -50,8 +50,6 @@ def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bit
     from ..search.measured import loss_deltas
 
     name, root, extra = _calibration(args, meta, "--objective loss measures each layer's loss increase")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     batches, _ = dataset_batches(name, root, "train", args.samples, 128, seed=1, mean=extra.get("mean"), std=extra.get("std"))
     recal = _recal_batches(args, name, root, extra)
     pairs = candidate_pairs(bits, act)
@@ -71,8 +69,6 @@ def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem:
     from ..search.measured import config_losses, rerank
 
     name, root, extra = _calibration(args, meta, "--rerank measures each proposal's loss")
-    if args.rerank_samples < 1:
-        raise ValueError(f"--rerank-samples must be >= 1, got {args.rerank_samples}")
     # the same seeded permutation as the loss deltas, after their images: disjoint from them
     skip = args.samples if args.objective == "loss" else 0
     batches, _ = dataset_batches(name, root, "train", args.rerank_samples, 128, seed=1, skip=skip, mean=extra.get("mean"), std=extra.get("std"))
@@ -220,8 +216,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.budget and not args.sweep:
         raise ValueError("give --budget KIND=VALUE (e.g. --budget avg-bits=3) or --sweep KIND=LO:HI:N")
     sweep = _sweep_values(args.sweep) if args.sweep else None  # bad values fail before any work
-    if args.rerank < 0:
-        raise ValueError(f"--rerank must be >= 0, got {args.rerank}")
     if args.rerank and args.sweep:
         raise ValueError("--rerank applies to a --budget search, not to --sweep (it measures K configurations per budget)")
     if args.threads:
@@ -235,11 +229,10 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.checkpoint)
     costs = layer_costs(model, _shape(args, meta, trace_doc))
     bits = [int(b) for b in args.bits.split(",")] if args.bits else list(meta["quant_config"]["bits"])
-    act: Any = args.act
     problem = SearchProblem(
-        costs, sensitivity(traces), bits, act=act, objective=args.objective,
+        costs, sensitivity(traces), bits, act=args.act, objective=args.objective,
         noise=weight_noise(model, bits) if args.objective == "noise" else None, pinned=_pins(args.pin),
-        loss_delta=_loss_deltas(args, model, meta, bits, act) if args.objective == "loss" else None,
+        loss_delta=_loss_deltas(args, model, meta, bits, args.act) if args.objective == "loss" else None,
     )
     extra = {"checkpoint": str(args.checkpoint), "hessian": str(trace_path), "objective": args.objective}
     if args.sweep:

@@ -158,8 +158,9 @@ class PTQSession:
         self.groups: list[QuantizerGroup] = find_groups(self.model, self.gm)
         assign_candidates(self.groups, self.table)
         self.group_by_name = {g.name: g for g in self.groups}
-        costs = {c.name: c for c in layer_costs(self.model, self.input_shape)}
-        self.macs = {g.name: sum(costs[n].macs for n in g.layers) for g in self.groups}
+        self.costs = layer_costs(self.model, self.input_shape)  # also the CLI's size and BOPs summary
+        macs = {c.name: c.macs for c in self.costs}
+        self.macs = {g.name: sum(macs[n] for n in g.layers) for g in self.groups}
 
     def _round_weights(self, stats: Mapping[str, tuple], wbits: list[int]) -> None:
         """Per-layer, per-bit effective weights: FP32 latent by default, AdaRound-ed where asked
@@ -219,11 +220,10 @@ class PTQSession:
         the learned roundings are measured against. The model is shared: it stays in this
         configuration until the next call.
         """
-        self.layer_config(group_config)  # validates every pair
+        layers = self.layer_config(group_config)  # validates every pair; layers of groups left out are absent
         for g in self.groups:
-            pair = None if group_config is None else group_config.get(g.name)
             for n in g.layers:
-                self._set_layer(n, None if pair is None else tuple(pair), nearest)  # type: ignore[arg-type]
+                self._set_layer(n, layers.get(n), nearest)
         return self.model
 
     def layer_config(self, group_config: Mapping[str, Pair] | None) -> dict[str, Pair]:
