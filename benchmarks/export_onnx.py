@@ -80,7 +80,7 @@ def cifar_resnet20(n_test: int | None, checkpoint: str) -> tuple[torch.nn.Module
         mean, std = extra.get("mean", stats["mean"]), extra.get("std", stats["std"])
         what = f"trained joint {{8,6,4,2}} ResNet-20 ({path.relative_to(REPO) if path.is_relative_to(REPO) else path})"
     else:
-        from bitswitch.train.loop import load_fp32_weights
+        from bitswitch.train.model import load_fp32_weights
 
         m = build("preact_resnet20", num_classes=10, in_channels=3)
         src = load_fp32_weights(m, path)

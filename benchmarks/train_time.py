@@ -27,7 +27,7 @@ from _common import md_table, publish  # noqa: E402
 
 from bitswitch.train import TrainConfig  # noqa: E402
 from bitswitch.train.ddp import DistInfo  # noqa: E402
-from bitswitch.train.loop import make_loader, prepare, train_step  # noqa: E402
+from bitswitch.train.loop import make_loader, setup_run, train_step  # noqa: E402
 
 
 class Timed:
@@ -35,7 +35,7 @@ class Timed:
 
     def __init__(self, base: dict, **kw) -> None:
         self.cfg = TrainConfig.from_dict({**base, **kw})
-        data, self.model, self.opt, _ = prepare(self.cfg)
+        data, self.model, self.opt, _ = setup_run(self.cfg)
         self.loader = make_loader(data, "train", self.cfg, self.cfg.device, train=True)
         self.it = iter(self.loader)
         self.per_iter: list[float] = []

@@ -16,7 +16,6 @@ One summary table at the end; the numbers are also written to ``<out>/summary.js
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,11 +73,13 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     import torch
 
     import bitswitch
-    from ..export import export_onnx, run_onnx, verify_onnx
+    from ..export import export_onnx, ort_session, run_onnx, verify_onnx
+    from ..export.atomic import atomic_write_json
     from ..nn.precision_file import write_precision_file
     from ..search import SearchProblem, hessian_traces, sensitivity, weight_noise
     from ..search.evaluate import accuracy, at_config, dataset_batches
     from ..train import TrainConfig, train
+    from ..train.step import label
 
     t_start = time.perf_counter()
     common = {"dataset": "digits", "model": "digits_cnn", "model_kwargs": {"widths": WIDTHS, "strides": STRIDES},
@@ -112,7 +113,7 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     reloaded = {}
     for b in bits:
         bitswitch.set_precision(model, b)
-        reloaded[f"w{b}a{b}"] = accuracy(model, test)
+        reloaded[label(b)] = accuracy(model, test)
 
     say(5, f"mixed precision for an average of {args.budget:g} bits: Hessian traces x rounding noise, ILP")
     traces = hessian_traces(model, calib, max_iter=10, seed=args.seed)
@@ -127,7 +128,8 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     say(6, f"exporting the mixed configuration to {onnx_path} and verifying it in onnxruntime")
     report = export_onnx(mixed, onnx_path, input_shape=SAMPLE_SHAPE)
     agreement = verify_onnx(mixed, onnx_path, [x for x, _ in test])
-    onnx_correct = sum(int((torch.from_numpy(run_onnx(onnx_path, x)).argmax(1) == y).sum()) for x, y in test)
+    session = ort_session(onnx_path)
+    onnx_correct = sum(int((torch.from_numpy(run_onnx(onnx_path, x, session)).argmax(1) == y).sum()) for x, y in test)
 
     summary = Summary(
         fp32_acc=fp32.test_acc["fp32"], trained_acc={k: joint.test_acc[k] for k in reloaded}, reloaded_acc=reloaded,
@@ -137,7 +139,7 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
         onnx_bytes=report.file_bytes, onnx_acc=100.0 * onnx_correct / sum(len(y) for _, y in test),
         onnx_agreement=100.0 * agreement.top1_agreement, seconds=time.perf_counter() - t_start,
     )
-    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    atomic_write_json(out / "summary.json", asdict(summary))
     return summary
 
 

@@ -83,8 +83,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
     try:
         lock = RunLock(out) if dist.master else None  # before anything reads or writes the folder
         data, model, optimizer, info = setup_run(cfg, resume=resume, device=device)
-        if dist.master:
-            out.mkdir(parents=True, exist_ok=True)
+        if dist.master:  # the lock created the folder
             atomic_write_bytes(out / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
             handler = logging.FileHandler(out / "train.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
