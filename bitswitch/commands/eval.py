@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     _, meta = read_checkpoint(path)
+    if meta["quant_config"] is None and (args.bits or args.config):  # before any data is loaded
+        raise ValueError(f"{path} is an FP32 checkpoint: --bits and --config apply to quantized checkpoints only")
     extra = meta.get("extra") or {}
     name, root = resolve_data(args, extra)
     ds = load_dataset(name, root, args.split)
@@ -86,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_recal]
         recal = list(TensorLoader(ArrayDataset(train.images[idx], train.labels[idx], train.classes), 128, shuffle=False, mean=mean, std=std))
     if not avail:
-        if args.bits or args.config:
-            raise ValueError(f"{path} is an FP32 checkpoint: --bits and --config apply to quantized checkpoints only")
         if n_recal:
             recalibrate_bn(model, recal)
         rows.append(row("FP32"))

@@ -98,8 +98,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    _, meta = _checked_header(path)
-    tensors, _ = container.read(path, CheckpointError)
+    header, meta = _checked_header(path)
+    tensors, _ = container.read(path, CheckpointError, header)
     return tensors, meta
 
 
@@ -176,7 +176,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     header, meta = _checked_header(path)
-    tensors, _ = container.read(path, CheckpointError)  # the digest, before anything is built
+    tensors, _ = container.read(path, CheckpointError, header)  # the digest, before anything is built
     config = QuantConfig.from_dict(meta["quant_config"]) if meta["quant_config"] is not None else None
     if model is None:
         if not meta["arch"]:
@@ -185,9 +185,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         with torch.device("meta"):
             skeleton = _convert(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), config, path)
         _compare(skeleton, header, meta, path)
-        model = _build_arch(meta["arch"], path)
-    model = _convert(model, config, path)
-    _compare(model, header, meta, path)  # cheap; the only shape check for a caller's own model
+        model = _convert(_build_arch(meta["arch"], path), config, path)  # as the skeleton: already compared
+    else:
+        model = _convert(model, config, path)
+        _compare(model, header, meta, path)  # the only shape check for a caller's own model
     if meta["storage"] == "packed":
         from .compact import expand_packed
 

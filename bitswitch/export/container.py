@@ -19,7 +19,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,20 +138,19 @@ def read_header(path: str | os.PathLike, error: type[Exception]) -> Header:
     return Header(metadata, entries, 8 + n)
 
 
-def read(path: str | os.PathLike, error: type[Exception], check: Callable[[Header], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read(path: str | os.PathLike, error: type[Exception], header: Header | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a file written by :func:`write`: ``(tensors, raw metadata)``, verified.
 
-    ``check(header)`` runs after the header is parsed and before any tensor data is read, so a
-    schema check or a shape comparison can refuse the file first.
+    Pass the ``header`` :func:`read_header` returned when the caller checked it first (a schema
+    check before any tensor data is read), so it is not parsed twice.
     """
     path = Path(path)
-    header = read_header(path, error)
-    if check is not None:
-        check(header)
+    header = header or read_header(path, error)
     with open(path, "rb") as f:
         f.seek(header.data_start)
         data = f.read()
-    items = [(k, e.dtype, e.shape, data[e.begin:e.end]) for k, e in header.entries.items()]
+    view = memoryview(data)  # slices without copying: bytearray() below is the one copy per tensor
+    items = [(k, e.dtype, e.shape, view[e.begin:e.end]) for k, e in header.entries.items()]
     if _digest(header.metadata, items) != header.metadata.get(DIGEST_KEY):
         raise error(f"{path}: checksum mismatch: the file is corrupted or was edited (the sha256 covers the metadata and every tensor)")
     tensors = {}
