@@ -29,6 +29,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def timm():
+    """timm with ``tests/stubs/torchvision`` as its torchvision when the real one is absent.
+
+    timm imports torchvision at load time; this machine has no CPU build of it, and bitswitch
+    never needs it. The stand-in only satisfies those imports (see its docstring).
+    """
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("torchvision") is None:
+        sys.path.insert(0, str(REPO / "tests" / "stubs"))
+    return pytest.importorskip("timm")
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

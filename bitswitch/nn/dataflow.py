@@ -1,0 +1,114 @@
+"""Who feeds whom: module-level data flow, recorded by running the model once.
+
+Registration order says nothing about data flow (a BatchNorm may be registered before the conv
+that feeds it, a module may be called twice), and symbolic tracing fails on real code (shape
+asserts, optional arguments, Hugging Face models). Running the model once on example inputs with
+hooks records exactly which module produced each module's input, whatever plain Python the model
+runs in between. Used by conversion (BatchNorm pairs), post-training quantization (BatchNorm
+folding pairs, quantizer groups) and cost counting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def run_model(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` on example inputs: a tensor, a tuple/list of positional arguments, or a
+    mapping of keyword arguments (a tokenizer's output, for instance)."""
+    if isinstance(inputs, torch.Tensor):
+        return model(inputs)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    raise ValueError(f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, got {type(inputs).__name__}")
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(value, Mapping):
+        for v in value.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+@dataclass
+class DataFlow:
+    """What one forward pass showed.
+
+    ``order``: modules in the order they were first called (containers before their children).
+    ``producer``: module -> the innermost module whose output is its first tensor input, or
+    ``None`` when that tensor came from a model input or a functional op.
+    ``input_id``: module -> identity of its first tensor input (first call); modules with equal
+    ids read the very same tensor.
+    ``calls``: how often each module ran.
+    """
+
+    order: list[str] = field(default_factory=list)
+    producer: dict[str, str | None] = field(default_factory=dict)
+    input_id: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def consumers(self, name: str) -> list[str]:
+        """Modules whose input is ``name``'s output, in call order."""
+        return [m for m in self.order if self.producer.get(m) == name]
+
+
+@torch.no_grad()
+def record_dataflow(model: nn.Module, inputs: Any) -> DataFlow:
+    """Run ``model`` once on ``inputs`` (eval mode, no grad) and record its module data flow."""
+    flow = DataFlow()
+    made_by: dict[int, str] = {}
+    alive: list[torch.Tensor] = []  # keeps every seen tensor alive so ids stay unique during the pass
+
+    def pre_hook(name: str, args: tuple, kwargs: dict) -> None:
+        flow.calls[name] = flow.calls.get(name, 0) + 1
+        if flow.calls[name] > 1:
+            return
+        flow.order.append(name)
+        x = _first_tensor(args) if args else _first_tensor(kwargs)
+        if x is None:
+            flow.producer[name] = None
+            return
+        alive.append(x)
+        flow.input_id[name] = id(x)
+        flow.producer[name] = made_by.get(id(x))
+
+    def post_hook(name: str, output: Any) -> None:
+        y = _first_tensor(output)
+        if y is not None and id(y) not in made_by:  # children finish first: the innermost module wins
+            alive.append(y)
+            made_by[id(y)] = name
+
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        handles.append(module.register_forward_pre_hook(lambda m, a, k, n=name: pre_hook(n, a, k), with_kwargs=True))
+        handles.append(module.register_forward_hook(lambda m, a, o, n=name: post_hook(n, o)))
+    was_training = model.training
+    model.eval()
+    try:
+        run_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return flow
+
+
+__all__ = ["DataFlow", "record_dataflow", "run_model"]
