@@ -182,6 +182,12 @@ def convert(model: nn.Module, config: QuantConfig) -> nn.Module:
     for name, src in config.batchnorms.items():
         if src not in quantized:
             raise ValueError(f"BatchNorm {name!r} follows {src!r}, which is not a quantized layer")
+        try:
+            bn = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the model has no BatchNorm {name!r}") from None
+        if not isinstance(bn, (nn.modules.batchnorm._BatchNorm, SwitchableBatchNorm)):
+            raise ValueError(f"{name!r} is a {type(bn).__name__}, not a BatchNorm")
     bind_batchnorms(model, dict(config.batchnorms), config.bits)
     model.bitswitch_config = config
     return model

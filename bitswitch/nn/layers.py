@@ -48,8 +48,11 @@ class QuantLayer:
             raise ValueError(f"unknown weight quantizer variant {variant!r}; valid: {', '.join(WEIGHT_QUANTIZERS)}")
         out_channels = self.weight.shape[0]  # type: ignore[attr-defined]
         device = self.weight.device  # type: ignore[attr-defined]
-        self.weight_quant = WEIGHT_QUANTIZERS[variant](out_channels, bits, storage_bits, rounding).to(device)
-        self.act_quant = ActivationQuantizer(act_bits, asymmetric=act_asymmetric).to(device)
+        self.weight_quant = WEIGHT_QUANTIZERS[variant](out_channels, bits, storage_bits, rounding)
+        self.act_quant = ActivationQuantizer(act_bits, asymmetric=act_asymmetric)
+        if device.type != "meta":  # a meta skeleton (checkpoint checks) builds its quantizers on meta already
+            self.weight_quant.to(device)
+            self.act_quant.to(device)
         self.weight_only = bool(weight_only)
         self.w_bits = self.weight_quant.bits[0]
         self.a_bits = None if self.weight_only else self.act_quant.bits[0]
