@@ -63,7 +63,7 @@ def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]
 
     def hook(name: str):
         def fn(m: nn.Module, args, out: torch.Tensor) -> None:
-            macs[name] = macs.get(name, 0) + int(out[0].numel()) * _macs_per_output(m)
+            macs[name] = macs.get(name, 0) + int(out.numel()) * _macs_per_output(m)  # a batch of one, whatever the layout
 
         return fn
 
@@ -98,7 +98,7 @@ def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]
         q = isinstance(m, QuantLayer)
         out.append(
             LayerCost(
-                name, kind, _weight_numel(m), int(m.bias.numel()) if m.bias is not None else 0, macs.get(name, 0), q,
+                name, kind, _weight_numel(m), int(m.bias.numel()) if getattr(m, "bias", None) is not None else 0, macs.get(name, 0), q,
                 m.w_bits if q else None, m.a_bits if q else None,  # type: ignore[union-attr]
             )
         )
