@@ -215,3 +215,28 @@ def test_layer_costs_count_the_new_layer_types() -> None:
     assert costs["embed"].kind == "embedding" and costs["embed"].macs == 0 and not costs["embed"].quantized
     assert costs["conv1d"].macs == 6 * 8 * 8 * 3 and costs["attn.k_proj"].macs == 6 * 8 * 8
     assert costs["conv2d"].macs == 2 * 6 * 8 * 9 and costs["fc"].kind == "linear"
+
+
+def test_packed_checkpoint_of_tied_weight_only_layers_is_bit_identical(tmp_path: Path) -> None:
+    from bitswitch.export import save_compact
+
+    class TiedLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.mix, self.head = nn.Embedding(16, 8), nn.Linear(8, 8), nn.Linear(8, 16, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.mix(self.embed(ids))))
+
+    q = bitswitch.quantize(TiedLM(), bits=(8, 4, 2), full_precision=(), weight_only=["embed", "head"])
+    bitswitch.calibrate(q, [IDS])
+    q.eval()
+    save_compact(q, tmp_path / "p.safetensors", keep=(4, 2))
+    loaded = bitswitch.load(tmp_path / "p.safetensors", model=TiedLM())
+    assert loaded.head.weight_int is loaded.embed.weight_int
+    with torch.no_grad():
+        for b in (4, 2):
+            bitswitch.set_precision(q, b)
+            bitswitch.set_precision(loaded, b)
+            assert torch.equal(q(IDS), loaded(IDS)), b

@@ -230,6 +230,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     if sorted(precision) != layers:
         odd = sorted(set(precision) ^ set(layers))
         raise CheckpointError(f"{path}: metadata precision: must list every quantized layer exactly once; differs at {odd[:5]}")
+    qlayers = quantized_layers(model)
+    for name, (w, a) in precision.items():
+        if w is not None and (a is None) != qlayers[name].weight_only:
+            raise CheckpointError(f"{path}: metadata precision.{name}: {[w, a]} does not fit a {'weight-only' if qlayers[name].weight_only else 'weight+activation'} "
+                                  f"layer ([w_bits, null] for weight-only layers, [w_bits, a_bits] otherwise)")
     if config is not None:
         try:
             set_precision(model, {k: tuple(v) if v[0] is not None else None for k, v in precision.items()})

@@ -136,7 +136,7 @@ def save_compact(model: nn.Module, path: str | os.PathLike, keep: Sequence[int],
                         del tensors[k]
     precision = {}
     for k, (w, a) in get_precision(model).items():
-        precision[k] = [w if w in keep_t else p, a if a is not None else config.act_bits[0]]
+        precision[k] = [w if w in keep_t else p, None if layers[k].weight_only else a if a is not None else config.act_bits[0]]
     new_config = dataclasses.replace(config, bits=keep_t, act_asymmetric=False)
     metadata = {
         "format": FORMAT, "format_version": str(FORMAT_VERSION), "storage": STORAGE,
