@@ -99,6 +99,17 @@ def test_weight_only_layers_keep_float_inputs_whatever_the_precision_spec() -> N
         bitswitch.set_precision(q, {"head": (4, None)})
 
 
+def test_precision_files_carry_weight_only_layers(tmp_path: Path) -> None:
+    from bitswitch.nn.precision_file import apply_precision_file, write_precision_file
+
+    q = bitswitch.quantize(Mixed().eval(), bits=(8, 4), full_precision=(), weight_only=["embed"])
+    bitswitch.set_precision(q, {"embed": 4, "fc": (4, 8)})
+    saved = bitswitch.get_precision(q)
+    path = write_precision_file(tmp_path / "p.json", saved)
+    bitswitch.set_precision(q, 8)
+    assert apply_precision_file(q, path) == saved and bitswitch.get_precision(q) == saved
+
+
 def test_subclass_with_other_arithmetic_is_left_float_with_a_warning() -> None:
     model = nn.Sequential(StdConv(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     with pytest.warns(UserWarning, match=r"0 \(StdConv: its forward\(\) computes something other than Conv2d"):
@@ -240,3 +251,16 @@ def test_packed_checkpoint_of_tied_weight_only_layers_is_bit_identical(tmp_path:
             bitswitch.set_precision(q, b)
             bitswitch.set_precision(loaded, b)
             assert torch.equal(q(IDS), loaded(IDS)), b
+
+
+def test_timm_mobilenetv3_head_subclass_is_found_and_every_batchnorm_follows_its_conv(timm) -> None:
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10).eval()
+    assert type(model.classifier) is not nn.Linear and isinstance(model.classifier, nn.Linear)  # timm's Linear subclass
+    x = torch.randn(2, 3, 32, 32)
+    q = bitswitch.quantize(model, bits=(8, 4), example_inputs=x)
+    assert q.bitswitch_config.full_precision == ("conv_stem", "classifier")  # was a conv in the head: the subclass was skipped
+    switchable = {n: m.source for n, m in q.named_modules() if isinstance(m, SwitchableBatchNorm)}
+    assert switchable and all(src.rsplit(".", 1)[0] == n.rsplit(".", 1)[0] for n, src in switchable.items())  # bn1 <- conv_dw etc.
+    bitswitch.calibrate(q, [x])
+    bitswitch.set_precision(q, 4)
+    assert q.eval()(x).shape == (2, 10)

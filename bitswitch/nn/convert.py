@@ -153,8 +153,9 @@ def quantize(
                          act_asymmetric, tuple(plan.weight_only), bns)
     convert(model, config)
     model.bitswitch_report = plan.rows
-    log.info("conversion (%d quantized, %d weight-only):\n%s", len(plan.quantized) - len(plan.weight_only), len(plan.weight_only),
-             format_table(["layer", "type", "action", "reason"], [[r["name"], r["type"], r["action"], r["reason"]] for r in plan.rows]))
+    if log.isEnabledFor(logging.INFO):
+        log.info("conversion (%d quantized, %d weight-only):\n%s", len(plan.quantized) - len(plan.weight_only), len(plan.weight_only),
+                 format_table(["layer", "type", "action", "reason"], [[r["name"], r["type"], r["action"], r["reason"]] for r in plan.rows]))
     return model
 
 
@@ -427,7 +428,7 @@ def calibrate(
         m.a_bits = None
         m.w_bits = m.weight_quant.bits[0] if m.is_integer else None
     _sync_batchnorms(model, layers)
-    hooks = [layers[n].register_forward_pre_hook(lambda _m, args, n=n: reservoirs[n].add(args[0])) for n in reservoirs]  # type: ignore[union-attr]
+    hooks = []
     seen = 0
     try:
         for i, batch in enumerate(batches):
@@ -435,7 +436,8 @@ def calibrate(
                 break
             inputs = _model_inputs(batch)
             if seen == 0:
-                _rebind_batchnorms(model, inputs)
+                _rebind_batchnorms(model, inputs)  # its own pass, before the reservoirs listen
+                hooks = [layers[n].register_forward_pre_hook(lambda _m, args, n=n: reservoirs[n].add(args[0])) for n in reservoirs]  # type: ignore[union-attr]
             run_model(model, inputs)
             seen += 1
     finally:
