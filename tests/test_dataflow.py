@@ -49,3 +49,23 @@ def test_inputs_as_tuple_or_keywords_and_the_mode_is_restored() -> None:
     assert model.training and model.bn.num_batches_tracked == 0  # ran in eval mode, no statistics touched
     with pytest.raises(ValueError, match="example inputs must be a tensor"):
         run_model(model, 3)
+
+
+def test_upstream_follows_functional_ops_and_source_walks_through_modules() -> None:
+    class PreAct(nn.Module):  # pre-activation residual block: the BatchNorm reads a residual sum
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.act = nn.ReLU()
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = x + self.conv(self.act(x))
+            return self.bn(x).flatten(1)
+
+    flow = record_dataflow(PreAct(), torch.randn(1, 3, 4, 4))
+    assert flow.producer["bn"] is None and flow.upstream["bn"] == "stem"  # x + conv(...): the first input's origin
+    assert flow.upstream["conv"] == "act" and flow.source("conv", lambda n: n.startswith(("stem", "conv"))) == "stem"
+    assert flow.source("stem", lambda n: True) is None  # model input

@@ -43,12 +43,15 @@ def is_batchnorm(module: nn.Module) -> bool:
 def batchnorm_sources(model: nn.Module, converted: set[str], flow=None) -> dict[str, str]:
     """BatchNorm name -> the converted layer whose output it normalises.
 
-    With a recorded :class:`~bitswitch.nn.dataflow.DataFlow`, the producer of the BatchNorm's input
-    in that forward pass. Without one, the closest convertible layer registered before it (right for
+    With a recorded :class:`~bitswitch.nn.dataflow.DataFlow`, the nearest layer upstream of the
+    BatchNorm's input in that forward pass (through activations, pooling and functional ops such
+    as a residual add; a BatchNorm after an FP32 layer stays plain). Without one, the closest convertible layer registered before it (right for
     models built the torchvision way; :func:`bitswitch.calibrate` checks it on real data).
     """
     from .layers import QuantLayer, quant_type
 
+    modules = dict(model.named_modules())
+    is_layer = lambda n: quant_type(modules[n]) is not None or isinstance(modules[n], QuantLayer)  # noqa: E731
     sources: dict[str, str] = {}
     last: str | None = None
     inner = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, SwitchableBatchNorm))
@@ -56,7 +59,7 @@ def batchnorm_sources(model: nn.Module, converted: set[str], flow=None) -> dict[
         if quant_type(m) is not None or isinstance(m, QuantLayer):
             last = name
         elif (is_batchnorm(m) or isinstance(m, SwitchableBatchNorm)) and not name.startswith(inner):
-            src = flow.producer.get(name) if flow is not None else last
+            src = flow.source(name, is_layer) if flow is not None else last
             if src in converted:
                 sources[name] = src  # type: ignore[assignment]
     return sources
