@@ -12,11 +12,11 @@ Typical use::
 
 from .cost import LayerCost, layer_costs, layer_table
 from .export.checkpoint import CheckpointError, load, save
-from .nn.convert import QuantConfig, calibrate, get_precision, quantize, quantized_layers, set_precision
+from .nn.convert import QuantConfig, calibrate, conversion_report, get_precision, quantize, quantized_layers, set_precision
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "LayerCost", "QuantConfig", "calibrate", "get_precision", "layer_costs",
+    "CheckpointError", "LayerCost", "QuantConfig", "calibrate", "conversion_report", "get_precision", "layer_costs",
     "layer_table", "load", "quantize", "quantized_layers", "save", "set_precision",
 ]

@@ -1,26 +1,27 @@
 """Cost model: parameters, MACs, model bytes and BOPs of quantized layers.
 
 MACs are counted from one forward pass on a dummy input (so any stride, padding, grouping or
-input size is handled by the layer itself): a convolution does ``out_elements · in_ch/groups · kh·kw``
-multiply-accumulates per image, a linear ``out_elements · in_features``.
+input size is handled by the layer itself): a convolution does ``out_elements · in_ch/groups · kernel``
+multiply-accumulates per image, a linear ``out_elements · in_features``, an embedding lookup none.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from .nn.layers import QuantLayer
+from .nn.layers import QuantLayer, quant_type
 from .table import format_table
 
 
 @dataclass(frozen=True)
 class LayerCost:
     name: str
-    kind: str  # "conv" | "depthwise" | "linear"
+    kind: str  # "conv" | "depthwise" | "linear" | "embedding"
     params: int  # weight elements (the quantized ones; bias excluded)
     bias: int
     macs: int  # per input sample
@@ -36,22 +37,33 @@ def _weight_numel(m: nn.Module) -> int:
     return int(m.weight_shape.numel()) if isinstance(m, QuantLayer) else int(m.weight.numel())  # type: ignore[union-attr]
 
 
+def _macs_per_output(m: nn.Module) -> int:
+    """Multiply-accumulates per output element (0 for an embedding lookup)."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return (m.in_channels // m.groups) * math.prod(m.kernel_size)
+    if isinstance(m, nn.Linear):
+        return m.in_features
+    if isinstance(m, nn.Embedding):
+        return 0
+    return int(m.weight.shape[0])  # transformers Conv1D: weight [in, out]
+
+
 @torch.no_grad()
 def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]:
-    """Every Conv2d/Linear of ``model`` (quantized or not) with its size and per-sample MACs.
+    """Every Conv1d/Conv2d/Linear/Embedding (and transformers Conv1D) of ``model``, quantized or not,
+    with its size and per-sample MACs (an embedding lookup has none).
 
     ``input_shape`` is the shape of one sample, without the batch dimension (e.g. ``(3, 32, 32)``).
     """
     macs: dict[str, int] = {}
     hooks = []
-    targets = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    targets = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer) or quant_type(m) is not None}
     if not targets:
-        raise ValueError("model has no Conv2d or Linear layer")
+        raise ValueError("model has no Conv1d, Conv2d, Linear or Embedding layer")
 
     def hook(name: str):
         def fn(m: nn.Module, args, out: torch.Tensor) -> None:
-            per_out = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
-            macs[name] = macs.get(name, 0) + int(out[0].numel()) * per_out
+            macs[name] = macs.get(name, 0) + int(out.numel()) * _macs_per_output(m)  # a batch of one, whatever the layout
 
         return fn
 
@@ -79,14 +91,14 @@ def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]
 
     out = []
     for name, m in targets.items():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.modules.conv._ConvNd):
             kind = "depthwise" if m.groups > 1 and m.groups == m.in_channels else "conv"
         else:
-            kind = "linear"
+            kind = "embedding" if isinstance(m, nn.Embedding) else "linear"
         q = isinstance(m, QuantLayer)
         out.append(
             LayerCost(
-                name, kind, _weight_numel(m), int(m.bias.numel()) if m.bias is not None else 0, macs.get(name, 0), q,
+                name, kind, _weight_numel(m), int(m.bias.numel()) if getattr(m, "bias", None) is not None else 0, macs.get(name, 0), q,
                 m.w_bits if q else None, m.a_bits if q else None,  # type: ignore[union-attr]
             )
         )
@@ -101,9 +113,9 @@ def _bits(c: LayerCost, config: Config | None) -> tuple[int, int]:
         return 32, 32
     if config is not None and c.name in config:
         return tuple(config[c.name])  # type: ignore[return-value]
-    if c.w_bits is None or c.a_bits is None:
+    if c.w_bits is None:
         return 32, 32
-    return c.w_bits, c.a_bits
+    return c.w_bits, 32 if c.a_bits is None else c.a_bits  # a weight-only layer reads FP32 inputs
 
 
 def model_bytes(costs: Sequence[LayerCost], config: Config | None = None, *, include_fp: bool = True) -> float:

@@ -109,6 +109,14 @@ def test_metadata_edits_break_the_digest(saved, tmp_path: Path) -> None:
     (None, lambda t: t["fc1.act_quant.signed_flag"].fill_(7), r"signed_flag: must be -1, 0 or 1"),
     (None, lambda t: t.update(extra_tensor=torch.zeros(2)), r"unexpected \['extra_tensor'\]"),
     (None, lambda t: t.update({"fc1.weight_int": t["fc1.weight_int"].to(torch.int16)}), r"tensor fc1.weight_int: the file declares I16"),
+    (lambda m: m.update(tied='{"fc2.weight_int": "fc2.weight_int"}'), None, r"metadata tied: must be an object"),
+    (lambda m: m.update(tied='{"a": "b", "b": "c"}'), None, r"metadata tied: 'b' is both an alias and a stored key"),
+    (lambda m: m.update(tied='{"fc2.bias": "fc1.bias"}'), None, r"metadata tied: does not match the model's tied tensors"),
+    (_edit_json("quant_config", lambda d: d.update(weight_only=["bn1"])), None, r"quant_config.weight_only: 'bn1' is not in"),
+    (_edit_json("quant_config", lambda d: d.update(batchnorms={"bn1": "bn2"})), None, r"quant_config.batchnorms: must be"),
+    (_edit_json("quant_config", lambda d: d.update(batchnorms={"fc3": "fc1"})), None, r"'fc3' is a QuantLinear|'fc3' is a Linear, not a BatchNorm"),
+    (_edit_json("quant_config", lambda d: d.update(quantized=d["quantized"] + ["bn1"])), None, r"'bn1' is a BatchNorm1d, which cannot be quantized"),
+    (_edit_json("quant_config", lambda d: d.update(weight_only=["fc2"])), None, r"metadata precision.fc2: \[8, 8\] does not fit a weight-only layer"),
 ])
 def test_resigned_edits_are_refused_naming_the_key(saved, tmp_path: Path, meta_edit, tensor_edit, match) -> None:
     path, _ = saved

@@ -6,6 +6,9 @@ Layout of a ``.safetensors`` file written by :func:`save`:
   an FP32 copy of a quantized weight;
 * ``<layer>.weight_quant.scale``, ``<layer>.act_quant.scales.<b>``, ``<layer>.act_quant.signed_flag``;
 * every other state-dict entry as is (full-precision layers, per-bit BatchNorms, biases);
+* entries that are one tensor in the model (a tied LM head and embedding: Parameters, or codes and
+  weight scale when both ends are quantized) stored once; the optional metadata ``tied`` maps each
+  alias key to the stored one, and :func:`load` checks it against the model's own ties;
 * metadata (strings): ``format="bitswitch"``, ``format_version``, ``quant_config`` (JSON of
   :class:`~bitswitch.nn.convert.QuantConfig`, which names the rounding mode), ``arch`` (JSON of the
   built-in architecture and its constructor arguments, or ``null``), ``precision`` (JSON of the
@@ -34,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn.convert import QuantConfig, get_precision, quantize, quantized_layers, set_precision
+from ..nn.convert import QuantConfig, convert, get_precision, quantized_layers, set_precision, to_integer
 from . import container
 from .atomic import atomic_write_bytes, atomic_write_json
 from .schema import FORMAT, CheckpointError, check_values, decode_metadata
@@ -43,14 +46,40 @@ FORMAT_VERSION = 1
 
 
 def integer_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with every shared-scale quantized weight replaced by its int codes."""
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    """The model's state dict with every shared-scale quantized weight replaced by its int codes.
+
+    Entries that are one tensor in the model (a tied head and embedding, Parameters or codes) are
+    one tensor object here too, so :func:`split_tied` can store them once.
+    """
+    state = dict(model.state_dict(keep_vars=True))
+    codes: dict[int, torch.Tensor] = {}
     for name, layer in quantized_layers(model).items():
         if not getattr(layer.weight_quant, "shared_scale", False):
             continue  # unshared variant: FP32 latent weights are its storage
         state.pop(f"{name}.weight", None)
-        state[f"{name}.weight_int"] = layer.integer_codes()
-    return {k: v.contiguous().clone() for k, v in state.items()}
+        state[f"{name}.weight_int"] = codes.setdefault(id(layer.weight_quant), layer.integer_codes())
+    copies: dict[int, torch.Tensor] = {}
+    return {k: copies.setdefault(id(v), v.detach().contiguous().clone()) for k, v in state.items()}
+
+
+def split_tied(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(unique tensors, {alias: primary})``: keys holding the very same tensor object are stored
+    once, under the first key; the others become aliases (the ``tied`` metadata)."""
+    first: dict[int, str] = {}
+    unique: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    for k, v in tensors.items():
+        if id(v) in first:
+            tied[k] = first[id(v)]
+        else:
+            first[id(v)] = k
+            unique[k] = v
+    return unique, tied
+
+
+def tied_keys(model: nn.Module) -> dict[str, str]:
+    """``{alias: primary}`` of the model's state-dict entries that are one Parameter or buffer."""
+    return split_tied(dict(model.state_dict(keep_vars=True)))[1]
 
 
 def read_tagged_json(path: str | os.PathLike, fmt: str, *, missing: str, wrong: str) -> dict[str, Any]:
@@ -85,7 +114,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | N
     }
     if config is None:
         metadata["storage"] = "float"
-    return container.write(path, integer_state_dict(model), metadata)
+    tensors, tied = split_tied(integer_state_dict(model))
+    if tied:
+        metadata["tied"] = json.dumps(tied)
+    return container.write(path, tensors, metadata)
 
 
 def _checked_header(path: Path) -> tuple[container.Header, dict[str, Any]]:
@@ -128,28 +160,25 @@ def _build_arch(arch: dict[str, Any], path: Path, limit: int | None = None) -> n
 
 
 def _convert(model: nn.Module, config: QuantConfig | None, path: Path) -> nn.Module:
-    """Quantize ``model`` as the checkpoint's config says, in integer form."""
+    """Quantize ``model`` as the checkpoint's config says (by name), in integer form."""
     if config is None:
         return model
     try:
-        model = quantize(
-            model, config.bits, act_bits=config.act_bits, storage_bits=config.storage_bits,
-            full_precision=list(config.full_precision), rounding=config.rounding, variant=config.variant,
-            switchable_bn=config.switchable_bn, inplace=True, act_asymmetric=config.act_asymmetric,
-        )
+        convert(model, config)
     except ValueError as e:
         raise CheckpointError(f"{path}: metadata quant_config: the model's layers do not match the checkpoint ({e})") from None
-    if tuple(model.bitswitch_config.quantized) != tuple(config.quantized):
-        raise CheckpointError(f"{path}: metadata quant_config.quantized: the model's quantized layers are {list(model.bitswitch_config.quantized)[:5]}...")
     if config.variant == "shared":
-        for layer in quantized_layers(model).values():
-            layer.to_integer()
+        to_integer(model)
     return model
 
 
 def _compare(model: nn.Module, header: container.Header, meta: dict[str, Any], path: Path) -> None:
     """Every tensor the header declares must be one the model has, with the same dtype and shape."""
-    expected = {k: (container.DTYPE_NAMES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in model.state_dict().items()}
+    tied = tied_keys(model)
+    if meta["tied"] != tied:
+        odd = sorted(set(meta["tied"].items()) ^ set(tied.items()))
+        raise CheckpointError(f"{path}: metadata tied: does not match the model's tied tensors (first difference: {odd[0]})")
+    expected = {k: (container.DTYPE_NAMES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in model.state_dict().items() if k not in tied}
     if meta["storage"] == "packed":
         from .compact import packed_entries
 
@@ -193,6 +222,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         from .compact import expand_packed
 
         tensors = expand_packed(tensors, meta, path)
+    tensors.update({alias: tensors[primary] for alias, primary in meta["tied"].items()})
     check_values(model, tensors, path)
     model.load_state_dict(tensors, strict=True)
     precision = meta["precision"]
@@ -200,6 +230,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     if sorted(precision) != layers:
         odd = sorted(set(precision) ^ set(layers))
         raise CheckpointError(f"{path}: metadata precision: must list every quantized layer exactly once; differs at {odd[:5]}")
+    qlayers = quantized_layers(model)
+    for name, (w, a) in precision.items():
+        if w is not None and (a is None) != qlayers[name].weight_only:
+            raise CheckpointError(f"{path}: metadata precision.{name}: {[w, a]} does not fit a {'weight-only' if qlayers[name].weight_only else 'weight+activation'} "
+                                  f"layer ([w_bits, null] for weight-only layers, [w_bits, a_bits] otherwise)")
     if config is not None:
         try:
             set_precision(model, {k: tuple(v) if v[0] is not None else None for k, v in precision.items()})
@@ -209,4 +244,4 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["save", "load", "read_checkpoint", "CheckpointError", "integer_state_dict", "atomic_write_bytes", "atomic_write_json", "read_tagged_json"]
+__all__ = ["save", "load", "read_checkpoint", "CheckpointError", "integer_state_dict", "split_tied", "tied_keys", "atomic_write_bytes", "atomic_write_json", "read_tagged_json"]

@@ -21,6 +21,7 @@ codes differ.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from ..nn.batchnorm import SwitchableBatchNorm
 from ..nn.convert import QuantConfig, get_precision, quantized_layers, set_precision
 from ..quant.grid import check_bit_list, int_range, requantize, storage_dtype
 from . import container
-from .checkpoint import integer_state_dict
+from .checkpoint import integer_state_dict, split_tied
 from .schema import FORMAT, CheckpointError
 
 STORAGE = "packed"
@@ -108,11 +109,13 @@ def save_compact(model: nn.Module, path: str | os.PathLike, keep: Sequence[int],
     if missing:
         raise ValueError(f"bit-widths {missing} are not in the model's list {list(config.bits)}")
     high, p = config.storage_bits, keep_t[0]
-    tensors = integer_state_dict(model)
+    tensors, tied = split_tied(integer_state_dict(model))
     layers = quantized_layers(model)
     packing: dict[str, dict[str, Any]] = {}
     before = after = 0
     for name in layers:
+        if f"{name}.weight_int" in tied:
+            continue  # tied to a layer packed under its own name
         codes_h = tensors.pop(f"{name}.weight_int")
         before += codes_h.numel() * codes_h.element_size()
         wp, ties = compact_codes(codes_h, high, keep_t, config.rounding)
@@ -133,9 +136,8 @@ def save_compact(model: nn.Module, path: str | os.PathLike, keep: Sequence[int],
                         del tensors[k]
     precision = {}
     for k, (w, a) in get_precision(model).items():
-        precision[k] = [w if w in keep_t else p, a if a is not None else config.act_bits[0]]
-    new_config = QuantConfig(keep_t, config.act_bits, config.storage_bits, config.rounding, config.variant,
-                             config.switchable_bn, config.full_precision, config.quantized)
+        precision[k] = [w if w in keep_t else p, None if layers[k].weight_only else a if a is not None else config.act_bits[0]]
+    new_config = dataclasses.replace(config, bits=keep_t, act_asymmetric=False)
     metadata = {
         "format": FORMAT, "format_version": str(FORMAT_VERSION), "storage": STORAGE,
         "quant_config": json.dumps(new_config.to_dict()),
@@ -144,6 +146,8 @@ def save_compact(model: nn.Module, path: str | os.PathLike, keep: Sequence[int],
         "extra": json.dumps(extra if extra is not None else getattr(model, "bitswitch_extra", {}) or {}),
         "packing": json.dumps({"exact": exact, "layers": packing}),
     }
+    if tied:
+        metadata["tied"] = json.dumps(tied)
     path = container.write(path, tensors, metadata)
     return {"path": str(path), "keep": list(keep_t), "packed_bits": p, "exact": exact,
             "weight_bytes_int": before, "weight_bytes_packed": after, "file_bytes": path.stat().st_size}

@@ -24,7 +24,7 @@ from ..quant.weight import WEIGHT_QUANTIZERS
 FORMAT = "bitswitch"
 VERSIONS = {"1": "int", "2": "packed"}  # format_version -> the storage it introduced
 REQUIRED = ("format", "format_version", "quant_config", "arch", "precision", "extra", "sha256")
-OPTIONAL = ("storage", "packing")
+OPTIONAL = ("storage", "packing", "tied")
 MAX_INPUT_ELEMENTS = 1 << 24  # one sample; a 4096x4096x1 image is the largest a command builds
 
 
@@ -85,6 +85,21 @@ def _check_quant_config(qc: Any, path: Any) -> None:
             raise _fail(path, f"quant_config.{key}", f"must be {valid}, got {qc[key]!r}")
     _names(qc.get("full_precision", []), path, "quant_config.full_precision")
     _names(qc["quantized"], path, "quant_config.quantized")
+    _names(qc.get("weight_only", []), path, "quant_config.weight_only")
+    outside = sorted(set(qc.get("weight_only", [])) - set(qc["quantized"]))
+    if outside:
+        raise _fail(path, "quant_config.weight_only", f"{outside[0]!r} is not in quant_config.quantized")
+    bns = qc.get("batchnorms", {})
+    if not isinstance(bns, dict) or not all(isinstance(v, str) and v in qc["quantized"] for v in bns.values()):
+        raise _fail(path, "quant_config.batchnorms", "must be an object {batchnorm: quantized layer it follows}")
+
+
+def _check_tied(tied: Any, path: Any) -> None:
+    if not isinstance(tied, dict) or not all(isinstance(k, str) and isinstance(v, str) and k != v for k, v in tied.items()):
+        raise _fail(path, "tied", f"must be an object {{alias key: stored key}}, got {tied!r}")
+    chained = sorted(set(tied) & set(tied.values()))
+    if chained:
+        raise _fail(path, "tied", f"{chained[0]!r} is both an alias and a stored key")
 
 
 def _json_value_ok(v: Any, depth: int = 0) -> bool:
@@ -119,9 +134,11 @@ def _check_precision(precision: Any, path: Any) -> None:
     if not isinstance(precision, dict):
         raise _fail(path, "precision", f"must be an object {{layer: [w_bits, a_bits]}}, got {type(precision).__name__}")
     for name, v in precision.items():
-        pair_ok = isinstance(v, list) and len(v) == 2 and (v == [None, None] or all(_is_int(b) and MIN_BITS <= b <= MAX_BITS for b in v))
+        pair_ok = isinstance(v, list) and len(v) == 2 and (v == [None, None] or (
+            all(_is_int(b) and MIN_BITS <= b <= MAX_BITS for b in v if b is not None) and v[0] is not None))
         if not pair_ok:
-            raise _fail(path, f"precision.{name}", f"must be [w_bits, a_bits] with bits in [{MIN_BITS}, {MAX_BITS}] or [null, null], got {v!r}")
+            raise _fail(path, f"precision.{name}", f"must be [w_bits, a_bits] with bits in [{MIN_BITS}, {MAX_BITS}], [w_bits, null] "
+                                                   f"(weight-only) or [null, null], got {v!r}")
 
 
 def _check_packing(packing: Any, path: Any) -> None:
@@ -152,7 +169,7 @@ def decode_metadata(meta: Mapping[str, str], path: Any) -> dict[str, Any]:
     if storage not in ("int", "packed", "float") or (storage == "packed") != (version == "2") or (storage == "packed") != ("packing" in meta):
         raise _fail(path, "storage", f"{storage!r} does not fit format_version {version!r} (1: 'int' or 'float'; 2: 'packed' with packing metadata)")
     decoded: dict[str, Any] = {"storage": storage}
-    for key in ("quant_config", "arch", "precision", "extra") + (("packing",) if "packing" in meta else ()):
+    for key in ("quant_config", "arch", "precision", "extra") + tuple(k for k in ("packing", "tied") if k in meta):
         try:
             decoded[key] = json.loads(meta[key], parse_constant=lambda c: _reject_constant(c, path, key))
         except (json.JSONDecodeError, RecursionError) as e:
@@ -166,6 +183,8 @@ def decode_metadata(meta: Mapping[str, str], path: Any) -> dict[str, Any]:
         raise _fail(path, "extra", f"must be an object, got {type(decoded['extra']).__name__}")
     if "packing" in decoded:
         _check_packing(decoded["packing"], path)
+    decoded.setdefault("tied", {})
+    _check_tied(decoded["tied"], path)
     return decoded
 
 

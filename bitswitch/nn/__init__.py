@@ -1,12 +1,14 @@
 """Quantized layers, switchable BatchNorm, model conversion and precision switching."""
 
 from .batchnorm import SwitchableBatchNorm
-from .convert import QuantConfig, calibrate, get_precision, quantize, quantized_layers, set_precision
-from .layers import QuantConv2d, QuantLayer, QuantLinear
+from .attention import QuantMultiheadAttention
+from .convert import QuantConfig, calibrate, conversion_report, get_precision, quantize, quantized_layers, set_precision, to_integer
+from .layers import QuantConv1d, QuantConv2d, QuantEmbedding, QuantLayer, QuantLinear
 from .recalibrate import recalibrate_bn
 from .transitional_bn import TransitionalBatchNorm, to_transitional
 
 __all__ = [
-    "QuantConfig", "QuantConv2d", "QuantLayer", "QuantLinear", "SwitchableBatchNorm", "TransitionalBatchNorm",
-    "calibrate", "get_precision", "quantize", "quantized_layers", "recalibrate_bn", "set_precision", "to_transitional",
+    "QuantConfig", "QuantConv1d", "QuantConv2d", "QuantEmbedding", "QuantLayer", "QuantLinear", "QuantMultiheadAttention",
+    "SwitchableBatchNorm", "TransitionalBatchNorm", "calibrate", "conversion_report", "get_precision", "quantize",
+    "quantized_layers", "recalibrate_bn", "set_precision", "to_integer", "to_transitional",
 ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import fnmatch
 import logging
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -20,20 +20,28 @@ from torch import nn
 
 from ..quant.grid import check_bit_list, check_bits, check_rounding
 from ..quant.ranges import ACT_INITS, WEIGHT_INITS
-from .batchnorm import SwitchableBatchNorm
-from .layers import QUANT_TYPES, QuantLayer
+from ..quant.weight import WEIGHT_QUANTIZERS
+from ..table import format_table
+from .attention import split_attention
+from .batchnorm import SwitchableBatchNorm, batchnorm_sources, bind_batchnorms
+from .dataflow import record_dataflow, run_model
+from .layers import QuantLayer, quant_type, to_quantized
+from .plan import SUPPORTED, FilterFn, make_plan
 
 log = logging.getLogger(__name__)
 
 Precision = Union[int, tuple[int, int], None]
 PrecisionSpec = Union[Precision, Mapping[str, Precision]]
 
-DEFAULT_FULL_PRECISION = "first_last"
-
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Everything needed to redo a conversion; stored in every checkpoint."""
+    """Everything needed to redo a conversion by name; stored in every checkpoint.
+
+    ``quantized`` lists every converted layer (weight-only ones included), ``weight_only`` the
+    subset whose inputs stay unquantized, ``full_precision`` the layers kept FP32 on purpose, and
+    ``batchnorms`` maps each switchable BatchNorm to the layer that feeds it.
+    """
 
     bits: tuple[int, ...]
     act_bits: tuple[int, ...]
@@ -44,6 +52,8 @@ class QuantConfig:
     full_precision: tuple[str, ...] = ()
     quantized: tuple[str, ...] = field(default=())
     act_asymmetric: bool = False
+    weight_only: tuple[str, ...] = ()
+    batchnorms: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -57,51 +67,46 @@ class QuantConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def _convertible(module: nn.Module) -> bool:
-    return type(module) in QUANT_TYPES
-
-
-def _resolve_full_precision(candidates: list[str], spec: str | Sequence[str] | None) -> tuple[str, ...]:
-    if spec is None or spec == DEFAULT_FULL_PRECISION:
-        return tuple(dict.fromkeys([candidates[0], candidates[-1]])) if candidates else ()
-    if isinstance(spec, str):
-        spec = [spec]
-    chosen: list[str] = []
-    for pattern in spec:
-        hits = [n for n in candidates if n == pattern or fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            raise ValueError(f"full_precision entry {pattern!r} matches no Conv2d/Linear layer; layers: {_short_list(candidates)}")
-        chosen.extend(hits)
-    return tuple(dict.fromkeys(chosen))
-
-
-def _short_list(names: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
 def quantize(
     model: nn.Module,
     bits: Sequence[int] = (8, 6, 4, 2),
     *,
     act_bits: Sequence[int] | None = None,
     storage_bits: int | None = None,
-    full_precision: str | Sequence[str] | None = DEFAULT_FULL_PRECISION,
+    full_precision: str | Sequence[str] = "auto",
+    filter_fn: FilterFn | None = None,
+    weight_only: Sequence[str] = (),
+    example_inputs: Any = None,
     rounding: str = "half_even",
     variant: str = "shared",
     switchable_bn: bool = True,
     inplace: bool = False,
     act_asymmetric: bool = False,
 ) -> nn.Module:
-    """Convert the Conv2d/Linear layers of ``model`` into bit-switchable quantized layers.
+    """Convert the layers of ``model`` into bit-switchable quantized layers.
+
+    Converted: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and their subclasses, Hugging Face
+    ``Conv1D``, the four projections of every ``nn.MultiheadAttention`` (rebuilt as
+    :class:`~bitswitch.nn.attention.QuantMultiheadAttention`), and ``nn.Embedding`` weight-only
+    when ``weight_only`` names it. :func:`conversion_report` says what happened to every layer; the
+    same table is logged.
 
     Args:
         bits: weight bit-widths the model can switch between (any order; stored highest first).
         act_bits: activation bit-widths (default: the same as ``bits``).
         storage_bits: precision ``h`` of the stored integer codes (default: ``max(bits)``).
-        full_precision: layers kept in FP32, by exact name or ``fnmatch`` pattern. The default
-            ``"first_last"`` keeps the first and the last Conv2d/Linear (as in the paper); pass
-            ``()`` to quantize every layer.
+        full_precision: layers kept in FP32. ``"auto"``: for a model with an ``nn.Embedding``
+            (a transformer) the embeddings and the head (the last layer, and any layer whose weight
+            is tied to an embedding); otherwise the first and the last layer, in call order when
+            ``example_inputs`` are given. ``"first_last"``: the first and last layer. Or exact
+            names / ``fnmatch`` patterns; ``()`` quantizes every layer.
+        filter_fn: ``filter_fn(module, name) -> bool``; layers it refuses stay float. Asking for a
+            weight-bearing module bitswitch cannot quantize is a ``ValueError``.
+        weight_only: names/patterns of layers whose weights are quantized but inputs are not
+            (embeddings, or a Linear); they override the ``"auto"`` choice.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs; one
+            forward pass records which layer feeds each BatchNorm (and the call order). Without
+            them, a BatchNorm follows the layer registered before it, and :func:`calibrate` checks.
         rounding: second-rounding mode (``half_even``, ``half_up`` = hardware shift, ``floor``).
         variant: ``"shared"`` (Double Rounding) or ``"unshared"`` (per-bit scales, FP32 storage).
         switchable_bn: give every BatchNorm fed by a quantized layer one copy per bit-width.
@@ -119,40 +124,98 @@ def quantize(
     if wbits[0] > h:
         raise ValueError(f"bits {list(wbits)} contain a bit-width above the storage precision storage_bits={h}")
     check_rounding(rounding)
+    if variant not in WEIGHT_QUANTIZERS:
+        raise ValueError(f"unknown weight quantizer variant {variant!r}; valid: {', '.join(WEIGHT_QUANTIZERS)}")
+    if full_precision is None or (not isinstance(full_precision, str) and not isinstance(full_precision, Sequence)):
+        raise ValueError(f"full_precision must be 'auto', 'first_last' or a list of layer names/patterns, got {full_precision!r}")
+    if isinstance(weight_only, str):
+        weight_only = [weight_only]
     if not inplace:
         model = copy.deepcopy(model)
 
-    modules = list(model.named_modules())
-    candidates = [n for n, m in modules if _convertible(m)]
-    if not candidates:
-        raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
-    fp = _resolve_full_precision(candidates, full_precision)
-    quantized = [n for n in candidates if n not in fp]
-    if not quantized:
-        raise ValueError(f"every Conv2d/Linear layer is kept in full precision ({_short_list(list(fp))}); nothing to quantize")
-
-    # Each BatchNorm is tied to the closest preceding Conv2d/Linear in registration order: the layer
-    # whose output it normalises in every architecture built the torchvision way.
-    bn_source: dict[str, str | None] = {}
-    last: str | None = None
-    for name, m in modules:
-        if _convertible(m):
-            last = name
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            bn_source[name] = last
-
-    for name in quantized:
-        float_layer = model.get_submodule(name)
-        qtype = QUANT_TYPES[type(float_layer)]
-        model.set_submodule(name, qtype.from_float(float_layer, wbits, abits, h, rounding, variant, act_asymmetric))  # type: ignore[attr-defined]
-    if switchable_bn:
-        for name, src in bn_source.items():
-            if src is not None and src in quantized:
-                model.set_submodule(name, SwitchableBatchNorm(model.get_submodule(name), wbits, source=src))
-
-    model.bitswitch_config = QuantConfig(wbits, abits, h, rounding, variant, switchable_bn, fp, tuple(quantized), act_asymmetric)
-    log.info("quantized %d layers (%s), kept %d in full precision (%s)", len(quantized), _short_list(quantized, 4), len(fp), ", ".join(fp))
+    # Plan on a view with every MultiheadAttention split into its projections, then put them back:
+    # convert() splits exactly those whose projections are quantized, and a refused plan changes nothing.
+    split = split_attention(model)
+    try:
+        flow = record_dataflow(model, example_inputs) if example_inputs is not None else None
+        plan = make_plan(model, full_precision, weight_only, filter_fn, flow)
+        bns = batchnorm_sources(model, set(plan.quantized), flow) if switchable_bn else {}
+    finally:
+        for name, mha in split.items():
+            model.set_submodule(name, mha)
+    skipped = [r for r in plan.skipped() if r["reason"] != "filter_fn returned False"]
+    if skipped:
+        warnings.warn("weight-bearing modules left in float: " + "; ".join(f"{r['name']} ({r['type']}: {r['reason']})" for r in skipped),
+                      stacklevel=2)
+    if not plan.quantized:
+        raise ValueError(f"nothing to quantize: {_short_list([r['name'] + ' ' + r['action'] for r in plan.rows])}")
+    config = QuantConfig(wbits, abits, h, rounding, variant, switchable_bn, tuple(plan.full_precision), tuple(plan.quantized),
+                         act_asymmetric, tuple(plan.weight_only), bns)
+    convert(model, config)
+    model.bitswitch_report = plan.rows
+    if log.isEnabledFor(logging.INFO):
+        log.info("conversion (%d quantized, %d weight-only):\n%s", len(plan.quantized) - len(plan.weight_only), len(plan.weight_only),
+                 format_table(["layer", "type", "action", "reason"], [[r["name"], r["type"], r["action"], r["reason"]] for r in plan.rows]))
     return model
+
+
+def convert(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Apply a :class:`QuantConfig` by name, in place: what :func:`quantize` decided, or what a
+    checkpoint says (loading never re-runs a filter). Layers that share one weight Parameter (a tied
+    head and embedding) share one weight quantizer: one set of codes."""
+    quantized = set(config.quantized)
+    attention = {n.rsplit(".", 1)[0] for n in quantized if "." in n and n.rsplit(".", 1)[1] in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    split_attention(model, sorted(attention))
+    by_weight: dict[int, QuantLayer] = {}
+    for name in config.quantized:
+        try:
+            float_layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the model has no layer {name!r}") from None
+        if quant_type(float_layer) is None:
+            raise ValueError(f"layer {name!r} is a {type(float_layer).__name__}, which cannot be quantized; supported: {SUPPORTED}")
+        q = to_quantized(float_layer, config.bits, config.act_bits, config.storage_bits, config.rounding, config.variant,
+                         config.act_asymmetric, name in config.weight_only)
+        first = by_weight.setdefault(id(q.weight), q)
+        if first is not q:
+            q.weight_quant = first.weight_quant
+        model.set_submodule(name, q)
+    for name, src in config.batchnorms.items():
+        if src not in quantized:
+            raise ValueError(f"BatchNorm {name!r} follows {src!r}, which is not a quantized layer")
+        try:
+            bn = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the model has no BatchNorm {name!r}") from None
+        if not isinstance(bn, (nn.modules.batchnorm._BatchNorm, SwitchableBatchNorm)):
+            raise ValueError(f"{name!r} is a {type(bn).__name__}, not a BatchNorm")
+    bind_batchnorms(model, dict(config.batchnorms), config.bits)
+    model.bitswitch_config = config
+    return model
+
+
+def to_integer(model: nn.Module) -> nn.Module:
+    """Every quantized layer in integer form (:meth:`QuantLayer.to_integer`), tied layers sharing one codes buffer."""
+    codes: dict[int, torch.Tensor] = {}
+    for layer in quantized_layers(model).values():
+        key = id(layer.weight_quant)
+        layer.to_integer(codes.get(key))
+        codes.setdefault(key, layer.weight_int)
+    return model
+
+
+def conversion_report(model: nn.Module) -> list[dict[str, str]]:
+    """What :func:`quantize` did with every weight-bearing module: rows of ``name``, ``type``,
+    ``action`` (``quantized``, ``weight-only``, ``fp32`` or ``skipped``) and ``reason``."""
+    rows = getattr(model, "bitswitch_report", None)
+    if rows is None:
+        raise ValueError("model was not converted by bitswitch.quantize in this session (a loaded model has no report)")
+    return [dict(r) for r in rows]
+
+
+def _short_list(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -174,8 +237,11 @@ def _parse_precision(value: Precision, where: str) -> tuple[int | None, int | No
         raise ValueError(f"{where}: precision must be an int, a (weight_bits, act_bits) pair or None, got {value!r}")
     if isinstance(value, int):
         return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return int(value[0]), int(value[1])
+    if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], int) and not isinstance(value[0], bool):
+        if value[1] is None:  # (w, None): weight-only layers
+            return int(value[0]), None
+        if isinstance(value[1], int) and not isinstance(value[1], bool):
+            return int(value[0]), int(value[1])
     raise ValueError(f"{where}: precision must be an int, a (weight_bits, act_bits) pair or None, got {value!r}")
 
 
@@ -185,7 +251,7 @@ def set_precision(model: nn.Module, spec: PrecisionSpec) -> None:
     ``spec`` is one of:
 
     * an int ``b``: every quantized layer to W``b``A``b``;
-    * a pair ``(w, a)``: every layer to W``w``A``a``;
+    * a pair ``(w, a)``: every layer to W``w``A``a`` (weight-only layers take ``w`` and keep FP inputs);
     * ``None``: full precision (latent FP32 weights; not possible after :meth:`to_integer`);
     * a mapping ``{layer_name: b or (w, a) or None}``: those layers only (mixed precision); the
       others keep their current precision.
@@ -211,8 +277,13 @@ def set_precision(model: nn.Module, spec: PrecisionSpec) -> None:
 
     for name, (w, a) in plan.items():
         layer = layers[name]
+        if layer.weight_only and w is not None:  # inputs stay unquantized whatever the spec says for activations
+            a = None
+            plan[name] = (w, a)
         try:
-            if w is None or a is None:
+            if layer.weight_only and w is not None:
+                layer.weight_quant.check(w)
+            elif w is None or a is None:
                 if (w is None) != (a is None):
                     raise ValueError("weight and activation must both be None (full precision) or both set")
                 if layer.is_integer:
@@ -290,6 +361,32 @@ class Reservoir:
         return torch.cat(self.chunks)
 
 
+def _model_inputs(batch: Any) -> Any:
+    """What the model is called with for one calibration batch: a mapping as keyword arguments (a
+    tokenizer's output), otherwise the input tensor of a tensor or ``(inputs, labels)`` batch."""
+    inputs = dict(batch) if isinstance(batch, Mapping) else first_tensor(batch)
+    for t in inputs.values() if isinstance(inputs, dict) else [inputs]:
+        if isinstance(t, torch.Tensor) and t.numel() == 0:
+            raise ValueError("calibration batch is empty")
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError("calibration inputs contain NaN or Inf")
+    return inputs
+
+
+def _rebind_batchnorms(model: nn.Module, inputs: Any) -> None:
+    """Check which layer really feeds each BatchNorm on one batch and fix the bindings (a model
+    quantized without ``example_inputs`` may have followed registration order)."""
+    config: QuantConfig | None = getattr(model, "bitswitch_config", None)
+    if config is None or not config.switchable_bn or not any(isinstance(m, (nn.modules.batchnorm._BatchNorm, SwitchableBatchNorm)) for m in model.modules()):
+        return
+    sources = batchnorm_sources(model, set(quantized_layers(model)), record_dataflow(model, inputs))
+    if sources == config.batchnorms:
+        return
+    changes = bind_batchnorms(model, sources, config.bits)
+    model.bitswitch_config = dataclasses.replace(config, batchnorms=sources)
+    log.info("BatchNorm bindings corrected from the data flow: %s", "; ".join(changes))
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module,
@@ -303,12 +400,15 @@ def calibrate(
 ) -> dict[str, dict[str, Any]]:
     """Initialise every quantizer scale from the weights and from data.
 
-    Runs ``batches`` (tensors or ``(inputs, labels)`` pairs; at most ``num_batches`` of them) through
-    the model in full precision and eval mode, collecting a random sample of each quantized layer's
+    Runs ``batches`` (tensors, ``(inputs, labels)`` pairs or mappings of keyword inputs; at most
+    ``num_batches`` of them) through the model in full precision and eval mode, collecting a random sample of each quantized layer's
     input. Weight scales come from the weights (``weight_init``: ``mse`` searches the scale that
     minimises the error over all bit-widths, ``std3`` is the paper's 3-sigma rule, ``max`` never
     clips); each activation bit-width gets its own scale (``act_init``: ``mse``, ``lsq`` or ``max``),
     and the grid is unsigned when every calibration value was non-negative.
+
+    The first batch also checks, from the data flow, which layer feeds each BatchNorm and corrects
+    the switchable BatchNorms (:func:`~bitswitch.nn.batchnorm.bind_batchnorms`).
 
     Returns per-layer statistics (sign, sample size, chosen scales) for logging.
     """
@@ -318,7 +418,7 @@ def calibrate(
         raise ValueError(f"unknown act_init {act_init!r}; valid: {', '.join(ACT_INITS)}")
     layers = _require_quantized(model)
     gen = torch.Generator().manual_seed(seed)
-    reservoirs = {name: Reservoir(sample_size, gen) for name in layers}
+    reservoirs = {name: Reservoir(sample_size, gen) for name, m in layers.items() if not m.weight_only}
     previous = get_precision(model)
     integer = any(m.is_integer for m in layers.values())
     was_training = model.training
@@ -328,15 +428,17 @@ def calibrate(
         m.a_bits = None
         m.w_bits = m.weight_quant.bits[0] if m.is_integer else None
     _sync_batchnorms(model, layers)
-    hooks = [m.register_forward_pre_hook(lambda _m, args, n=name: reservoirs[n].add(args[0])) for name, m in layers.items()]  # type: ignore[union-attr]
+    hooks = []
     seen = 0
     try:
-        for x in iter_inputs(batches, num_batches):
-            if x.numel() == 0:
-                raise ValueError("calibration batch is empty")
-            if x.is_floating_point() and not torch.isfinite(x).all():
-                raise ValueError("calibration inputs contain NaN or Inf")
-            model(x)
+        for i, batch in enumerate(batches):
+            if num_batches is not None and i >= num_batches:
+                break
+            inputs = _model_inputs(batch)
+            if seen == 0:
+                _rebind_batchnorms(model, inputs)  # its own pass, before the reservoirs listen
+                hooks = [layers[n].register_forward_pre_hook(lambda _m, args, n=n: reservoirs[n].add(args[0])) for n in reservoirs]  # type: ignore[union-attr]
+            run_model(model, inputs)
             seen += 1
     finally:
         for h in hooks:
@@ -350,11 +452,14 @@ def calibrate(
 
     report: dict[str, dict[str, Any]] = {}
     for name, m in layers.items():
+        if not integer:
+            m.weight_quant.init_scale(m.weight, weight_init)
+        if m.weight_only:
+            report[name] = {"weight_only": True}
+            continue
         res = reservoirs[name]
         if res.count == 0:
             raise ValueError(f"layer {name!r} was never called during calibration; is it used in forward()?")
-        if not integer:
-            m.weight_quant.init_scale(m.weight, weight_init)
         m.act_quant.init_scales(res.sample(), act_init, signed=res.negative)
         report[name] = {
             "signed": res.negative,
@@ -365,4 +470,4 @@ def calibrate(
     return report
 
 
-__all__ = ["QuantConfig", "quantize", "set_precision", "get_precision", "calibrate", "quantized_layers"]
+__all__ = ["QuantConfig", "calibrate", "conversion_report", "convert", "get_precision", "quantize", "quantized_layers", "set_precision", "to_integer"]

@@ -10,12 +10,13 @@ folding pairs, quantizer groups) and cost counting.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 def run_model(model: nn.Module, inputs: Any) -> Any:
@@ -62,17 +63,62 @@ class DataFlow:
     producer: dict[str, str | None] = field(default_factory=dict)
     input_id: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    #: module -> the nearest module upstream of its first tensor input, following functional ops
+    #: (``x + y``, ``F.relu``, ``.view``: an op's output comes from its first input that has an origin)
+    upstream: dict[str, str | None] = field(default_factory=dict)
 
     def consumers(self, name: str) -> list[str]:
         """Modules whose input is ``name``'s output, in call order."""
         return [m for m in self.order if self.producer.get(m) == name]
+
+    def source(self, name: str, stop: Callable[[str], bool]) -> str | None:
+        """The first module upstream of ``name`` (through functional ops and other modules such as
+        activations or pooling) for which ``stop`` is true; None when the input traces back to a
+        model input first. A pre-activation BatchNorm after a residual add finds the conv before it."""
+        seen: set[str] = set()
+        cur = self.upstream.get(name)
+        while cur is not None and cur not in seen:
+            if stop(cur):
+                return cur
+            seen.add(cur)
+            cur = self.upstream.get(cur)
+        return None
+
+
+class _FollowOps(TorchFunctionMode):
+    """Gives the output of every torch function the origin of its first input that has one."""
+
+    def __init__(self, made_by: dict[int, str], derived: dict[int, str], alive: list[torch.Tensor]):
+        super().__init__()
+        self.made_by, self.derived, self.alive = made_by, derived, alive
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        src = next((o for t in _tensors((args, kwargs)) if (o := self.made_by.get(id(t)) or self.derived.get(id(t)))), None)
+        if src is not None:
+            for t in _tensors(out):
+                if id(t) not in self.made_by and id(t) not in self.derived:
+                    self.alive.append(t)
+                    self.derived[id(t)] = src
+        return out
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
 @torch.no_grad()
 def record_dataflow(model: nn.Module, inputs: Any) -> DataFlow:
     """Run ``model`` once on ``inputs`` (eval mode, no grad) and record its module data flow."""
     flow = DataFlow()
-    made_by: dict[int, str] = {}
+    made_by: dict[int, str] = {}  # tensor id -> the (innermost) module that returned it
+    derived: dict[int, str] = {}  # tensor id -> the module a functional op's input came from
     alive: list[torch.Tensor] = []  # keeps every seen tensor alive so ids stay unique during the pass
 
     def pre_hook(name: str, args: tuple, kwargs: dict) -> None:
@@ -82,11 +128,12 @@ def record_dataflow(model: nn.Module, inputs: Any) -> DataFlow:
         flow.order.append(name)
         x = _first_tensor(args) if args else _first_tensor(kwargs)
         if x is None:
-            flow.producer[name] = None
+            flow.producer[name] = flow.upstream[name] = None
             return
         alive.append(x)
         flow.input_id[name] = id(x)
         flow.producer[name] = made_by.get(id(x))
+        flow.upstream[name] = made_by.get(id(x)) or derived.get(id(x))
 
     def post_hook(name: str, output: Any) -> None:
         y = _first_tensor(output)
@@ -103,7 +150,8 @@ def record_dataflow(model: nn.Module, inputs: Any) -> DataFlow:
     was_training = model.training
     model.eval()
     try:
-        run_model(model, inputs)
+        with _FollowOps(made_by, derived, alive):
+            run_model(model, inputs)
     finally:
         for h in handles:
             h.remove()

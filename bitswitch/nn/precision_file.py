@@ -3,7 +3,7 @@
 Format::
 
     {"format": "bitswitch-precision", "version": 1,
-     "layers": {"layer1.0.conv1": [4, 8], ...},   # [weight_bits, act_bits]
+     "layers": {"layer1.0.conv1": [4, 8], ...},   # [weight_bits, act_bits]; act_bits null for weight-only layers
      ...any extra keys (budget, objective, accuracy) are kept and ignored...}
 """
 
@@ -22,8 +22,8 @@ from .convert import quantized_layers, set_precision
 FORMAT = "bitswitch-precision"
 
 
-def write_precision_file(path: str | os.PathLike, layers: Mapping[str, tuple[int, int]], **extra: Any) -> Path:
-    doc = {"format": FORMAT, "version": 1, "layers": {k: [int(v[0]), int(v[1])] for k, v in layers.items()}, **extra}
+def write_precision_file(path: str | os.PathLike, layers: Mapping[str, tuple[int, int | None]], **extra: Any) -> Path:
+    doc = {"format": FORMAT, "version": 1, "layers": {k: [int(v[0]), None if v[1] is None else int(v[1])] for k, v in layers.items()}, **extra}
     return atomic_write_json(path, doc)
 
 
@@ -50,7 +50,7 @@ def read_precision_file(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
     )
     out = {}
     for name, v in doc["layers"].items():
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(b, int) for b in v)):
-            raise ValueError(f"{path}: layer {name!r} must map to [weight_bits, act_bits], got {v!r}")
+        if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and (v[1] is None or isinstance(v[1], int))):
+            raise ValueError(f"{path}: layer {name!r} must map to [weight_bits, act_bits] ([weight_bits, null] for weight-only layers), got {v!r}")
         out[name] = (v[0], v[1])
     return out
