@@ -73,9 +73,9 @@ def cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_sched
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/fashion_mnist")
-    p.add_argument("--train-subset", type=int, default=20000, help="training images used (0 = all 60,000)")
-    p.add_argument("--fp32-epochs", type=int, default=4)
-    p.add_argument("--joint-epochs", type=int, default=2)
+    p.add_argument("--train-subset", type=int, default=10000, help="training images used (0 = all 60,000)")
+    p.add_argument("--fp32-epochs", type=int, default=3)
+    p.add_argument("--joint-epochs", type=int, default=1)
     p.add_argument("--bits", default="8,6,4,2")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)

@@ -38,7 +38,7 @@ FORCE_THREADS_ENV = "BITSWITCH_FORCE_THREADS"
 
 #: Keys that may differ between an interrupted run and its resume: they change how the run is
 #: displayed or where it runs, never what it computes.
-RESUME_FREE_KEYS = ("progress", "device", "num_threads", "log_every", "compile_kernels")
+RESUME_FREE_KEYS = ("progress", "device", "num_threads", "log_every", "compile_kernels", "compile")
 
 
 @dataclass
@@ -102,6 +102,7 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bars (also off when stdout is not a terminal)
     log_every: int = 0  # also log the running loss every N iterations (0 = only per epoch)
     compile_kernels: bool = False  # torch.compile the activation-quantizer kernels (faster QAT on CPU after ~20 s of compilation)
+    compile: bool = False  # torch.compile the whole model for the training steps (one compilation per bit-width; not with hasb)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -128,6 +129,10 @@ class TrainConfig:
                 raise ValueError(f"mode 'fixed' trains one bit-width per model; got bits={self.bits} (use mode 'joint', or one run per bit-width)")
             if self.distill != "none" and len(self.bits) < 2:
                 raise ValueError(f"distill={self.distill!r} needs at least two bit-widths, got bits={self.bits}")
+        if self.compile and self.mode == "hasb":
+            raise ValueError("compile=true does not suit mode 'hasb': every step draws new per-layer bit-widths, each one a recompilation")
+        if self.compile and self.compile_kernels:
+            raise ValueError("compile and compile_kernels are both set: choose one (compile=true compiles the kernels with the whole model)")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1) so checkpoints are chosen on held-out training data, got {self.val_fraction}")
         for name in ("epochs", "batch_size", "eval_batch_size", "calib_batches"):

@@ -174,6 +174,8 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
         return schedule_factor(step, total, warmup, cfg.min_lr_ratio)
 
     plan_at = hasb_planner(cfg, model, steps_per_epoch)
+    # the steps run the compiled wrapper; evaluation, checkpoints and state use the model itself (same parameters)
+    step_model = torch.compile(model) if cfg.compile else model  # one graph per bit-width
     bits = None if cfg.mode == "fp32" else list(cfg.bits)
     history: list[dict[str, Any]] = list(info["history"])
     if dist.master:
@@ -194,7 +196,7 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
         train_loader.set_epoch(epoch)
         t_epoch = time.perf_counter()
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
-        losses, timer, step = train_epoch(model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar)
+        losses, timer, step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar)
         bar.close()
         train_time = time.perf_counter() - t_epoch
         ddp.average_buffers(model, dist)
