@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data import TensorLoader
 from ..export.checkpoint import atomic_write_bytes, save
+from ..models.factory import is_factory
 from ..nn.convert import calibrate, quantized_layers, set_precision
 from . import ddp
 from .config import TrainConfig
@@ -141,7 +142,7 @@ def build_run_model(cfg: TrainConfig, data: Data, *, resume: bool) -> nn.Module:
     model = build_float_model(cfg, data)  # for hasb too: it checks the model fits the data, and seeded runs depend on its draws
     check_model_fits_data(model, data.input_shape, data.num_classes, f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs} on dataset {data.key!r}")
     if cfg.mode == "hasb":
-        return latent_from_checkpoint(cfg.init_from)
+        return latent_from_checkpoint(cfg.init_from, model if is_factory(cfg.model) else None)
     if cfg.init_from and not resume:
         load_fp32_weights(model, cfg.init_from)
     if cfg.mode == "fp32":
