@@ -11,7 +11,8 @@ single-process references run in this process:
   one; every process ends with the same buffers;
 * the BatchNorm CNN interrupted after one epoch and resumed under DDP, bit-exact against an
   uninterrupted DDP run;
-* HASB from a joint checkpoint: every process trains the same mixed configurations at every step.
+* HASB from a joint checkpoint: every process trains the same mixed configurations at every step;
+* the public ``joint_step`` in a user's loop on a ``DistributedDataParallel`` model, against 1 process.
 """
 
 from __future__ import annotations
@@ -67,18 +68,46 @@ SCRIPT = textwrap.dedent(
     root, only = Path(sys.argv[1]), sys.argv[2:]
     rank = os.environ.get("RANK", "0")
 
+    def init_group(key):
+        if "RANK" in os.environ:  # a fresh key prefix per run: a re-created default group would read the last one's keys
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+            dist.init_process_group("gloo", store=dist.PrefixStore(key, store), rank=int(rank), world_size=int(os.environ["WORLD_SIZE"]))
+
     def run(name, resume=False, stop_after=None, **kw):
         cfg = TrainConfig(out_dir=str(root / name), **COMMON, **kw)
         SEEN.clear()
-        if "RANK" in os.environ:  # a fresh key prefix per run: a re-created default group would read the last one's keys
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
-            dist.init_process_group("gloo", store=dist.PrefixStore(f"{name}-{resume}", store), rank=int(rank),
-                                    world_size=int(os.environ["WORLD_SIZE"]))
+        init_group(f"{name}-{resume}")
         result = train(cfg, resume=resume, stop_after=stop_after)
         torch.save(result.model.state_dict(), root / name / f"rank{rank}.pt")
         (root / name / f"seen{rank}.json").write_text(json.dumps(SEEN))
 
+    def user_loop(name):
+        # the public API in a user's loop: joint_step on a DistributedDataParallel model, each rank on its rows
+        import bitswitch
+        import torch.nn.functional as F
+        from torch.nn.parallel import DistributedDataParallel
+        from bitswitch.train import alrs_param_groups, joint_step
+
+        torch.manual_seed(0)
+        q = bitswitch.quantize(Net(), (8, 4, 2))
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g)
+        bitswitch.calibrate(q, [x[:64]])
+        opt = torch.optim.Adam(alrs_param_groups(q, 3e-3))
+        model, r, w = q, 0, 1
+        if "RANK" in os.environ:
+            init_group(name)
+            r, w = dist.get_rank(), dist.get_world_size()
+            model = DistributedDataParallel(q, find_unused_parameters=True)  # each bit-width leaves the others' scales unused
+        for i in range(0, 256, 64):
+            joint_step(model, (x[i : i + 64][r::w], y[i : i + 64][r::w]), lambda out, b: F.cross_entropy(out, b[1]), opt, distill=True)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        torch.save(q.state_dict(), root / name / f"rank{rank}.pt")
+        if "RANK" in os.environ:
+            dist.destroy_process_group()
+
     CASES = {
+        "api": lambda: user_loop("api"),
         "mlp": lambda: run("mlp", mode="joint", bits=[8, 4, 2], model="ddp_test_mlp", train_subset=600, epochs=1),
         # 72 images: 65 for training (one step of 64), 7 for validation
         "bn_step": lambda: run("bn_step", mode="fixed", bits=[8], model="digits_cnn", train_subset=72, epochs=1),
@@ -126,7 +155,7 @@ def runs(tmp_path_factory):
     multi.mkdir()
     script = root / "ddp_train.py"
     script.write_text(SCRIPT)
-    _in_process(script, str(single), "mlp", "bn_step", "joint")
+    _in_process(script, str(single), "api", "mlp", "bn_step", "joint")
     # HASB continues a joint run: a one-step joint run's checkpoint and its Hessian traces
     joint = bitswitch.load(single / "joint" / "best.safetensors")
     (multi / "joint.safetensors").write_bytes((single / "joint" / "best.safetensors").read_bytes())
@@ -170,6 +199,21 @@ def test_two_gloo_processes_match_one(runs):
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     assert one["model.net.3.weight"].abs().sum() > 0
     _same_on_every_rank(multi / "mlp")
+
+
+@pytest.mark.slow
+def test_joint_step_in_a_user_loop_under_distributed_data_parallel(runs):
+    """``joint_step`` on a ``DistributedDataParallel`` model, 2 processes on half batches each, against
+    1 process on the whole batches: DDP averages each bit-width's gradients before its step. The
+    activation scales' LSQ gradient counts the local batch (sqrt(2) larger per process); Adam's
+    normalised update absorbs that scale, so everything agrees to float summation order."""
+    single, multi = runs
+    one = torch.load(single / "api" / "rank0.pt", weights_only=True)
+    two = _ranks(multi / "api")
+    assert one.keys() == two[0].keys() and any(".scales." in k for k in one)
+    for k in one:
+        assert torch.equal(two[0][k], two[1][k]), k
+        torch.testing.assert_close(two[0][k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.slow

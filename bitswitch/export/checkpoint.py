@@ -210,6 +210,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     if model is None:
         if not meta["arch"]:
             raise CheckpointError(f"{path}: the checkpoint holds a custom architecture; pass the FP32 model: bitswitch.load(path, model=...)")
+        if "factory" in meta["arch"]:  # importing it would run the user's code: only on their request
+            spec, kwargs = meta["arch"]["factory"], meta["arch"].get("kwargs", {})
+            raise CheckpointError(f"{path}: the checkpoint was trained from the model factory {spec!r}; build the FP32 model and pass it: "
+                                  f"bitswitch.load(path, model=bitswitch.models.build({spec!r}, **{kwargs!r})) (this imports and runs {spec.partition(':')[0]!r})")
         # a bound on the modules a file of this many tensors can describe (a BatchNorm has 5, a ReLU 0)
         with torch.device("meta"):
             skeleton = _convert(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), config, path)

@@ -117,10 +117,14 @@ def _check_arch(arch: Any, path: Any) -> None:
     if arch is None:
         return
     from ..models import available
+    from ..models.factory import FACTORY_PATTERN
 
-    if not isinstance(arch, dict) or set(arch) - {"name", "kwargs"} or not isinstance(arch.get("name"), str):
-        raise _fail(path, "arch", f"must be {{\"name\": str, \"kwargs\": {{...}}}} or null, got {arch!r}")
-    if arch["name"] not in available():
+    if isinstance(arch, dict) and "factory" in arch:  # a user's package.module:factory (never imported here)
+        if set(arch) - {"factory", "kwargs"} or not isinstance(arch["factory"], str) or not FACTORY_PATTERN.fullmatch(arch["factory"]):
+            raise _fail(path, "arch", f"must be {{\"factory\": \"package.module:callable\", \"kwargs\": {{...}}}}, got {arch!r}")
+    elif not isinstance(arch, dict) or set(arch) - {"name", "kwargs"} or not isinstance(arch.get("name"), str):
+        raise _fail(path, "arch", f"must be {{\"name\": str, \"kwargs\": {{...}}}}, {{\"factory\": str, \"kwargs\": {{...}}}} or null, got {arch!r}")
+    elif arch["name"] not in available():
         raise _fail(path, "arch.name", f"unknown architecture {arch['name']!r}; available: {', '.join(available())}")
     kwargs = arch.get("kwargs", {})
     if not isinstance(kwargs, dict):

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from .factory import build_factory_model, import_factory, is_factory
+
 __all__ = ["accepted_kwargs", "available", "build", "load_state_dict_strict", "load_weights", "register"]
 
 _Factory = Callable[..., nn.Module]
@@ -51,7 +53,12 @@ def _accepted_kwargs(factory: _Factory) -> list[str] | None:
 
 
 def accepted_kwargs(name: str) -> list[str] | None:
-    """Keyword names model ``name`` accepts (``None``: any), so callers can fill in only what it takes."""
+    """Keyword names model ``name`` accepts (``None``: any), so callers can fill in only what it takes.
+
+    ``name`` may be a ``package.module:factory`` (imported: see :mod:`.factory`).
+    """
+    if is_factory(name):
+        return _accepted_kwargs(import_factory(name))
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
     return _accepted_kwargs(_REGISTRY[name])
@@ -61,8 +68,15 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model and tag it with ``bitswitch_arch`` for checkpoints.
 
     Raises ``ValueError`` for an unknown name or keyword, listing the valid choices,
-    so typos in configs fail loudly instead of being silently ignored.
+    so typos in configs fail loudly instead of being silently ignored. A ``package.module:factory``
+    is imported and called (:func:`.factory.build_factory_model`).
     """
+    if is_factory(name):
+        accepted = accepted_kwargs(name)
+        unknown = sorted(k for k in kwargs if accepted is not None and k not in accepted)
+        if unknown:
+            raise ValueError(f"unknown argument(s) {', '.join(map(repr, unknown))} for model factory {name!r}; accepted: {', '.join(accepted or []) or '(none)'}")
+        return build_factory_model(name, **kwargs)
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
     factory = _REGISTRY[name]

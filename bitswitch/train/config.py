@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.factory import check_factory, is_factory
 from ..quant.grid import ROUNDING_MODES, check_bits
 from ..safe_yaml import MAX_BYTES as MAX_CONFIG_BYTES
 from ..safe_yaml import load_yaml
@@ -38,7 +39,7 @@ FORCE_THREADS_ENV = "BITSWITCH_FORCE_THREADS"
 
 #: Keys that may differ between an interrupted run and its resume: they change how the run is
 #: displayed or where it runs, never what it computes.
-RESUME_FREE_KEYS = ("progress", "device", "num_threads", "log_every", "compile_kernels")
+RESUME_FREE_KEYS = ("progress", "device", "num_threads", "log_every", "compile_kernels", "compile")
 
 
 @dataclass
@@ -60,8 +61,8 @@ class TrainConfig:
     distill_temperature: float = 1.0  # softening temperature of teacher and student logits
     distill_weight: float = 0.5  # loss = (1-w)*CE + w*T^2*KL for distilled bit-widths
     # --- model ---------------------------------------------------------------------------------
-    model: str = "digits_cnn"  # a name from bitswitch.models.available()
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments (num_classes/in_channels are filled from the data)
+    model: str = "digits_cnn"  # a name from bitswitch.models.available(), or package.module:factory returning an nn.Module (imported: your code)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments (num_classes/in_channels are filled from the data when accepted)
     init_from: str | None = None  # FP32 weights to start from: a fp32 run directory or its best.safetensors (hasb: a joint run's checkpoint)
     hessian: str | None = None  # hasb: per-layer trace JSON from `bitswitch hessian` (drives the roulette)
     hasb_warmup_epochs: float = 0.2  # hasb: epochs of uniform configurations before layers start switching
@@ -71,8 +72,9 @@ class TrainConfig:
     weight_init: str = "mse"  # weight scale init: mse | std3 | max
     act_init: str = "mse"  # activation scale init: mse | lsq | max
     # --- data ----------------------------------------------------------------------------------
-    dataset: str = "digits"  # digits (bundled with scikit-learn) | fashion_mnist | cifar10
-    data_root: str | None = None  # dataset folder (unused for digits)
+    dataset: str = "digits"  # digits (bundled with scikit-learn) | fashion_mnist | cifar10 | imagefolder (data_root/train/<class>/*.jpg, data_root/test|val/...) | package.module:callable returning tensors (imported: your code)
+    data_root: str | None = None  # dataset folder (unused for digits and callables)
+    image_size: int = 0  # imagefolder: resize (short side) and centre-crop every image to this size (0 = the images share one size)
     val_fraction: float = 0.1  # share of the training data held out for checkpoint selection (never the test set)
     split_seed: int = 0  # seed of the train/validation split
     train_subset: int = 0  # use only this many training examples (0 = all); for reduced-budget runs
@@ -102,6 +104,7 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bars (also off when stdout is not a terminal)
     log_every: int = 0  # also log the running loss every N iterations (0 = only per epoch)
     compile_kernels: bool = False  # torch.compile the activation-quantizer kernels (faster QAT on CPU after ~20 s of compilation)
+    compile: bool = False  # torch.compile the whole model for the training steps (one compilation per bit-width; not with hasb)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -128,6 +131,15 @@ class TrainConfig:
                 raise ValueError(f"mode 'fixed' trains one bit-width per model; got bits={self.bits} (use mode 'joint', or one run per bit-width)")
             if self.distill != "none" and len(self.bits) < 2:
                 raise ValueError(f"distill={self.distill!r} needs at least two bit-widths, got bits={self.bits}")
+        for name in ("model", "dataset"):
+            if is_factory(getattr(self, name)):
+                check_factory(getattr(self, name), name)
+        if self.dataset == "imagefolder" and not self.data_root:
+            raise ValueError("dataset 'imagefolder' reads data_root/train/<class>/* and data_root/test/<class>/* (or val/): set data_root")
+        if self.compile and self.mode == "hasb":
+            raise ValueError("compile=true does not suit mode 'hasb': every step draws new per-layer bit-widths, each one a recompilation")
+        if self.compile and self.compile_kernels:
+            raise ValueError("compile and compile_kernels are both set: choose one (compile=true compiles the kernels with the whole model)")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1) so checkpoints are chosen on held-out training data, got {self.val_fraction}")
         for name in ("epochs", "batch_size", "eval_batch_size", "calib_batches"):
@@ -136,7 +148,7 @@ class TrainConfig:
         for name in ("lr", "distill_temperature", "scale_lr_mult"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "min_lr_ratio", "train_subset", "test_subset", "num_threads", "log_every"):
+        for name in ("image_size", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "min_lr_ratio", "train_subset", "test_subset", "num_threads", "log_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.distill_weight <= 1.0:

@@ -9,9 +9,11 @@ from torch import nn
 
 from ..data import TensorLoader
 from ..export.checkpoint import load
+from ..models.factory import is_factory
 from ..nn.convert import set_precision
 from .config import TrainConfig
 from .data import Data, make_loader
+from .model import build_float_model
 from .step import label
 
 
@@ -45,8 +47,11 @@ def select_metric(acc: dict[str, float], how: str) -> float:
 
 
 def evaluate_checkpoint(path: Path, data: Data, cfg: TrainConfig, device: str, split: str = "test") -> dict[str, float]:
-    """Accuracy of a saved checkpoint, reloaded from its file (integer codes for QAT runs)."""
-    model = load(path).to(device)
+    """Accuracy of a saved checkpoint, reloaded from its file (integer codes for QAT runs).
+
+    A run of a ``package.module:factory`` model rebuilds it with the run's factory (already imported).
+    """
+    model = load(path, model=build_float_model(cfg, data) if is_factory(cfg.model) else None).to(device)
     return evaluate(model, make_loader(data, split, cfg, device), None if cfg.mode == "fp32" else list(cfg.bits))
 
 

@@ -108,16 +108,17 @@ def supernet_plan(
     return plan
 
 
-def latent_from_checkpoint(path: str | os.PathLike) -> nn.Module:
+def latent_from_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a multi-precision integer checkpoint as a trainable model (HASB continues from one).
 
     Each quantized layer gets back a latent FP32 weight ``W_h·s`` (its top-precision dequantized
     weight), so the codes, every lower precision and the model's outputs are unchanged; scales,
-    activation scales and per-bit BatchNorms come from the file.
+    activation scales and per-bit BatchNorms come from the file. ``model``: the FP32 architecture,
+    for a checkpoint of a custom or factory-built one (as :func:`bitswitch.load` takes it).
     """
     from ..export.checkpoint import load
 
-    model = load(path)
+    model = load(path, model=model)
     for layer in quantized_layers(model).values():
         if layer.is_integer:
             with torch.no_grad():

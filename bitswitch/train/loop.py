@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data import TensorLoader
 from ..export.checkpoint import atomic_write_bytes, save
+from ..models.factory import is_factory
 from ..nn.convert import calibrate, quantized_layers, set_precision
 from . import ddp
 from .config import TrainConfig
@@ -141,7 +142,7 @@ def build_run_model(cfg: TrainConfig, data: Data, *, resume: bool) -> nn.Module:
     model = build_float_model(cfg, data)  # for hasb too: it checks the model fits the data, and seeded runs depend on its draws
     check_model_fits_data(model, data.input_shape, data.num_classes, f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs} on dataset {data.key!r}")
     if cfg.mode == "hasb":
-        return latent_from_checkpoint(cfg.init_from)
+        return latent_from_checkpoint(cfg.init_from, model if is_factory(cfg.model) else None)
     if cfg.init_from and not resume:
         load_fp32_weights(model, cfg.init_from)
     if cfg.mode == "fp32":
@@ -174,6 +175,8 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
         return schedule_factor(step, total, warmup, cfg.min_lr_ratio)
 
     plan_at = hasb_planner(cfg, model, steps_per_epoch)
+    # the steps run the compiled wrapper; evaluation, checkpoints and state use the model itself (same parameters)
+    step_model = torch.compile(model) if cfg.compile else model  # one graph per bit-width
     bits = None if cfg.mode == "fp32" else list(cfg.bits)
     history: list[dict[str, Any]] = list(info["history"])
     if dist.master:
@@ -194,7 +197,7 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
         train_loader.set_epoch(epoch)
         t_epoch = time.perf_counter()
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
-        losses, timer, step = train_epoch(model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar)
+        losses, timer, step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar)
         bar.close()
         train_time = time.perf_counter() - t_epoch
         ddp.average_buffers(model, dist)

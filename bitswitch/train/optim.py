@@ -59,8 +59,36 @@ def _scale_params(model: nn.Module) -> tuple[dict[int, list[nn.Parameter]], list
     return per_bit, shared
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Parameter groups by the rule in the module docstring; each group carries ``lr_factor``."""
+def model_bits(model: nn.Module) -> list[int]:
+    """The weight bit-widths a quantized model can switch to, highest first (every layer's, merged)."""
+    bits = {int(b) for m in model.modules() if isinstance(m, QuantLayer) for b in m.weight_quant.bits}
+    if not bits:
+        raise ValueError("model has no quantized layers: convert it with bitswitch.quantize(model, bits=...) first")
+    return sorted(bits, reverse=True)
+
+
+def alrs_param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0, alrs: bool = True,
+                      scale_weight_decay: float = 0.0, scale_lr_mult: float = 1.0) -> list[dict]:
+    """Optimizer parameter groups of a quantized (or FP32) model, by the rule in the module docstring.
+
+    Pass the result to any ``torch.optim`` optimizer: each group has its ``lr`` (``lr`` times its
+    ``lr_factor``) and ``weight_decay``, plus ``name`` and ``lr_factor`` (what a schedule multiplies).
+    ``eta_b`` counts from the model's highest bit-width; ``alrs=False`` gives every scale ``lr``.
+    The ``scale_shared`` group records that bit-width as ``alrs_top_bits``, so :func:`joint_step`
+    can run it at ``eta_b * lr`` during the step of bit ``b``. Scales get ``scale_weight_decay``
+    (default none: decaying a step size shrinks the grid) and ``scale_lr_mult * eta_b * lr``.
+
+    Example::
+
+        opt = torch.optim.AdamW(alrs_param_groups(qmodel, 1e-3, weight_decay=0.01))
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    for name, value in (("weight_decay", weight_decay), ("scale_weight_decay", scale_weight_decay)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if not scale_lr_mult > 0:
+        raise ValueError(f"scale_lr_mult must be > 0, got {scale_lr_mult}")
     per_bit, shared = _scale_params(model)
     scale_ids = {id(p) for ps in per_bit.values() for p in ps} | {id(p) for p in shared}
     decay, no_decay = [], []
@@ -69,22 +97,30 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
             continue
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
-        {"name": "weights", "params": decay, "weight_decay": cfg.weight_decay, "lr_factor": 1.0},
+        {"name": "weights", "params": decay, "weight_decay": weight_decay, "lr_factor": 1.0},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "lr_factor": 1.0},
     ]
     if per_bit or shared:
-        eta = alrs_factors(cfg.bits, cfg.alrs)
+        top = model_bits(model)[0]
         if shared:
-            groups.append({"name": "scale_shared", "params": shared, "weight_decay": 0.0, "lr_factor": cfg.scale_lr_mult})
+            groups.append({"name": "scale_shared", "params": shared, "weight_decay": scale_weight_decay, "lr_factor": scale_lr_mult,
+                           "alrs_top_bits": top if alrs else 0})
         for b in sorted(per_bit, reverse=True):
-            groups.append({"name": f"scale_{b}", "params": per_bit[b], "weight_decay": 0.0, "lr_factor": eta[b] * cfg.scale_lr_mult, "bits": b})
-    return [g for g in groups if g["params"]]
+            eta = alrs_factor(top, b) if alrs else 1.0
+            groups.append({"name": f"scale_{b}", "params": per_bit[b], "weight_decay": scale_weight_decay, "lr_factor": eta * scale_lr_mult, "bits": b})
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr"] = lr * g["lr_factor"]
+    return groups
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The groups of a configured run (:func:`alrs_param_groups` with the config's options)."""
+    return alrs_param_groups(model, cfg.lr, weight_decay=cfg.weight_decay, alrs=cfg.alrs, scale_lr_mult=cfg.scale_lr_mult)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
-    for g in groups:
-        g["lr"] = cfg.lr * g["lr_factor"]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -107,13 +143,10 @@ def schedule_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: f
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float, shared_eta: float = 1.0) -> None:
-    """Set every group's rate: ``base * schedule * lr_factor`` (times ``shared_eta`` for shared scales)."""
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
+    """Set every group's rate: ``base * schedule * lr_factor``."""
     for g in optimizer.param_groups:
-        lr = base_lr * factor * g["lr_factor"]
-        if g["name"] == "scale_shared":
-            lr *= shared_eta
-        g["lr"] = lr
+        g["lr"] = base_lr * factor * g["lr_factor"]
 
 
-__all__ = ["alrs_factor", "alrs_factors", "param_groups", "build_optimizer", "describe_groups", "schedule_factor", "set_lr"]
+__all__ = ["alrs_factor", "alrs_factors", "alrs_param_groups", "model_bits", "param_groups", "build_optimizer", "describe_groups", "schedule_factor", "set_lr"]

@@ -1,12 +1,15 @@
-"""One training iteration of each kind, and the loss every kind shares.
+"""One training iteration of each kind, and the joint step every kind (and every user loop) shares.
 
-* FP32: one optimizer step on the cross-entropy.
-* joint / fixed / hasb, ``loss_mode="per_bit"``: the bit-widths highest first, each with its own
-  forward, backward and optimizer step; the shared weight scales step at the bit's ALRS rate.
-* ``loss_mode="summed"``: the same forwards and backwards accumulate into one gradient (each bit's
-  share of the shared scales' gradient scaled by its ALRS factor), then one optimizer step.
+:func:`joint_step` is the public core: the bit-widths highest first on the user's batch, loss
+function and optimizer, with optional in-place distillation.
 
-HASB passes a ``plan``: the per-layer configuration each bit-width trains in this iteration, in
+* ``summed=False`` (the built-in ``loss_mode="per_bit"``): each bit-width has its own forward,
+  backward and optimizer step; the shared weight scales step at the bit's ALRS rate.
+* ``summed=True`` (``loss_mode="summed"``, and Hugging Face ``Trainer``): the forwards and
+  backwards accumulate into one gradient (each bit's share of the shared scales' gradient scaled by
+  its ALRS factor), then one optimizer step.
+
+HASB passes ``precisions``: the per-layer configuration each bit-width trains in this iteration, in
 place of the uniform bit-width. Distillation (:class:`Distillation`) is an option of the loss, the
 same for every kind.
 """
@@ -14,8 +17,9 @@ same for every kind.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +27,12 @@ from torch import nn
 
 from ..nn.convert import set_precision
 from . import ddp
-from .config import TrainConfig
-from .optim import alrs_factors, set_lr
+from .config import DISTILL, TrainConfig
+from .optim import alrs_factor, model_bits, set_lr
 
 Precision = int | Mapping[str, tuple[int, int]]
+LossFn = Callable[[Any, Any], torch.Tensor]
+Forward = Callable[[nn.Module, Any], Any]
 
 
 def bit_labels(cfg: TrainConfig) -> list[str]:
@@ -38,39 +44,195 @@ def label(b: int) -> str:
     return f"w{b}a{b}"
 
 
-class Distillation:
-    """The loss of one iteration: cross-entropy, blended with a KL term towards a teacher's soft targets.
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """The model's output on a batch: ``model(**batch)`` for a mapping (Hugging Face inputs),
+    ``model(batch[0])`` for a tuple/list (``(x, y)``), ``model(batch)`` for a tensor."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(batch[0])
+    return model(batch)
 
-    The teacher of a bit-width is the top bit-width (``distill="inplace"``) or the bit-width just
-    above it (``"neighbour"``); with ``"none"``, or for the first bit-width, the loss is plain
-    cross-entropy (with ``label_smoothing``).
+
+def output_loss(output: Any, batch: Any) -> torch.Tensor:
+    """The loss a model computed itself (``output.loss`` or ``output["loss"]``: Hugging Face models given labels)."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(f"loss_fn=None needs a model output with a .loss (a Hugging Face model given labels); got {type(output).__name__}: "
+                         "pass loss_fn(output, batch), e.g. lambda out, batch: F.cross_entropy(out, batch[1])")
+    return loss
+
+
+def output_logits(output: Any) -> torch.Tensor:
+    """The logits of an output (a tensor, ``output.logits`` or ``output["logits"]``), for distillation."""
+    logits = output if isinstance(output, torch.Tensor) else output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"distillation needs logits: a tensor output, or one with .logits; got {type(output).__name__}")
+    return logits
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    """``loss_fn`` of ``(x, y)`` batches of class labels: cross-entropy of the output against ``batch[1]``."""
+    return lambda output, batch: F.cross_entropy(output, batch[1], label_smoothing=label_smoothing)
+
+
+class Distillation:
+    """The loss of one bit-width, blended with a KL term towards a teacher's soft targets.
+
+    The teacher of a bit-width is the top bit-width (``mode="inplace"``) or the bit-width just
+    above it (``"neighbour"``); with ``"none"``, or for the first bit-width, the loss is the task
+    loss alone. Logits of any shape are compared over their last dimension (classes, or the
+    vocabulary at every token position), averaged over the other positions.
     """
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, mode: str = "none", temperature: float = 1.0, weight: float = 0.5):
+        if mode not in DISTILL:
+            raise ValueError(f"distill must be one of {', '.join(DISTILL)} (or True/False); got {mode!r}")
+        if not temperature > 0 or not 0.0 <= weight <= 1.0:
+            raise ValueError(f"distillation needs temperature > 0 and weight in [0, 1]; got {temperature}, {weight}")
+        self.mode, self.temperature, self.weight = mode, temperature, weight
         self.teacher: torch.Tensor | None = None
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    def loss(self, task_loss: torch.Tensor, output: Any) -> torch.Tensor:
         if self.teacher is None:
-            return ce
-        t = cfg.distill_temperature
+            return task_loss
+        t = self.temperature
+        logits = output_logits(output)
+        logits = logits.reshape(-1, logits.shape[-1])
         kl = F.kl_div(F.log_softmax(logits / t, dim=1), self.teacher, reduction="batchmean") * (t * t)
-        return (1.0 - cfg.distill_weight) * ce + cfg.distill_weight * kl
+        return (1.0 - self.weight) * task_loss + self.weight * kl
 
-    def learn_from(self, i: int, logits: torch.Tensor) -> None:
-        """Bit-width number ``i`` of the iteration produced ``logits``: the teacher of the ones after it?"""
-        if self.cfg.distill == "neighbour" or (self.cfg.distill == "inplace" and i == 0):
-            self.teacher = F.softmax(logits.detach() / self.cfg.distill_temperature, dim=1)
+    def learn_from(self, i: int, output: Any) -> None:
+        """Bit-width number ``i`` of the iteration produced ``output``: the teacher of the ones after it?"""
+        if self.mode == "neighbour" or (self.mode == "inplace" and i == 0):
+            logits = output_logits(output).detach()
+            self.teacher = F.softmax(logits.reshape(-1, logits.shape[-1]) / self.temperature, dim=1)
 
 
 @contextmanager
-def timed(timer: dict[str, float], key: str) -> Iterator[None]:
+def timed(timer: dict[str, float] | None, key: str) -> Iterator[None]:
     """Add the seconds the block takes to ``timer[key]`` (the per-bit times of the metrics)."""
     t0 = time.perf_counter()
     yield
-    timer[key] = timer.get(key, 0.0) + time.perf_counter() - t0
+    if timer is not None:
+        timer[key] = timer.get(key, 0.0) + time.perf_counter() - t0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``DistributedDataParallel``/``DataParallel``/``torch.compile`` wrappers, whose
+    layer names are the ones :func:`bitswitch.set_precision` pairs BatchNorms by."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def shared_scale_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The groups of :func:`~.optim.alrs_param_groups` that hold scales shared by every bit-width (ALRS on)."""
+    return [g for g in optimizer.param_groups if g.get("alrs_top_bits")]
+
+
+def resolve_distill(distill: bool | str) -> str:
+    return {True: "inplace", False: "none"}.get(distill, distill) if isinstance(distill, bool) else distill
+
+
+def bit_pass(model: nn.Module, batch: Any, loss_fn: LossFn | None, precision: Precision, kd: Distillation,
+             forward: Forward) -> tuple[torch.Tensor, Any]:
+    """Forward at one precision: (its loss, distilled if there is a teacher; the output)."""
+    set_precision(unwrap(model), precision)
+    output = forward(model, batch)
+    task = output_loss(output, batch) if loss_fn is None else loss_fn(output, batch)
+    return kd.loss(task, output), output
+
+
+def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer, *,
+               bits: Sequence[int] | None = None, distill: bool | str = False, distill_temperature: float = 1.0,
+               distill_weight: float = 0.5, summed: bool = False, precisions: Sequence[Precision] | None = None,
+               forward: Forward = call_model, before_step: Callable[[], None] | None = None,
+               backward: Callable[[torch.Tensor], None] | None = None, step: bool = True,
+               timer: dict[str, float] | None = None) -> dict[int, float]:
+    """One joint iteration on ``batch``: every bit-width, highest first; returns ``{bits: loss}``.
+
+    * ``model``: quantized with :func:`bitswitch.quantize` (may be wrapped in DDP or ``torch.compile``).
+    * ``batch``: whatever the loader yields; the model is called by ``forward(model, batch)``,
+      by default :func:`call_model` (``model(**batch)`` for a dict, ``model(batch[0])`` for a tuple).
+    * ``loss_fn(output, batch) -> loss``: e.g. ``lambda out, b: F.cross_entropy(out, b[1])``; ``None``
+      takes the loss the model computed itself (``output.loss``: Hugging Face models given ``labels``).
+    * ``optimizer``: any optimizer; built on :func:`~.optim.alrs_param_groups` it gets ALRS, including
+      the shared weight scales' rate ``eta_b * lr`` during the step of bit ``b`` (restored after).
+    * ``summed``: one optimizer step on the sum of the bit-widths' losses instead of one per bit-width;
+      with ``step=False`` too, only the backward passes run and the caller zeroes the gradients and
+      steps (gradient accumulation, Hugging Face ``Trainer``); the optimizer is then only read for its groups.
+    * ``bits``: the bit-widths to train, highest first (default: all of the model's); ``precisions``
+      replaces what each one switches to (a per-layer mapping, as HASB draws).
+    * ``distill``: ``True``/``"inplace"`` (the top bit-width's softened output teaches the others),
+      ``"neighbour"`` (each learns from the one above) or ``False``; the loss of a taught bit-width is
+      ``(1 - distill_weight) * loss + distill_weight * T^2 * KL`` at temperature ``distill_temperature``.
+    * ``before_step()``: runs after the backward pass(es), before ``optimizer.step()`` (gradient
+      averaging, clipping); ``backward(loss)`` replaces ``loss.backward()`` (e.g. ``accelerator.backward``).
+
+    Example (a plain loop)::
+
+        qmodel = bitswitch.quantize(model, bits=(8, 6, 4, 2))
+        bitswitch.calibrate(qmodel, train_loader)
+        opt = torch.optim.Adam(bitswitch.train.alrs_param_groups(qmodel, 1e-3))
+        loss_fn = lambda out, batch: F.cross_entropy(out, batch[1])
+        for batch in train_loader:
+            losses = bitswitch.train.joint_step(qmodel, batch, loss_fn, opt, distill=True)  # {8: ..., 2: ...}
+    """
+    bits = list(model_bits(unwrap(model)) if bits is None else bits)
+    if bits != sorted(set(bits), reverse=True):
+        raise ValueError(f"bits must be distinct bit-widths, highest first, got {bits}")
+    precisions = list(bits) if precisions is None else list(precisions)
+    if len(precisions) != len(bits):
+        raise ValueError(f"precisions gives {len(precisions)} configurations for {len(bits)} bit-widths")
+    if not step and not summed:
+        raise ValueError("step=False (the caller steps) needs summed=True: per-bit steps happen inside joint_step")
+    kd = Distillation(resolve_distill(distill), distill_temperature, distill_weight)
+    run_backward = backward or torch.Tensor.backward
+    shared = shared_scale_groups(optimizer)
+    losses: dict[int, float] = {}
+    if summed:
+        if step:
+            optimizer.zero_grad(set_to_none=True)
+        for i, (b, precision) in enumerate(zip(bits, precisions)):
+            with timed(timer, label(b)):
+                before = {id(p): None if p.grad is None else p.grad.clone() for g in shared for p in g["params"]}
+                loss, output = bit_pass(model, batch, loss_fn, precision, kd, forward)
+                run_backward(loss)
+                for g in shared:
+                    scale_added_gradient(g["params"], [before[id(p)] for p in g["params"]], alrs_factor(g["alrs_top_bits"], b))
+                kd.learn_from(i, output)
+            losses[b] = float(loss.detach())
+        if step:
+            with timed(timer, "step"):
+                if before_step is not None:
+                    before_step()
+                optimizer.step()
+        return losses
+    for i, (b, precision) in enumerate(zip(bits, precisions)):
+        with timed(timer, label(b)):
+            # set_to_none: other bits' activation scales and BatchNorms get no gradient, so Adam
+            # leaves them alone in this bit's step instead of decaying their moments.
+            optimizer.zero_grad(set_to_none=True)
+            loss, output = bit_pass(model, batch, loss_fn, precision, kd, forward)
+            run_backward(loss)
+            if before_step is not None:
+                before_step()
+            rates = [g["lr"] for g in shared]
+            for g in shared:
+                g["lr"] = g["lr"] * alrs_factor(g["alrs_top_bits"], b)
+            try:
+                optimizer.step()
+            finally:
+                for g, lr in zip(shared, rates):
+                    g["lr"] = lr
+            kd.learn_from(i, output)
+        losses[b] = float(loss.detach())
+    return losses
 
 
 def finish_backward(model: nn.Module, cfg: TrainConfig, dist: ddp.DistInfo) -> None:
@@ -85,57 +247,11 @@ def fp32_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
     with timed(timer, "fp32"):
         set_lr(optimizer, cfg.lr, sched)
         optimizer.zero_grad(set_to_none=True)
-        loss = Distillation(cfg).loss(model(x), y)
+        loss = cross_entropy_loss(cfg.label_smoothing)(model(x), (x, y))
         loss.backward()
         finish_backward(model, cfg, dist)
         optimizer.step()
     return {"fp32": float(loss.detach())}
-
-
-def per_bit_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                 sched: float, dist: ddp.DistInfo, timer: dict[str, float], precisions: Sequence[Precision]) -> dict[str, float]:
-    eta = alrs_factors(cfg.bits, cfg.alrs)
-    kd = Distillation(cfg)
-    losses: dict[str, float] = {}
-    for i, (b, precision) in enumerate(zip(cfg.bits, precisions)):
-        with timed(timer, label(b)):
-            set_precision(model, precision)
-            # set_to_none: other bits' activation scales and BatchNorms get no gradient, so Adam
-            # leaves them alone in this bit's step instead of decaying their moments.
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = kd.loss(logits, y)
-            loss.backward()
-            finish_backward(model, cfg, dist)
-            set_lr(optimizer, cfg.lr, sched, shared_eta=eta[b])
-            optimizer.step()
-            kd.learn_from(i, logits)
-        losses[label(b)] = float(loss.detach())
-    return losses
-
-
-def summed_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                sched: float, dist: ddp.DistInfo, timer: dict[str, float], precisions: Sequence[Precision]) -> dict[str, float]:
-    eta = alrs_factors(cfg.bits, cfg.alrs)
-    shared = [p for g in optimizer.param_groups if g["name"] == "scale_shared" for p in g["params"]]
-    kd = Distillation(cfg)
-    losses: dict[str, float] = {}
-    optimizer.zero_grad(set_to_none=True)
-    for i, (b, precision) in enumerate(zip(cfg.bits, precisions)):
-        with timed(timer, label(b)):
-            set_precision(model, precision)
-            before = [None if p.grad is None else p.grad.clone() for p in shared]
-            logits = model(x)
-            loss = kd.loss(logits, y)
-            loss.backward()
-            scale_added_gradient(shared, before, eta[b])
-            kd.learn_from(i, logits)
-        losses[label(b)] = float(loss.detach())
-    with timed(timer, "step"):
-        finish_backward(model, cfg, dist)
-        set_lr(optimizer, cfg.lr, sched)
-        optimizer.step()
-    return losses
 
 
 @torch.no_grad()
@@ -157,8 +273,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     """One iteration of the run's kind; returns the loss per bit label. ``plan``: HASB's configurations."""
     if cfg.mode == "fp32":
         return fp32_step(model, optimizer, x, y, cfg, sched, dist, timer)
-    step = summed_step if cfg.loss_mode == "summed" else per_bit_step
-    return step(model, optimizer, x, y, cfg, sched, dist, timer, plan if plan is not None else list(cfg.bits))
+    set_lr(optimizer, cfg.lr, sched)
+    losses = joint_step(model, (x, y), cross_entropy_loss(cfg.label_smoothing), optimizer, bits=cfg.bits, precisions=plan,
+                        distill=cfg.distill, distill_temperature=cfg.distill_temperature, distill_weight=cfg.distill_weight,
+                        summed=cfg.loss_mode == "summed", before_step=lambda: finish_backward(model, cfg, dist), timer=timer)
+    return {label(b): v for b, v in losses.items()}
 
 
-__all__ = ["Distillation", "bit_labels", "fp32_step", "per_bit_step", "summed_step", "train_step"]
+__all__ = ["Distillation", "bit_labels", "call_model", "cross_entropy_loss", "fp32_step", "joint_step", "output_logits", "output_loss",
+           "train_step", "unwrap"]
