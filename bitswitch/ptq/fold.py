@@ -22,7 +22,7 @@ def fold_batchnorms(model: nn.Module, example_inputs: Any, inplace: bool = False
     """Fold every foldable BN of ``model`` (captured on ``example_inputs``) into its conv/linear;
     returns the model and the ``(layer, bn)`` pairs.
 
-    Folded BNs are replaced by ``nn.Identity`` so module names elsewhere stay unchanged.
+    Folded BNs stay in place as exact identities (:func:`bitswitch.ptq.graph.neutralize_bn`).
     """
     if not inplace:
         model = copy.deepcopy(model)

@@ -6,8 +6,8 @@ linear layer is one opaque ``bitswitch::layer`` node calling the live module:
 * which ops only move data (an activation quantizer "sees through" them, so layers reading the
   same value through a reshape or a pooling form one quantizer group): :func:`source`;
 * which BatchNorm reads a layer's output and nothing else does (foldable): :func:`fold_captured`,
-  which folds them into the live layers and removes them from the graph, so the graph and the
-  model keep computing the same function;
+  which folds them into the live layers, makes the BNs exact identities (:func:`neutralize_bn`) and
+  removes them from the graph, so the graph and the model keep computing the same function;
 * running the graph node by node, so that phase 1 re-runs only a suffix from cached values:
   :class:`GraphRunner`.
 """
@@ -72,9 +72,25 @@ def _module_of(gm: fx.GraphModule, node: Any) -> str | None:
     return None
 
 
+def neutralize_bn(bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Make a folded BN compute exactly ``x``: mean 0, variance 1, ``eps`` 0, scale 1, shift 0.
+
+    The module stays (rather than becoming ``nn.Identity``) because subclasses such as timm's
+    ``BatchNormAct2d`` also apply an activation after normalising. ``eps`` is not in the state dict,
+    so a reloaded checkpoint redoes this for the pairs its metadata lists.
+    """
+    with torch.no_grad():
+        bn.running_mean.zero_()  # type: ignore[union-attr]
+        bn.running_var.fill_(1.0)  # type: ignore[union-attr]
+        if bn.weight is not None:
+            bn.weight.fill_(1.0)
+            bn.bias.fill_(0.0)  # type: ignore[union-attr]
+    bn.eps = 0.0
+
+
 def fold_captured(model: nn.Module, cap: Capture) -> list[tuple[str, str]]:
     """Fold every BatchNorm that reads a captured layer's output (and is its only reader) into that
-    layer; the BN becomes ``nn.Identity`` in ``model`` and disappears from the graph. Returns the
+    layer; the BN becomes an exact identity in ``model`` and disappears from the graph. Returns the
     ``(layer, bn)`` pairs."""
     gm = cap.module
     pairs: list[tuple[str, str]] = []
@@ -93,7 +109,7 @@ def fold_captured(model: nn.Module, cap: Capture) -> list[tuple[str, str]]:
         if op_name(bn_node) == "_native_batch_norm_legit_no_training":  # returns (y, mean, var)
             (out,) = [u for u in bn_node.users if u.args[1] == 0]
         fold_conv_bn(layer, bn)
-        model.set_submodule(bn_name, nn.Identity())
+        neutralize_bn(bn)
         out.replace_all_uses_with(node)
         for n in (out, bn_node) if out is not bn_node else (bn_node,):
             gm.graph.erase_node(n)
