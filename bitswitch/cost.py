@@ -7,8 +7,6 @@ multiply-accumulates per image, a linear ``out_elements · in_features``.
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,10 +17,6 @@ from torch import nn
 from .nn.dataflow import run_model
 from .nn.layers import QuantLayer
 from .table import format_table
-
-
-#: the layer types costed (quantized layers subclass them)
-LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -46,24 +40,22 @@ def _weight_numel(m: nn.Module) -> int:
 
 @torch.no_grad()
 def layer_costs(model: nn.Module, example_inputs: Sequence[int] | Any) -> list[LayerCost]:
-    """Every Conv1d/Conv2d/Linear of ``model`` (quantized or not) with its size and per-sample MACs.
+    """Every Conv2d/Linear of ``model`` (quantized or not) with its size and per-sample MACs.
 
-    ``example_inputs`` is what the model runs on: a batch (a tensor of any dtype, e.g. token ids; a
-    tuple of positional arguments; a dict of keyword arguments), whose first sample is counted, or
-    the shape of one image without the batch dimension (e.g. ``(3, 32, 32)``; zeros are fed).
+    ``example_inputs`` is what the model runs on, of any dtype (token ids, say): a batch tensor, a
+    tuple of positional arguments or a dict of keyword arguments, of which the first sample is
+    counted; or the shape of one image without the batch dimension (e.g. ``(3, 32, 32)``: zeros).
     """
-    if isinstance(example_inputs, (tuple, list, torch.Size)) and all(isinstance(s, int) for s in example_inputs):
-        param = next(model.parameters(), None)
-        example_inputs = torch.zeros((1, *example_inputs), device=param.device if param is not None else "cpu")
+    example = _one_sample(model, example_inputs)
     macs: dict[str, int] = {}
     hooks = []
-    targets = {n: m for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    targets = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     if not targets:
-        raise ValueError("model has no Conv1d, Conv2d or Linear layer")
+        raise ValueError("model has no Conv2d or Linear layer")
 
     def hook(name: str):
         def fn(m: nn.Module, args, out: torch.Tensor) -> None:
-            per_out = (m.in_channels // m.groups) * math.prod(m.kernel_size) if isinstance(m, (nn.Conv1d, nn.Conv2d)) else m.in_features
+            per_out = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
             macs[name] = macs.get(name, 0) + int(out[0].numel()) * per_out
 
         return fn
@@ -79,10 +71,9 @@ def layer_costs(model: nn.Module, example_inputs: Sequence[int] | Any) -> list[L
         m.a_bits = None
         m.w_bits = m.w_bits if m.is_integer else None
     try:
-        run_model(model, example_inputs)
+        run_model(model, example)
     except RuntimeError as e:
-        shape = tuple(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else type(example_inputs).__name__
-        raise ValueError(f"could not run the model on its example input ({shape}): {e}") from None
+        raise ValueError(f"could not run the model on its example input {_describe(example)}: {e}") from None
     finally:
         for h in hooks:
             h.remove()
@@ -92,7 +83,7 @@ def layer_costs(model: nn.Module, example_inputs: Sequence[int] | Any) -> list[L
 
     out = []
     for name, m in targets.items():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(m, nn.Conv2d):
             kind = "depthwise" if m.groups > 1 and m.groups == m.in_channels else "conv"
         else:
             kind = "linear"
@@ -104,6 +95,20 @@ def layer_costs(model: nn.Module, example_inputs: Sequence[int] | Any) -> list[L
             )
         )
     return out
+
+
+def _one_sample(model: nn.Module, example_inputs: Sequence[int] | Any) -> Any:
+    """A batch of one: the first sample of every tensor in ``example_inputs``, or zeros of a shape."""
+    if isinstance(example_inputs, (tuple, list, torch.Size)) and example_inputs and all(isinstance(s, int) for s in example_inputs):
+        param = next(model.parameters(), None)
+        return torch.zeros((1, *example_inputs), device=param.device if param is not None else "cpu")
+    first = lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
+    return torch.utils._pytree.tree_map(first, example_inputs)
+
+
+def _describe(example: Any) -> str:
+    shapes = [f"{t.dtype} {list(t.shape)}" for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
+    return "(" + ", ".join(shapes) + ")"
 
 
 Config = Mapping[str, tuple[int, int]]

@@ -23,7 +23,6 @@ import torch
 from torch import fx, nn
 
 from ..capture import Capture, capture
-from ..cost import LAYER_TYPES
 from ..nn.fold import fold_conv_bn
 
 log = logging.getLogger(__name__)
@@ -37,6 +36,8 @@ PASSTHROUGH_OPS = frozenset({
     "max_pool1d", "max_pool2d", "max_pool2d_with_indices", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean", "pad", "constant_pad_nd", "zero_pad2d",
 })
+#: layer types kept as single nodes in PTQ captures (quantized layers subclass them)
+LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 BATCH_NORM_OPS = frozenset({"batch_norm", "_native_batch_norm_legit_no_training"})
 
 

@@ -166,7 +166,7 @@ class PTQSession:
         self.groups: list[QuantizerGroup] = groups_of(self.capture, self.model)
         assign_candidates(self.groups, self.table)
         self.group_by_name = {g.name: g for g in self.groups}
-        self.costs = layer_costs(self.model, self.chunks[0][:1])  # also the CLI's size and BOPs summary
+        self.costs = layer_costs(self.model, self.chunks[0])  # also the CLI's size and BOPs summary
         macs = {c.name: c.macs for c in self.costs}
         self.macs = {g.name: sum(macs[n] for n in g.layers) for g in self.groups}
 

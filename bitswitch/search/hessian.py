@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..cost import LAYER_TYPES
 from ..nn.convert import set_precision
 from ..nn.layers import QuantLayer
 from ..table import format_table
@@ -118,10 +117,10 @@ def _double_backward_error(e: RuntimeError) -> Exception:
 
 def _targets(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Parameter]:
     quant = [n for n, l in model.named_modules() if isinstance(l, QuantLayer)]
-    names = quant or [n for n, l in model.named_modules() if isinstance(l, LAYER_TYPES)]
+    names = quant or [n for n, l in model.named_modules() if isinstance(l, (nn.Conv2d, nn.Linear))]
     if layers is not None:
         wanted = list(layers)
-        every = {n for n, l in model.named_modules() if isinstance(l, LAYER_TYPES)}
+        every = {n for n, l in model.named_modules() if isinstance(l, (nn.Conv2d, nn.Linear))}
         unknown = [n for n in wanted if n not in every]
         if unknown:
             raise ValueError(f"unknown layer(s) {unknown}; Conv2d/Linear layers: {sorted(every)[:10]}...")
