@@ -116,12 +116,10 @@ def run(args: argparse.Namespace) -> int:
     if any("metric" in p for p in res.pareto):
         plot_pareto(res.pareto, out / "pareto.png", html=out / "pareto.html",
                     metric_name="top-1 (%)" if eval_fn else "output SQNR (dB)")
-    arch = getattr(model, "bitswitch_arch", None)
     chosen = session.apply(res.group_config)
     chosen.to(memory_format=torch.contiguous_format)  # the session runs channels-last; files want contiguous
-    chosen.bitswitch_arch = None  # BN is folded: the built-in architecture no longer matches
-    save(chosen, out / "model.safetensors", extra={"ptq_layer_config": {k: list(v) for k, v in res.layer_config.items()},
-                                                   "source_arch": arch, "input_shape": list(session.input_shape)})
+    # integer codes at the chosen bits; the metadata says which BNs were folded and biases added
+    save(chosen, out / "model.safetensors", extra={"input_shape": list(session.input_shape)})
     print(f"relative BOPs {res.relative_bops:.4f}, metric {res.metric}, {len(session.groups)} groups; results in {out}/")
     print_summary(_summary_rows(session, res, eval_fn), len(xe))
     return 0

@@ -24,7 +24,7 @@ from ..quant.weight import WEIGHT_QUANTIZERS
 FORMAT = "bitswitch"
 VERSIONS = {"1": "int", "2": "packed"}  # format_version -> the storage it introduced
 REQUIRED = ("format", "format_version", "quant_config", "arch", "precision", "extra", "sha256")
-OPTIONAL = ("storage", "packing")
+OPTIONAL = ("storage", "packing", "ptq")
 MAX_INPUT_ELEMENTS = 1 << 24  # one sample; a 4096x4096x1 image is the largest a command builds
 
 
@@ -152,7 +152,7 @@ def decode_metadata(meta: Mapping[str, str], path: Any) -> dict[str, Any]:
     if storage not in ("int", "packed", "float") or (storage == "packed") != (version == "2") or (storage == "packed") != ("packing" in meta):
         raise _fail(path, "storage", f"{storage!r} does not fit format_version {version!r} (1: 'int' or 'float'; 2: 'packed' with packing metadata)")
     decoded: dict[str, Any] = {"storage": storage}
-    for key in ("quant_config", "arch", "precision", "extra") + (("packing",) if "packing" in meta else ()):
+    for key in ("quant_config", "arch", "precision", "extra") + tuple(k for k in ("packing", "ptq") if k in meta):
         try:
             decoded[key] = json.loads(meta[key], parse_constant=lambda c: _reject_constant(c, path, key))
         except (json.JSONDecodeError, RecursionError) as e:
@@ -166,6 +166,12 @@ def decode_metadata(meta: Mapping[str, str], path: Any) -> dict[str, Any]:
         raise _fail(path, "extra", f"must be an object, got {type(decoded['extra']).__name__}")
     if "packing" in decoded:
         _check_packing(decoded["packing"], path)
+    if "ptq" in decoded:
+        from .ptq_form import check_ptq
+
+        if storage != "int":
+            raise _fail(path, "ptq", f"a PTQ checkpoint has storage 'int', not {storage!r}")
+        check_ptq(decoded["ptq"], path)
     return decoded
 
 

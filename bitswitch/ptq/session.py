@@ -25,7 +25,7 @@ from ..nn.convert import Reservoir, first_tensor, quantize, quantized_layers, se
 from ..quant.ranges import act_range_mse
 from .adaround import InputStats, adaround_layers, bias_correction, conv_geometry, sample_rows, weight_scale_output_mse
 from .config import PTQConfig
-from .graph import GraphRunner, capture_layers, fold_captured, output_tensor
+from .graph import LAYER_TYPES, GraphRunner, capture_layers, fold_captured, output_tensor
 from .groups import QuantizerGroup, assign_candidates, groups_of
 from .pareto import REFERENCE
 from .phase2 import PTQResult, search
@@ -104,16 +104,18 @@ class PTQSession:
         self.model.eval()
         self.model.to(memory_format=self.memory_format)
         set_precision(self.model, None)
+        no_bias = [n for n, m in self.model.named_modules() if isinstance(m, LAYER_TYPES) and m.bias is None]
         self.capture = capture_layers(self.model, self.chunks[0])
         self.folded_pairs: list[tuple[str, str]] = fold_captured(self.model, self.capture) if self.config.fold_bn else []
         self.runners = {tuple(self.chunks[0].shape): GraphRunner(self.capture, self.model)}
         self.layers = quantized_layers(self.model)
-        self.added_biases: list[str] = []
         if self.config.bias_correct:  # every layer needs a bias to take the correction
-            for name, layer in self.layers.items():
+            for layer in self.layers.values():
                 if layer.bias is None:
                     layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
-                    self.added_biases.append(name)
+        # what a checkpoint of this model records, so that load can rebuild it (bitswitch.export.ptq_form)
+        self.model.bitswitch_ptq = {"folded_bn": [list(p) for p in self.folded_pairs],
+                                    "added_bias": [n for n in no_bias if self.model.get_submodule(n).bias is not None]}
         return wbits
 
     def runner(self, x: torch.Tensor) -> GraphRunner:
