@@ -195,8 +195,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     tensors, _ = container.read(path, CheckpointError, header)  # the digest, before anything is built
     config = QuantConfig.from_dict(meta["quant_config"]) if meta["quant_config"] is not None else None
     if model is None:
-        if not meta["arch"]:
-            raise CheckpointError(f"{path}: the checkpoint holds a custom architecture; pass the FP32 model: bitswitch.load(path, model=...)")
+        if not meta["arch"] or "factory" in meta["arch"]:
+            made_by = f" (built by {meta['arch']['factory']!r})" if meta["arch"] else ""
+            raise CheckpointError(f"{path}: the checkpoint holds a custom architecture{made_by}; pass the FP32 model: bitswitch.load(path, model=...)")
         # a bound on the modules a file of this many tensors can describe (a BatchNorm has 5, a ReLU 0)
         with torch.device("meta"):
             skeleton = _convert(_redo_ptq(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), meta, path), config, path)

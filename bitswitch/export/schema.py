@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ FORMAT = "bitswitch"
 VERSIONS = {"1": "int", "2": "packed"}  # format_version -> the storage it introduced
 REQUIRED = ("format", "format_version", "quant_config", "arch", "precision", "extra", "sha256")
 OPTIONAL = ("storage", "packing", "ptq")
+#: a custom model's factory as ``arch`` records it: ``package.module:function``
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MAX_INPUT_ELEMENTS = 1 << 24  # one sample; a 4096x4096x1 image is the largest a command builds
 
 
@@ -103,9 +106,13 @@ def _check_arch(arch: Any, path: Any) -> None:
         return
     from ..models import available
 
-    if not isinstance(arch, dict) or set(arch) - {"name", "kwargs"} or not isinstance(arch.get("name"), str):
+    if isinstance(arch, dict) and "factory" in arch:  # a custom model's factory (only imported when the user says so)
+        if set(arch) - {"factory", "kwargs"} or not isinstance(arch["factory"], str) or not FACTORY.match(arch["factory"]):
+            raise _fail(path, "arch", f"must be {{\"factory\": \"package.module:function\", \"kwargs\": {{...}}}}, got {arch!r}")
+        arch = {"kwargs": arch.get("kwargs", {})}
+    elif not isinstance(arch, dict) or set(arch) - {"name", "kwargs"} or not isinstance(arch.get("name"), str):
         raise _fail(path, "arch", f"must be {{\"name\": str, \"kwargs\": {{...}}}} or null, got {arch!r}")
-    if arch["name"] not in available():
+    elif arch["name"] not in available():
         raise _fail(path, "arch.name", f"unknown architecture {arch['name']!r}; available: {', '.join(available())}")
     kwargs = arch.get("kwargs", {})
     if not isinstance(kwargs, dict):
