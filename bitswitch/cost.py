@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from .nn.dataflow import run_model
 from .nn.layers import QuantLayer, quant_type
 from .table import format_table
 
@@ -49,12 +51,15 @@ def _macs_per_output(m: nn.Module) -> int:
 
 
 @torch.no_grad()
-def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]:
+def layer_costs(model: nn.Module, example_inputs: Sequence[int] | Any) -> list[LayerCost]:
     """Every Conv1d/Conv2d/Linear/Embedding (and transformers Conv1D) of ``model``, quantized or not,
     with its size and per-sample MACs (an embedding lookup has none).
 
-    ``input_shape`` is the shape of one sample, without the batch dimension (e.g. ``(3, 32, 32)``).
+    ``example_inputs`` is what the model runs on, of any dtype (token ids, say): a batch tensor, a
+    tuple of positional arguments or a dict of keyword arguments, of which the first sample is
+    counted; or the shape of one image without the batch dimension (e.g. ``(3, 32, 32)``: zeros).
     """
+    example = _one_sample(model, example_inputs)
     macs: dict[str, int] = {}
     hooks = []
     targets = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer) or quant_type(m) is not None}
@@ -78,10 +83,9 @@ def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]
         m.a_bits = None
         m.w_bits = m.w_bits if m.is_integer else None
     try:
-        param = next(model.parameters(), None)
-        model(torch.zeros((1, *input_shape), device=param.device if param is not None else "cpu"))
+        run_model(model, example)
     except RuntimeError as e:
-        raise ValueError(f"could not run the model on an input of shape {tuple(input_shape)}: {e}") from None
+        raise ValueError(f"could not run the model on its example input {_describe(example)}: {e}") from None
     finally:
         for h in hooks:
             h.remove()
@@ -103,6 +107,20 @@ def layer_costs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerCost]
             )
         )
     return out
+
+
+def _one_sample(model: nn.Module, example_inputs: Sequence[int] | Any) -> Any:
+    """A batch of one: the first sample of every tensor in ``example_inputs``, or zeros of a shape."""
+    if isinstance(example_inputs, (tuple, list, torch.Size)) and example_inputs and all(isinstance(s, int) for s in example_inputs):
+        param = next(model.parameters(), None)
+        return torch.zeros((1, *example_inputs), device=param.device if param is not None else "cpu")
+    first = lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
+    return torch.utils._pytree.tree_map(first, example_inputs)
+
+
+def _describe(example: Any) -> str:
+    shapes = [f"{t.dtype} {list(t.shape)}" for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
+    return "(" + ", ".join(shapes) + ")"
 
 
 Config = Mapping[str, tuple[int, int]]

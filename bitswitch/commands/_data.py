@@ -1,4 +1,5 @@
-"""Which dataset a command reads: one rule for eval, export, hessian and search."""
+"""Which dataset a command reads: one rule for eval, export, hessian and search (built-in datasets,
+and the ImageNet-style folders ``bitswitch ptq`` reads)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,34 @@ def resolve_data(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[str, 
         raise ValueError("the checkpoint does not say which data it was trained on: "
                          "pass --data NAME (or --data FOLDER --dataset NAME)")
     return name, root
+
+
+def is_image_folder(name: str, root: str | None) -> bool:
+    """The ImageNet-style folder ``bitswitch ptq`` reads (``images/`` + ``labels.csv``)."""
+    return name == "imagenet" or (root is not None and (Path(root) / "labels.csv").is_file())
+
+
+def labelled_batches(name: str, root: str | None, extra: dict[str, Any], split: str, samples: int | None,
+                     batch_size: int, *, seed: int = 0, skip: int = 0) -> tuple[list[tuple[Any, Any]], tuple[int, ...]]:
+    """``(batches, one sample's shape)`` of a built-in dataset (a seeded subset of ``split``) or of an
+    ImageNet-style folder (its images in sorted order, ``split`` ignored, preprocessed as the
+    checkpoint's ``extra.preprocess`` says: ``imagenet`` or ``efficientnet_lite``)."""
+    if not is_image_folder(name, root):
+        from ..search.evaluate import dataset_batches
+
+        return dataset_batches(name, root, split, samples, batch_size, seed=seed, skip=skip,
+                               mean=extra.get("mean"), std=extra.get("std"))
+    from ..data import batches, efficientnet_lite_preprocess, imagenet_preprocess, load_imagenet_samples
+
+    if root is None:
+        raise ValueError("ImageNet-style data needs its folder: pass --data FOLDER")
+    kind = extra.get("preprocess", "imagenet")
+    if kind not in ("imagenet", "efficientnet_lite"):
+        raise ValueError(f"extra.preprocess {kind!r} must be 'imagenet' or 'efficientnet_lite'")
+    ds = load_imagenet_samples(root, efficientnet_lite_preprocess() if kind == "efficientnet_lite" else imagenet_preprocess())
+    order = sorted(range(len(ds)), key=lambda i: ds.samples[i][0].name)[skip:]
+    order = order[:samples] if samples is not None else order
+    if not order:
+        raise ValueError(f"{root} has no images left to use (skip={skip})")
+    out = list(batches(ds, batch_size, indices=order, num_threads=2))
+    return out, tuple(out[0][0].shape[1:])

@@ -1,6 +1,9 @@
 """``bitswitch eval CKPT --bits 8,6,4,2 --data ...``: accuracy, model size and BOPs per bit-width.
 
-An FP32 run's checkpoint gives one row, ``FP32``.
+An FP32 run's checkpoint gives one row, ``FP32``; a ``bitswitch ptq`` result one row, its mixed
+configuration as saved. Custom architectures take ``--model``/``--trust-factory``
+(:mod:`bitswitch.commands._model`); the data may be a built-in dataset or the ImageNet-style
+folder ``bitswitch ptq`` reads.
 
 With ``--config subnet.json`` (a per-layer precision file, :mod:`bitswitch.nn.precision_file`) it
 evaluates that one mixed-precision configuration instead.
@@ -13,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ._args import COUNT, NON_NEGATIVE
-from ._data import resolve_data
+from ._data import labelled_batches, resolve_data
+from ._model import add_model_args, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,13 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", default=None, help="comma-separated bit-widths, e.g. 8,6,4,2 (default: every bit-width of the checkpoint)")
     p.add_argument("--config", default=None, help="a per-layer precision JSON file: evaluate that mixed configuration")
     p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep their precision (default: an error)")
-    p.add_argument("--data", default=None, help="dataset folder, or a dataset name (digits); default: the one the checkpoint was trained on")
-    p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits) when --data is a folder the checkpoint does not name")
+    p.add_argument("--data", default=None, help="dataset folder (a built-in dataset's, or an ImageNet-style folder as bitswitch ptq reads), "
+                   "or a dataset name (digits); default: the one the checkpoint was trained on")
+    p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits, imagenet) when --data is a folder the checkpoint does not name")
     p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
     p.add_argument("--batch-size", type=COUNT, default=1000)
     p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images first (default: 256 with --config, 0 otherwise)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -47,46 +53,37 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..cost import bops, layer_costs, model_bytes
-    from ..data import TensorLoader, dataset_stats, load_dataset
-    from ..export.checkpoint import atomic_write_json, load, read_checkpoint
+    from ..export.checkpoint import atomic_write_json
     from ..nn.convert import set_precision
     from ..nn.precision_file import apply_precision_file
     from ..table import print_table
 
     path = Path(args.checkpoint)
-    _, meta = read_checkpoint(path)
+    model, meta = load_model(args, path)
     if meta["quant_config"] is None and (args.bits or args.config):  # before any data is loaded
         raise ValueError(f"{path} is an FP32 checkpoint: --bits and --config apply to quantized checkpoints only")
+    if "ptq" in meta and args.bits:
+        raise ValueError(f"{path} is a bitswitch ptq result: one mixed configuration, evaluated as saved; --bits does not apply")
     extra = meta.get("extra") or {}
     name, root = resolve_data(args, extra)
-    ds = load_dataset(name, root, args.split)
-    stats = dataset_stats(name)
-    mean, std = extra.get("mean", stats.get("mean")), extra.get("std", stats.get("std"))
-    loader = TensorLoader(ds, args.batch_size, shuffle=False, mean=mean, std=std)
-    model = load(path)
+    batches, _ = labelled_batches(name, root, extra, args.split, None, args.batch_size)
+    images = sum(int(y.shape[0]) for _, y in batches)
     avail = [] if meta["quant_config"] is None else list(meta["quant_config"]["bits"])  # []: an FP32 checkpoint
-    shape = list(ds.images.shape[1:])
 
     @torch.no_grad()
     def accuracy() -> float:
-        correct = 0
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-        return 100.0 * correct / len(ds)
+        return 100.0 * sum(int((model(x).argmax(1) == y).sum()) for x, y in batches) / images
 
     def row(label: str) -> dict[str, Any]:
-        costs = layer_costs(model, shape)
+        costs = layer_costs(model, batches[0][0])
         return {"precision": label, "accuracy %": accuracy(), "model KB": model_bytes(costs) / 1024, "MBOPs": bops(costs) / 1e6}
 
     rows = []
     n_recal = args.recalibrate_bn if args.recalibrate_bn is not None else (256 if args.config else 0)
     if n_recal:
-        from ..data import ArrayDataset
         from ..nn.recalibrate import recalibrate_bn
 
-        train = load_dataset(name, root, "train")
-        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_recal]
-        recal = list(TensorLoader(ArrayDataset(train.images[idx], train.labels[idx], train.classes), 128, shuffle=False, mean=mean, std=std))
+        recal, _ = labelled_batches(name, root, extra, "train", n_recal, 128, seed=0)
     if not avail:
         if n_recal:
             recalibrate_bn(model, recal)
@@ -96,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         if n_recal:  # measured: mixed configurations lose up to ~10 points with the per-bit BNs as trained
             recalibrate_bn(model, recal)
         rows.append(row(f"mixed ({Path(args.config).name})" + (f", BN re-estimated on {n_recal} images" if n_recal else "")))
+    elif "ptq" in meta:
+        rows.append(row("PTQ (mixed, as saved)"))
     else:
         bits = _parse_bits(args.bits) if args.bits else avail
         for b in bits:
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             if n_recal:
                 recalibrate_bn(model, recal)
             rows.append(row(f"W{b}A{b}"))
-    print(f"{path} on {name} {args.split} ({len(ds)} images); BOPs per image, quantized layers only")
+    print(f"{path} on {name} {args.split} ({images} images); BOPs per image, quantized layers only")
     print_table(list(rows[0]), rows)
     if args.json:
         atomic_write_json(args.json, rows)

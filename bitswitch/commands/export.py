@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 
 from ._args import BITS, COUNT, NON_NEGATIVE, float_in
+from ._model import add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(a float64 copy) on the first N verification images (default 64) and print where they differ: "
                         "a real export fault shows as one layer that differs in bulk, rounding noise as ~1e-5 that grows layer by layer")
     p.add_argument("--json", default=None, help="also write the export and verification report here")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -62,16 +64,13 @@ def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int]
     """Real test images when the data can be found; otherwise ``None``."""
     import torch
 
-    from ..data import TensorLoader, dataset_stats, load_dataset
-    from ._data import resolve_data
+    from ._data import labelled_batches, resolve_data
 
     try:
         name, root = resolve_data(args, extra)
     except ValueError:
         return None, None
-    ds = load_dataset(name, root, "test")
-    stats = dataset_stats(name)
-    loader = TensorLoader(ds, 250, shuffle=False, mean=extra.get("mean", stats.get("mean")), std=extra.get("std", stats.get("std")))
+    loader, _ = labelled_batches(name, root, extra, "test", None, 250)
     xs, n = [], 0
     for x, _ in loader:
         xs.append(x[: args.verify_images - n])
@@ -82,11 +81,12 @@ def _verification_inputs(args: argparse.Namespace, extra: dict, shape: list[int]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.checkpoint import atomic_write_json, load, read_checkpoint
+    from ..export.checkpoint import atomic_write_json
     from ..nn.convert import set_precision
     from ..nn.precision_file import apply_precision_file
+    from ._model import load_model
 
-    _, meta = read_checkpoint(args.checkpoint)
+    model, meta = load_model(args, args.checkpoint)
     extra = meta.get("extra") or {}
     if args.compact:
         from ..export.compact import save_compact, verify_compact
@@ -95,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
             keep = [int(b) for b in args.compact.split(",") if b.strip()]
         except ValueError:
             raise ValueError(f"--compact must be comma-separated integers, e.g. 4,3,2; got {args.compact!r}") from None
-        model = load(args.checkpoint)
         info = save_compact(model, args.out, keep)
         check = verify_compact(model, args.out, keep, input_shape=_shape(args, extra))
         print(json.dumps({**info, "verification": check}, indent=2))
@@ -110,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
             require_onnxruntime()
     except ImportError as e:
         raise ValueError(str(e)) from None
-    model = load(args.checkpoint)
     if args.config:
         apply_precision_file(model, args.config, others_stay=args.others_stay)
     elif args.bits is not None:

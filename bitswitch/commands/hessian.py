@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..export.checkpoint import load, read_checkpoint
-from ..search.evaluate import dataset_batches
 from ..search.hessian import hessian_traces, save_traces, trace_table
 from ._args import COUNT, THREADS, float_in
-from ._data import resolve_data
+from ._data import labelled_batches, resolve_data
+from ._model import add_model_args, load_model
 
 
 def default_trace_path(checkpoint: str | Path) -> Path:
@@ -37,18 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=THREADS, default=0, help="torch threads (0: torch default); on a shared CPU 1 is often much faster")
     p.add_argument("--out", default=None, help="output JSON (default: CKPT with .hessian.json)")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, meta = read_checkpoint(args.checkpoint)
+    model, meta = load_model(args, args.checkpoint)
     extra = meta.get("extra") or {}
     name, root = resolve_data(args, extra)
-    model = load(args.checkpoint)
-    batches, shape = dataset_batches(name, root, "train", args.samples, args.batch_size, seed=args.seed,
-                                     mean=extra.get("mean"), std=extra.get("std"))
+    batches, shape = labelled_batches(name, root, extra, "train", args.samples, args.batch_size, seed=args.seed)
     t0 = time.perf_counter()
     traces = hessian_traces(
         model, batches, tol=args.tol, max_iter=args.max_iter, seed=args.seed,

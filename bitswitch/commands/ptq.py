@@ -1,4 +1,8 @@
-"""``bitswitch ptq``: post-training mixed precision for a built-in model and built-in data."""
+"""``bitswitch ptq``: post-training mixed precision for a built-in or custom model and built-in data.
+
+The result, ``model.safetensors``, holds integer codes at each layer's chosen bits and reopens with
+``bitswitch.load``, ``eval``, ``export`` and ``info`` (a custom model with ``--model``).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._args import COUNT, NON_NEGATIVE, float_in
+from ._model import import_factory
 
 if TYPE_CHECKING:
     from ..ptq import PTQResult, PTQSession
@@ -34,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ptq", help="post-training mixed precision (SQNR sensitivity + greedy Pareto)",
                        description="Fold BN, quantize with MSE ranges, rank quantizer groups by output SQNR on unlabelled "
                                    "calibration data, and flip groups greedily to a relative-BOPs budget or accuracy target.")
-    p.add_argument("--model", required=True, help="built-in model name, e.g. efficientnet_lite0, resnet18, mobilenet_v2")
+    p.add_argument("--model", required=True, help="built-in model name, e.g. efficientnet_lite0, resnet18, mobilenet_v2; or a custom "
+                   "model's factory, package.module:function (imports and runs that code)")
     p.add_argument("--pretrained", action="store_true", help="load the model's packaged pretrained weights (efficientnet_lite0)")
     p.add_argument("--weights", default=None, help="state dict file (.pt/.safetensors) to load strictly")
     p.add_argument("--data", required=True, help="data root: ImageNet-style folder (imagenet_samples) or cifar10 root")
@@ -62,14 +68,18 @@ def _num_images(args: argparse.Namespace) -> int | None:
     return None if args.num_eval is None else args.num_calib + args.num_eval
 
 
+def _data_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """What eval/export need to read the same data the same way (stored in the checkpoint's extra)."""
+    if args.dataset == "imagenet":
+        return {"dataset": "imagenet", "preprocess": "efficientnet_lite" if args.model.startswith("efficientnet") else "imagenet"}
+    return {"dataset": args.dataset}
+
+
 def _load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     if args.dataset == "imagenet":
-        from ..data import batches, efficientnet_lite_preprocess, imagenet_preprocess, load_imagenet_samples
+        from ._data import labelled_batches
 
-        pre = efficientnet_lite_preprocess() if args.model.startswith("efficientnet") else imagenet_preprocess()
-        ds = load_imagenet_samples(args.data, pre)
-        order = sorted(range(len(ds)), key=lambda i: ds.samples[i][0].name)[: _num_images(args)]
-        xs, ys = zip(*batches(ds, 64, indices=order, num_threads=2))
+        xs, ys = zip(*labelled_batches("imagenet", args.data, _data_extra(args), "test", _num_images(args), 64)[0])
         return torch.cat(xs), torch.cat(ys)
     from ..data import DATASET_STATS, load_dataset
 
@@ -89,8 +99,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.accuracy_target is not None and args.num_eval == 0:
         raise ValueError("--accuracy-target needs held-out evaluation images (--num-eval > 0)")
-    kwargs = {"pretrained": True} if args.pretrained else {}
-    model = build(args.model, **kwargs).eval()
+    if ":" in args.model:
+        if args.pretrained:
+            raise ValueError("--pretrained applies to built-in models; load a custom model's weights with --weights")
+        model = import_factory(args.model)().eval()
+        model.bitswitch_arch = {"factory": args.model, "kwargs": {}}  # the file names its factory
+    else:
+        model = build(args.model, **({"pretrained": True} if args.pretrained else {})).eval()
     if args.weights:
         load_weights(model, args.weights)
     x, y = _load_data(args)
@@ -116,12 +131,10 @@ def run(args: argparse.Namespace) -> int:
     if any("metric" in p for p in res.pareto):
         plot_pareto(res.pareto, out / "pareto.png", html=out / "pareto.html",
                     metric_name="top-1 (%)" if eval_fn else "output SQNR (dB)")
-    arch = getattr(model, "bitswitch_arch", None)
     chosen = session.apply(res.group_config)
     chosen.to(memory_format=torch.contiguous_format)  # the session runs channels-last; files want contiguous
-    chosen.bitswitch_arch = None  # BN is folded: the built-in architecture no longer matches
-    save(chosen, out / "model.safetensors", extra={"ptq_layer_config": {k: list(v) for k, v in res.layer_config.items()},
-                                                   "source_arch": arch, "input_shape": list(session.input_shape)})
+    # integer codes at the chosen bits; the metadata says which BNs were folded and biases added
+    save(chosen, out / "model.safetensors", extra={"input_shape": list(session.input_shape), **_data_extra(args)})
     print(f"relative BOPs {res.relative_bops:.4f}, metric {res.metric}, {len(session.groups)} groups; results in {out}/")
     print_summary(_summary_rows(session, res, eval_fn), len(xe))
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cost import layer_costs
-from ..export.checkpoint import atomic_write_bytes, load, read_checkpoint
+from ..export.checkpoint import atomic_write_bytes
 from ..nn.convert import quantized_layers
 from ..nn.precision_file import write_precision_file
 from ..search.baselines import greedy, random_at_cost, uniform
@@ -20,7 +20,8 @@ from ..search.ilp import SearchProblem, SearchResult, pareto_front
 from ..search.objectives import OBJECTIVES, weight_noise
 from ..table import print_table
 from ._args import BITS, COUNT, NON_NEGATIVE, THREADS
-from ._data import resolve_data
+from ._data import labelled_batches, resolve_data
+from ._model import add_model_args, load_model
 from .hessian import default_trace_path
 
 
@@ -36,11 +37,9 @@ def _calibration(args: argparse.Namespace, meta: dict[str, Any], why: str) -> tu
 
 
 def _recal_batches(args: argparse.Namespace, name: str, root: Any, extra: dict[str, Any]) -> Any:
-    from ..search.evaluate import dataset_batches
-
     if not args.recal_samples:
         return None
-    return dataset_batches(name, root, "train", args.recal_samples, 128, seed=2, mean=extra.get("mean"), std=extra.get("std"))[0]
+    return labelled_batches(name, root, extra, "train", args.recal_samples, 128, seed=2)[0]
 
 
 def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bits: list[int], act: Any) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bit
     from ..search.measured import loss_deltas
 
     name, root, extra = _calibration(args, meta, "--objective loss measures each layer's loss increase")
-    batches, _ = dataset_batches(name, root, "train", args.samples, 128, seed=1, mean=extra.get("mean"), std=extra.get("std"))
+    batches, _ = labelled_batches(name, root, extra, "train", args.samples, 128, seed=1)
     recal = _recal_batches(args, name, root, extra)
     pairs = candidate_pairs(bits, act)
     weights = sorted({w for w, _ in pairs}, reverse=True)
@@ -71,7 +70,7 @@ def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem:
     name, root, extra = _calibration(args, meta, "--rerank measures each proposal's loss")
     # the same seeded permutation as the loss deltas, after their images: disjoint from them
     skip = args.samples if args.objective == "loss" else 0
-    batches, _ = dataset_batches(name, root, "train", args.rerank_samples, 128, seed=1, skip=skip, mean=extra.get("mean"), std=extra.get("std"))
+    batches, _ = labelled_batches(name, root, extra, "train", args.rerank_samples, 128, seed=1, skip=skip)
     recal = _recal_batches(args, name, root, extra)
     props = problem.solve_k_best(budgets, args.rerank)
     n_img = sum(int(x.shape[0]) for x, _ in batches)
@@ -139,6 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random", type=NON_NEGATIVE, default=20, help="random configurations per budget for --baselines (default 20)")
     p.add_argument("--out", default=None, help="precision file for a single budget (default: subnet.json); JSON of all points for --sweep")
     p.add_argument("--out-dir", default=None, help="--sweep: also write one precision file per Pareto point here")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -222,11 +222,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    _, meta = read_checkpoint(args.checkpoint)
     trace_path = Path(args.hessian) if args.hessian else default_trace_path(args.checkpoint)
     traces = load_traces(trace_path)
     trace_doc = json.loads(trace_path.read_text())
-    model = load(args.checkpoint)
+    model, meta = load_model(args, args.checkpoint)
     costs = layer_costs(model, _shape(args, meta, trace_doc))
     bits = [int(b) for b in args.bits.split(",")] if args.bits else list(meta["quant_config"]["bits"])
     problem = SearchProblem(

@@ -15,6 +15,9 @@ Layout of a ``.safetensors`` file written by :func:`save`:
   current per-layer precision), ``extra`` (JSON supplied by the caller) and ``sha256``: one digest
   over the canonical metadata and every tensor, so a changed bit anywhere is detected.
 
+A post-training (PTQ) model also carries ``ptq`` metadata and stores codes at each layer's chosen
+bit-width in place of FP32 weights (:mod:`bitswitch.export.ptq_form`).
+
 A model without quantized layers (an FP32 run's) is saved the same way with ``storage="float"``:
 its state dict as is, ``quant_config`` ``null`` and ``precision`` ``{}``; :func:`load` rebuilds it as a
 float model.
@@ -38,7 +41,7 @@ import torch
 from torch import nn
 
 from ..nn.convert import QuantConfig, convert, get_precision, quantized_layers, set_precision, to_integer
-from . import container
+from . import container, ptq_form
 from .atomic import atomic_write_bytes, atomic_write_json
 from .schema import FORMAT, CheckpointError, check_values, decode_metadata
 
@@ -114,7 +117,12 @@ def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | N
     }
     if config is None:
         metadata["storage"] = "float"
-    tensors, tied = split_tied(integer_state_dict(model))
+    state = integer_state_dict(model)
+    ptq = getattr(model, "bitswitch_ptq", None)
+    if ptq is not None:
+        metadata["ptq"] = json.dumps(ptq)
+        state = ptq_form.codes_state(model, state)
+    tensors, tied = split_tied(state)
     if tied:
         metadata["tied"] = json.dumps(tied)
     return container.write(path, tensors, metadata)
@@ -172,6 +180,12 @@ def _convert(model: nn.Module, config: QuantConfig | None, path: Path) -> nn.Mod
     return model
 
 
+def _redo_ptq(model: nn.Module, meta: dict[str, Any], path: Path) -> nn.Module:
+    if "ptq" in meta:
+        ptq_form.redo(model, meta["ptq"], path)
+    return model
+
+
 def _compare(model: nn.Module, header: container.Header, meta: dict[str, Any], path: Path) -> None:
     """Every tensor the header declares must be one the model has, with the same dtype and shape."""
     tied = tied_keys(model)
@@ -183,6 +197,8 @@ def _compare(model: nn.Module, header: container.Header, meta: dict[str, Any], p
         from .compact import packed_entries
 
         expected = packed_entries(expected, meta, path)
+    if "ptq" in meta:
+        expected = ptq_form.entries(model, expected, meta["precision"], path)
     declared = {k: (e.dtype, e.shape) for k, e in header.entries.items()}
     missing = sorted(set(expected) - set(declared))
     unexpected = sorted(set(declared) - set(expected))
@@ -216,17 +232,20 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
                                   f"bitswitch.load(path, model=bitswitch.models.build({spec!r}, **{kwargs!r})) (this imports and runs {spec.partition(':')[0]!r})")
         # a bound on the modules a file of this many tensors can describe (a BatchNorm has 5, a ReLU 0)
         with torch.device("meta"):
-            skeleton = _convert(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), config, path)
+            skeleton = _convert(_redo_ptq(_build_arch(meta["arch"], path, limit=8 * len(header.entries) + 256), meta, path), config, path)
         _compare(skeleton, header, meta, path)
-        model = _convert(_build_arch(meta["arch"], path), config, path)  # as the skeleton: already compared
+        model = _convert(_redo_ptq(_build_arch(meta["arch"], path), meta, path), config, path)  # as the skeleton: already compared
     else:
-        model = _convert(model, config, path)
+        model = _convert(_redo_ptq(model, meta, path), config, path)
         _compare(model, header, meta, path)  # the only shape check for a caller's own model
     if meta["storage"] == "packed":
         from .compact import expand_packed
 
         tensors = expand_packed(tensors, meta, path)
     tensors.update({alias: tensors[primary] for alias, primary in meta["tied"].items()})
+    if "ptq" in meta:
+        tensors = ptq_form.expand_codes(model, tensors, meta["precision"], path)
+        model.bitswitch_ptq = meta["ptq"]
     check_values(model, tensors, path)
     model.load_state_dict(tensors, strict=True)
     precision = meta["precision"]

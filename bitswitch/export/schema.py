@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..quant.weight import WEIGHT_QUANTIZERS
 FORMAT = "bitswitch"
 VERSIONS = {"1": "int", "2": "packed"}  # format_version -> the storage it introduced
 REQUIRED = ("format", "format_version", "quant_config", "arch", "precision", "extra", "sha256")
-OPTIONAL = ("storage", "packing", "tied")
+OPTIONAL = ("storage", "packing", "tied", "ptq")
 MAX_INPUT_ELEMENTS = 1 << 24  # one sample; a 4096x4096x1 image is the largest a command builds
 
 
@@ -173,7 +174,7 @@ def decode_metadata(meta: Mapping[str, str], path: Any) -> dict[str, Any]:
     if storage not in ("int", "packed", "float") or (storage == "packed") != (version == "2") or (storage == "packed") != ("packing" in meta):
         raise _fail(path, "storage", f"{storage!r} does not fit format_version {version!r} (1: 'int' or 'float'; 2: 'packed' with packing metadata)")
     decoded: dict[str, Any] = {"storage": storage}
-    for key in ("quant_config", "arch", "precision", "extra") + tuple(k for k in ("packing", "tied") if k in meta):
+    for key in ("quant_config", "arch", "precision", "extra") + tuple(k for k in ("packing", "tied", "ptq") if k in meta):
         try:
             decoded[key] = json.loads(meta[key], parse_constant=lambda c: _reject_constant(c, path, key))
         except (json.JSONDecodeError, RecursionError) as e:
@@ -189,6 +190,12 @@ def decode_metadata(meta: Mapping[str, str], path: Any) -> dict[str, Any]:
         _check_packing(decoded["packing"], path)
     decoded.setdefault("tied", {})
     _check_tied(decoded["tied"], path)
+    if "ptq" in decoded:
+        from .ptq_form import check_ptq
+
+        if storage != "int":
+            raise _fail(path, "ptq", f"a PTQ checkpoint has storage 'int', not {storage!r}")
+        check_ptq(decoded["ptq"], path)
     return decoded
 
 

@@ -2,9 +2,9 @@
 
 On hardware, an activation tensor is quantized once, and every layer that consumes it reads that
 one integer tensor; so the activation's bit-width and the consuming layers' weight bit-widths are
-chosen together. Groups are found on the ``torch.fx`` graph: from each quantized layer's input we
-walk back through data-movement ops (reshape, flatten, padding, pooling, dropout) to the op that
-produced the value; layers reaching the same producer (e.g. ``q``/``k``/``v`` after one LayerNorm,
+chosen together. Groups are found on the captured graph (:mod:`bitswitch.capture`): from each
+quantized layer's input we walk back through data-movement ops (view, permute, flatten, padding,
+pooling, dropout) to the op that produced the value; layers reaching the same producer (e.g. ``q``/``k``/``v`` after one LayerNorm,
 or a residual block's conv and its projection shortcut) form one group. A residual addition is
 just another producer.
 """
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import fx, nn
-from torch.nn import Conv2d, Linear
 
+from ..capture import Capture
 from ..nn.layers import QuantLayer
-from .trace import is_passthrough, trace
+from .graph import capture_layers, source
 
 Pair = tuple[int, int]
 
@@ -40,34 +41,36 @@ class QuantizerGroup:
 
 def layer_kind(m: nn.Module) -> str:
     """``conv``, ``depthwise`` or ``linear``: the op types a hardware candidate table may key on."""
-    if isinstance(m, Conv2d):
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         return "depthwise" if m.groups > 1 and m.groups == m.in_channels else "conv"
-    if isinstance(m, Linear):
+    if isinstance(m, nn.Linear):
         return "linear"
     raise ValueError(f"unsupported layer type {type(m).__name__}")
 
 
-def find_groups(model: nn.Module, graph: fx.GraphModule | None = None) -> list[QuantizerGroup]:
-    """Quantizer groups of a quantized model, in graph order."""
-    gm = graph if graph is not None else trace(model)
-    modules = dict(gm.named_modules())
+def find_groups(model: nn.Module, example_inputs: Any) -> list[QuantizerGroup]:
+    """Quantizer groups of a quantized model (captured on ``example_inputs``), in graph order."""
+    return groups_of(capture_layers(model, example_inputs), model)
+
+
+def groups_of(cap: Capture, model: nn.Module) -> list[QuantizerGroup]:
+    """Quantizer groups of the quantized layers in a capture of ``model``, in graph order."""
     by_producer: dict[str, QuantizerGroup] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), QuantLayer):
+    seen: set[str] = set()
+    for node, name in cap.layer_nodes():
+        module = model.get_submodule(name)
+        if not isinstance(module, QuantLayer) or name in seen:  # a layer called twice joins its first group
             continue
-        src = node.args[0]
-        while isinstance(src, fx.Node) and is_passthrough(src, modules) and src.args and isinstance(src.args[0], fx.Node):
-            src = src.args[0]
-        key = src.name if isinstance(src, fx.Node) else f"const:{node.name}"
-        kind = layer_kind(modules[node.target])
+        seen.add(name)
+        src = source(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        key = src.name if src is not None else f"const:{node.name}"
         if key in by_producer:
-            g = by_producer[key]
-            g.layers.append(node.target)
-            g.kinds.append(kind)
+            by_producer[key].layers.append(name)
+            by_producer[key].kinds.append(layer_kind(module))
         else:
-            by_producer[key] = QuantizerGroup(node.target, [node.target], key, [kind])
+            by_producer[key] = QuantizerGroup(name, [name], key, [layer_kind(module)])
     if not by_producer:
-        raise ValueError("model has no quantized layers reachable in its traced graph")
+        raise ValueError("model has no quantized layers reachable in its captured graph")
     return list(by_producer.values())
 
 

@@ -2,8 +2,9 @@
 
 ``SQNR = 10·log10( Σ F(x)² / Σ (F(x) - Q(F(x)))² )`` summed over the whole calibration set (labels
 are never used). Speed: per calibration chunk the FP32 forward runs once with every intermediate
-value of the traced graph kept; each (group, candidate) then re-runs only the graph suffix that
-starts at the group's first layer, reading everything before it from the FP32 values. Results are
+value of the captured graph (:mod:`bitswitch.ptq.graph`) kept; each (group, candidate) then re-runs
+only the graph suffix that starts at the group's first layer, reading everything before it from the
+FP32 values. Results are
 accumulated per chunk into a JSON cache (written atomically after each chunk), so an interrupted
 run resumes at the next chunk; a cache made for another model, data or candidate set is ignored.
 """
@@ -13,15 +14,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx
 from tqdm import tqdm
 
 from .cache import read_cache, write_cache
+from .graph import GraphRunner, output_tensor
 
 log = logging.getLogger(__name__)
 
@@ -47,70 +48,8 @@ def pair_key(p: Pair) -> str:
     return f"W{p[0]}A{p[1]}"
 
 
-class GraphRunner:
-    """Runs a traced graph node by node so that a suffix can start from cached values."""
-
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-        self.nodes = list(gm.graph.nodes)
-        self.index = {n: i for i, n in enumerate(self.nodes)}
-        self.modules = dict(gm.named_modules())
-        self.placeholders = [n for n in self.nodes if n.op == "placeholder"]
-        if len(self.placeholders) != 1:
-            raise ValueError(f"post-training quantization supports single-input models; this one has {len(self.placeholders)} inputs")
-
-    def _exec(self, node: fx.Node, lookup: Callable[[fx.Node], Any]) -> Any:
-        args = fx.node.map_arg(node.args, lookup)
-        kwargs = fx.node.map_arg(node.kwargs, lookup)
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            obj: Any = self.gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
-            return obj
-        if node.op == "output":
-            return args[0]
-        raise ValueError(f"unsupported fx node op {node.op!r}")
-
-    def run_all(self, x: torch.Tensor) -> tuple[dict[fx.Node, Any], Any]:
-        env: dict[fx.Node, Any] = {self.placeholders[0]: x}
-        out = None
-        for n in self.nodes:
-            if n.op == "placeholder":
-                continue
-            env[n] = self._exec(n, env.__getitem__)
-            if n.op == "output":
-                out = env[n]
-        return env, out
-
-    def run_from(self, start: int, env: Mapping[fx.Node, Any]) -> Any:
-        """Re-run nodes ``start..end`` reading earlier values from ``env``; returns the output."""
-        overlay: dict[fx.Node, Any] = {}
-        lookup = lambda n: overlay[n] if n in overlay else env[n]  # noqa: E731
-        for n in self.nodes[start:]:
-            if n.op == "placeholder":
-                continue
-            overlay[n] = self._exec(n, lookup)
-            if n.op == "output":
-                return overlay[n]
-        raise ValueError("graph has no output node")
-
-
-def _output_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise ValueError(f"model output must be a tensor (or a tuple starting with one), got {type(out).__name__}")
-
-
 def phase1(
-    runner: GraphRunner,
+    runners: Sequence[GraphRunner],
     chunks: Sequence[torch.Tensor],
     groups: Sequence[Any],
     set_group: Callable[[Any, Pair | None], None],
@@ -121,6 +60,7 @@ def phase1(
 ) -> tuple[dict[str, dict[Pair, float]], dict[str, float]]:
     """SQNR (dB) per group and candidate; returns ``(sqnr, timings)``.
 
+    ``runners[i]`` runs the captured graph for ``chunks[i]`` (one per input shape).
     ``set_group(group, pair)`` switches one group (``None`` = back to FP32). With
     ``include_highest=False`` the highest candidate of each group is skipped: phase 2 never flips to
     it, so it is not needed to decide anything.
@@ -137,19 +77,19 @@ def phase1(
             log.info("phase 1: resuming from %s (%d of %d chunks done)", cache_path, state["chunks_done"], len(chunks))
         else:
             log.info("phase 1: cache %s is for another model/data/candidates; starting over", cache_path)
-    starts = {g.name: min(runner.index[n] for n in runner.nodes if n.op == "call_module" and n.target in g.layers) for g in groups}
     t0 = time.perf_counter()
     total = (len(chunks) - state["chunks_done"]) * len(work)
     bar = tqdm(total=total, desc="phase 1 (SQNR)", disable=not progress, unit="eval")
     with torch.inference_mode():
         for ci in range(state["chunks_done"], len(chunks)):
+            runner = runners[ci]
             env, out = runner.run_all(chunks[ci])
-            ref = _output_tensor(out).double()
+            ref = output_tensor(out).double()
             state["signal"] += float(ref.pow(2).sum())
             for g, c in work:
                 set_group(g, c)
                 try:
-                    q = _output_tensor(runner.run_from(starts[g.name], env)).double()
+                    q = output_tensor(runner.run_from(min(runner.layer_index[n] for n in g.layers), env)).double()
                 finally:
                     set_group(g, None)
                 key = state["noise"].setdefault(g.name, {})

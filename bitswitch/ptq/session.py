@@ -25,12 +25,11 @@ from ..nn.convert import Reservoir, first_tensor, quantize, quantized_layers, se
 from ..quant.ranges import act_range_mse
 from .adaround import InputStats, adaround_layers, bias_correction, conv_geometry, sample_rows, weight_scale_output_mse
 from .config import PTQConfig
-from .fold import fold_batchnorms
-from .groups import QuantizerGroup, assign_candidates, find_groups
+from .graph import LAYER_TYPES, GraphRunner, capture_layers, fold_captured, output_tensor
+from .groups import QuantizerGroup, assign_candidates, groups_of
 from .pareto import REFERENCE
 from .phase2 import PTQResult, search
-from .sensitivity import GraphRunner, _output_tensor, pair_key, phase1, sqnr_db
-from .trace import trace
+from .sensitivity import pair_key, phase1, sqnr_db
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +51,13 @@ def _digest(tensors: Iterable[torch.Tensor]) -> str:
 
 
 def _calibration_tensor(calibration: Iterable[Any]) -> torch.Tensor:
-    """All calibration inputs as one float tensor; refuses empty or non-finite data."""
+    """All calibration inputs as one tensor (images, or token ids for a language model); refuses
+    empty or non-finite data."""
     xs = [first_tensor(batch) for batch in calibration]
     if not xs:
         raise ValueError("calibration data is empty: pass at least one batch")
-    data = torch.cat([x.float() for x in xs])
-    if not torch.isfinite(data).all():
+    data = torch.cat([x if not x.is_floating_point() else x.float() for x in xs])
+    if data.is_floating_point() and not torch.isfinite(data).all():
         raise ValueError("calibration inputs contain NaN or Inf")
     return data
 
@@ -71,7 +71,8 @@ class PTQSession:
         self.timings: dict[str, float] = {}
         self.table = config.candidate_table()
         data = _calibration_tensor(calibration)
-        self.memory_format = torch.channels_last if config.channels_last and data.dim() == 4 else torch.contiguous_format
+        image = data.dim() == 4 and data.is_floating_point()
+        self.memory_format = torch.channels_last if config.channels_last and image else torch.contiguous_format
         self.chunks = [c.contiguous(memory_format=self.memory_format) for c in data.split(config.chunk_size)]
         self.input_shape = tuple(data.shape[1:])
         wbits = self._build_model(model)
@@ -93,26 +94,37 @@ class PTQSession:
 
     # -- construction steps ----------------------------------------------------------------------
     def _build_model(self, model: nn.Module) -> list[int]:
-        """A BN-folded, quantized copy (unshared weights, asymmetric activations); returns its weight bits."""
+        """A quantized copy (unshared weights, asymmetric activations), captured once, BN folded on
+        the capture; returns its weight bits."""
         fp = copy.deepcopy(model).eval()
-        for m in fp.modules():  # in-place ops would overwrite cached FP32 values in suffix re-runs
-            if hasattr(m, "inplace"):
-                m.inplace = False
-        self.folded_pairs: list[tuple[str, str]] = []
-        if self.config.fold_bn:
-            fp, self.folded_pairs = fold_batchnorms(fp, inplace=True)
         wbits = sorted({p[0] for ps in self.table.values() for p in ps}, reverse=True)
         abits = sorted({p[1] for ps in self.table.values() for p in ps}, reverse=True)
         self.model = quantize(fp, bits=wbits, act_bits=abits, full_precision=self.config.full_precision, variant="unshared",
                               switchable_bn=False, act_asymmetric=True, inplace=True)
         self.model.eval()
         self.model.to(memory_format=self.memory_format)
+        set_precision(self.model, None)
+        no_bias = [n for n, m in self.model.named_modules() if isinstance(m, LAYER_TYPES) and m.bias is None]
+        self.capture = capture_layers(self.model, self.chunks[0])
+        self.folded_pairs: list[tuple[str, str]] = fold_captured(self.model, self.capture) if self.config.fold_bn else []
+        self.runners = {tuple(self.chunks[0].shape): GraphRunner(self.capture, self.model)}
         self.layers = quantized_layers(self.model)
         if self.config.bias_correct:  # every layer needs a bias to take the correction
             for layer in self.layers.values():
                 if layer.bias is None:
                     layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
+        # what a checkpoint of this model records, so that load can rebuild it (bitswitch.export.ptq_form)
+        self.model.bitswitch_ptq = {"folded_bn": [list(p) for p in self.folded_pairs],
+                                    "added_bias": [n for n in no_bias if self.model.get_submodule(n).bias is not None]}
         return wbits
+
+    def runner(self, x: torch.Tensor) -> GraphRunner:
+        """The graph runner for inputs of ``x``'s shape (a capture is specialised to its input shape)."""
+        key = tuple(x.shape)
+        if key not in self.runners:
+            set_precision(self.model, None)
+            self.runners[key] = GraphRunner(capture_layers(self.model, x), self.model)
+        return self.runners[key]
 
     @torch.no_grad()
     def _set_ranges(self, rows_per_sample: int = 0) -> dict[str, tuple]:
@@ -152,13 +164,11 @@ class PTQSession:
                 layer.weight_quant.scales[str(bits)].data.copy_(weight_scale_output_mse(layer.weight, stats[n][0], groups, bits))
 
     def _find_groups(self) -> None:
-        """Trace the model, find its quantizer groups, their candidates and MACs."""
-        self.gm = trace(self.model)
-        self.runner = GraphRunner(self.gm)
-        self.groups: list[QuantizerGroup] = find_groups(self.model, self.gm)
+        """The quantizer groups of the capture, their candidates and MACs."""
+        self.groups: list[QuantizerGroup] = groups_of(self.capture, self.model)
         assign_candidates(self.groups, self.table)
         self.group_by_name = {g.name: g for g in self.groups}
-        self.costs = layer_costs(self.model, self.input_shape)  # also the CLI's size and BOPs summary
+        self.costs = layer_costs(self.model, self.chunks[0])  # also the CLI's size and BOPs summary
         macs = {c.name: c.macs for c in self.costs}
         self.macs = {g.name: sum(macs[n] for n in g.layers) for g in self.groups}
 
@@ -257,7 +267,8 @@ class PTQSession:
                 raise ValueError(f"max_samples must be positive, got {max_samples}")
             data = torch.cat(self.chunks)[:max_samples]
             chunks = list(data.split(self.chunks[0].shape[0]))
-        self.sqnr, t = phase1(self.runner, chunks, self.groups, self.set_group, include_highest, cache_path,
+        runners = [self.runner(x) for x in chunks]
+        self.sqnr, t = phase1(runners, chunks, self.groups, self.set_group, include_highest, cache_path,
                               self.fingerprint + f"|top={include_highest}|n={max_samples}", self.config.progress)
         self.timings.update(t)
         return self.sqnr
@@ -274,8 +285,8 @@ class PTQSession:
         """Label-free metric: SQNR (dB) of the output at ``group_config`` vs FP32 on the calibration set."""
         sig = noise = 0.0
         for x in self.chunks[:max_chunks]:
-            ref = _output_tensor(self.apply(None)(x)).double()
-            q = _output_tensor(self.apply(group_config)(x)).double()
+            ref = output_tensor(self.apply(None)(x)).double()
+            q = output_tensor(self.apply(group_config)(x)).double()
             sig += float(ref.pow(2).sum())
             noise += float((ref - q).pow(2).sum())
         return sqnr_db(sig, noise)

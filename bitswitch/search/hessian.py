@@ -12,6 +12,12 @@ A layer stops when the standard error of its running mean falls below ``tol`` ti
 ``min_iter`` iterations) and is then dropped from later products; everything stops at
 ``max_iter``. Traces are of the FP32 function: a latent-weight model runs in full precision, an
 integer model with its top-precision weights and unquantized activations.
+
+Double backprop needs every op's backward to be differentiable again. Attention runs on the math
+kernel of ``scaled_dot_product_attention`` (the fused kernels have no double backward);
+``nn.Hardsigmoid`` modules (MobileNetV3's squeeze-excite gate) are replaced in the float copy by the
+same function written as ``relu6(x + 3) / 6``; any other op without a double backward stops the
+estimate with a :class:`ValueError` naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..nn.convert import set_precision
 from ..nn.layers import QuantLayer
@@ -71,7 +79,40 @@ def float_copy(model: nn.Module) -> nn.Module:
             layer.weight = nn.Parameter(w)  # type: ignore[attr-defined]
     if layers:
         set_precision(m, None)
+    for name, sub in list(m.named_modules()):
+        if isinstance(sub, nn.Hardsigmoid):
+            m.set_submodule(name, TwiceDifferentiableHardsigmoid())
     return m
+
+
+class TwiceDifferentiableHardsigmoid(nn.Module):
+    """``hardsigmoid`` as ``relu6(x + 3) / 6``: the same function, but PyTorch's fused
+    ``hardsigmoid_backward`` has no derivative of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) / 6.0
+
+
+def default_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the model's logits (a Hugging Face output's ``.logits``; a sequence
+    model's ``[batch, tokens, classes]`` logits against ``[batch, tokens]`` targets)."""
+    logits = output.logits if hasattr(output, "logits") else output
+    if logits.dim() > 2:
+        return F.cross_entropy(logits.flatten(0, -2), target.flatten())
+    return F.cross_entropy(logits, target)
+
+
+def _double_backward_error(e: RuntimeError) -> Exception:
+    """A clear error for an op without double backward (``e`` itself for anything else)."""
+    found = re.search(r"derivative for (\S+) is not implemented", str(e))
+    if found is None:
+        return e
+    op = found.group(1)
+    forward = op.split("::")[-1].removesuffix("_backward")
+    return ValueError(
+        f"Hessian traces need the second derivative of every op, and PyTorch implements none for {op} "
+        f"(the backward of {forward!r}): replace {forward!r} in the model by a twice-differentiable equivalent "
+        f"(as bitswitch does for nn.Hardsigmoid), or compute traces on a model without it")
 
 
 def _targets(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Parameter]:
@@ -105,7 +146,8 @@ def hessian_traces(
 
     Args:
         batches: ``(inputs, targets)`` pairs; all of them form the loss (materialised once).
-        loss_fn: mean loss of one batch (default cross-entropy).
+        loss_fn: ``loss_fn(model output, targets)``, the mean loss of one batch (default:
+            :func:`default_loss`, cross-entropy of the logits).
         tol: stop a layer when ``stderr(mean) / |mean| < tol``.
         max_iter: iteration cap; layers still above ``tol`` then report ``converged=False``.
         layers: restrict to these layer names (default: every quantized layer, or every
@@ -118,7 +160,7 @@ def hessian_traces(
     if not data:
         raise ValueError("no data for the Hessian: pass at least one (inputs, targets) batch")
     total = sum(int(x.shape[0]) for x, _ in data)
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_fn or default_loss
     m = float_copy(model).eval()
     params = _targets(m, layers)
     for p in m.parameters():
@@ -133,10 +175,17 @@ def hessian_traces(
         est = {n: 0.0 for n in active}
         plist = [params[n] for n in active]
         for x, y in data:
-            loss = loss_fn(m(x), y)
-            grads = torch.autograd.grad(loss, plist, create_graph=True)
             vs = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype).mul_(2).sub_(1) for p in plist]
-            hv = torch.autograd.grad(grads, plist, grad_outputs=vs)
+            try:
+                with sdpa_kernel(SDPBackend.MATH):
+                    loss = loss_fn(m(x), y)
+                    grads = torch.autograd.grad(loss, plist, create_graph=True)
+                    hv = torch.autograd.grad(grads, plist, grad_outputs=vs)
+            except RuntimeError as e:
+                clear = _double_backward_error(e)
+                if clear is e:
+                    raise
+                raise clear from e
             w = x.shape[0] / total
             for n, v, h in zip(active, vs, hv):
                 est[n] += w * float((v * h).sum())
@@ -209,7 +258,7 @@ def trace_table(traces: Mapping[str, LayerTrace]) -> str:
     return format_table(["layer", "params", "trace", "trace/param", "iters", "rel.stderr", "converged"], rows)
 
 
-__all__ = ["FORMAT", "LayerTrace", "float_copy", "hessian_traces", "load_traces", "save_traces", "sensitivity", "trace_table"]
+__all__ = ["FORMAT", "LayerTrace", "default_loss", "float_copy", "hessian_traces", "load_traces", "save_traces", "sensitivity", "trace_table"]
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:  # used by the benchmark and the CLI
