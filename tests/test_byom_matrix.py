@@ -1,0 +1,41 @@
+"""Bring your own model: every stage on the models people actually have (issue 16, "What it must show").
+
+One test per model x stage, ids like ``timm-convnext_atto-export``. The models (``tests/byom/models.py``)
+are random-init toy configurations of timm CNNs and a ViT, Hugging Face GPT-2 / Llama / BERT and
+hand-written modules; the stages (``tests/byom/stages.py``) call only the public API. timm imports
+torchvision, which has no CPU build here: the ``timm`` fixture puts a test-only import stand-in
+(``tests/stubs/torchvision``) on the path. ``benchmarks/byom_matrix.py`` tabulates the same cells.
+
+``EXPECTED_FAILURES`` is the one place that says which cells do not work yet, with the error seen.
+The marks are strict: when a feature lands and its cell passes, the cell fails until its entry here
+is removed.
+"""
+
+from __future__ import annotations
+
+import pytest
+from byom.models import CASES
+from byom.stages import STAGES
+
+#: cell id -> the failure observed on the code the table was last checked against (c7e0892).
+EXPECTED_FAILURES: dict[str, str] = {}
+
+CELLS = [
+    pytest.param(case, stage, id=f"{case.id}-{stage}",
+                 marks=[pytest.mark.xfail(strict=True, reason=EXPECTED_FAILURES[f"{case.id}-{stage}"])] if f"{case.id}-{stage}" in EXPECTED_FAILURES else [])
+    for case in CASES for stage in STAGES
+]
+
+
+def test_expected_failures_name_real_cells():
+    ids = {f"{case.id}-{stage}" for case in CASES for stage in STAGES}
+    assert not set(EXPECTED_FAILURES) - ids, f"unknown cells in EXPECTED_FAILURES: {sorted(set(EXPECTED_FAILURES) - ids)}"
+
+
+@pytest.mark.parametrize(("case", "stage"), CELLS)
+def test_cell(case, stage, request):
+    if case.family == "timm":
+        request.getfixturevalue("timm")
+    if case.family == "hf":
+        pytest.importorskip("transformers")
+    STAGES[stage](case)
