@@ -28,14 +28,16 @@ from bitswitch.nn.dataflow import run_model
 from .models import Case, logits, loss, predictions, targets
 
 BITS = (8, 6, 4, 2)
-#: W8A8 against FP32 on the held-out batch. Random-init models have nearly tied logits, so one step
-#: of noise can flip a prediction: the deep SE nets (MobileNetV3, EfficientNet) reach 0.81-0.94 and
-#: 12-13 steps here, the others 1.0 and under 9 steps
-W8_MIN_AGREEMENT = 0.75
-W8_MAX_STEPS = 16.0
+#: W8A8 against FP32 on the held-out batches: top-1 / next-token agreement, and the mean |difference|
+#: in output steps (the maximum swings between 6 and 30 steps from batch to batch on the deep
+#: random-init SE nets, whose W8 means are 2.1-2.3 steps and agreements 0.83-0.94; the others
+#: stay under 1 step on average and agree on 0.97-1.0)
+W8_MIN_AGREEMENT = 0.8
+W8_MAX_MEAN_STEPS = 3.0
 #: ONNX Runtime against PyTorch at W8 (the tight default the issue asks for)
 EXPORT_MAX_STEPS = 2.0
 CALIBRATION_SEEDS = (1, 2)
+HELD_OUT_SEEDS = (3, 7, 8, 9)  # the switch cell's agreement batches: 64 images, or 32 sequences
 CALIBRATION_SAMPLE = 1 << 14  # activation values sampled per layer: plenty for tiny models, and fast
 HELD_OUT = 3
 
@@ -48,12 +50,21 @@ def output(model: nn.Module, inputs: Any) -> torch.Tensor:
 
 
 def compare(case: Case, got: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """Max difference in output steps and top-1 / next-token agreement of ``got`` with ``ref``."""
+    """Max and mean |difference| in output steps, and top-1 / next-token agreement of ``got`` with ``ref``."""
     step = float(ref.abs().max()) / 127
     return {
         "max_steps": float((got - ref).abs().max()) / step,
+        "mean_steps": float((got - ref).abs().mean()) / step,
         "agreement": float((predictions(case, got) == predictions(case, ref)).float().mean()),
     }
+
+
+def held_out(case: Case) -> Any:
+    """The batches of ``HELD_OUT_SEEDS`` as one batch (tensors, or dicts of tensors, concatenated)."""
+    parts = [case.inputs(s) for s in HELD_OUT_SEEDS]
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -203,9 +214,10 @@ def stage_calibrate(case: Case) -> dict[str, Any]:
 
 def stage_switch(case: Case) -> dict[str, Any]:
     """Every bit-width runs; outputs differ between bit-widths and drift further from FP32 as bits
-    fall; W8 stays close to FP32 (output steps and top-1 / next-token agreement)."""
+    fall; W8 stays close to FP32 (mean output steps, top-1 / next-token agreement); quantization
+    off gives the FP32 outputs back."""
     fp, q = calibrated(case)
-    x = case.inputs(HELD_OUT)
+    x = held_out(case)
     ref = output(fp, x)
     got = {}
     for b in BITS:
@@ -215,14 +227,15 @@ def stage_switch(case: Case) -> dict[str, Any]:
     cmp = {b: compare(case, got[b], ref) for b in BITS}
     for hi, lo in zip(BITS, BITS[1:]):
         assert not torch.equal(got[hi], got[lo]), f"W{hi} and W{lo} give identical outputs: the switch did nothing"
-        assert cmp[lo]["max_steps"] > cmp[hi]["max_steps"], f"W{lo} is no further from FP32 than W{hi}: {cmp}"
+        assert cmp[lo]["mean_steps"] > cmp[hi]["mean_steps"], f"W{lo} is no further from FP32 than W{hi}: {cmp}"
     w8 = cmp[8]
-    assert w8["agreement"] >= W8_MIN_AGREEMENT and w8["max_steps"] <= W8_MAX_STEPS, (
-        f"W8 vs FP32: agreement {w8['agreement']:.3f} (need >= {W8_MIN_AGREEMENT}), {w8['max_steps']:.2f} output steps (need <= {W8_MAX_STEPS})")
+    assert w8["agreement"] >= W8_MIN_AGREEMENT and w8["mean_steps"] <= W8_MAX_MEAN_STEPS, (
+        f"W8 vs FP32: agreement {w8['agreement']:.3f} (need >= {W8_MIN_AGREEMENT}), "
+        f"mean |diff| {w8['mean_steps']:.2f} output steps (need <= {W8_MAX_MEAN_STEPS})")
     bitswitch.set_precision(q, None)
     off = compare(case, output(q, x), ref)
     assert off["max_steps"] <= 0.01, f"with quantization off the model is {off['max_steps']:.3g} output steps from FP32"
-    return {"w8_agreement": w8["agreement"], "w8_steps": w8["max_steps"], "w2_steps": cmp[BITS[-1]]["max_steps"]}
+    return {"w8_agreement": w8["agreement"], "w8_mean_steps": w8["mean_steps"], "w2_mean_steps": cmp[BITS[-1]]["mean_steps"]}
 
 
 def stage_saveload(case: Case) -> dict[str, Any]:
@@ -243,23 +256,27 @@ def stage_saveload(case: Case) -> dict[str, Any]:
 
 
 def stage_train(case: Case) -> dict[str, Any]:
-    """A few joint steps (every bit-width, highest first) with ALRS groups, in a plain loop."""
+    """A few joint steps (every bit-width, highest first) with ALRS groups, in a plain loop: a finite
+    loss for every bit-width, every quantized weight updated, tied weights still one tensor."""
     from bitswitch.train import alrs_param_groups, joint_step
 
     fp, q = calibrated(case)
     q.train()
     x = case.inputs(4)
     y = targets(case, x, 4)
+    # the batch as a loader yields it: (inputs, targets), or the tokenizer's dict with its labels
+    batch = {**x, "labels": y} if isinstance(x, dict) else (x, y)
+    labels = (lambda b: b["labels"]) if isinstance(x, dict) else (lambda b: b[1])
     before = {n: p.detach().clone() for n, p in q.named_parameters()}
     optimizer = torch.optim.Adam(alrs_param_groups(q, lr=1e-3))
-    history = [joint_step(q, (x, y), lambda out, t: loss(case, out, t), optimizer) for _ in range(4)]
+    history = [joint_step(q, batch, lambda out, b: loss(case, out, labels(b)), optimizer) for _ in range(4)]
     assert all(set(h) == set(BITS) for h in history), f"per-bit losses {history[0]}"
     assert all(math.isfinite(v) for h in history for v in h.values()), f"losses {history}"
-    unchanged = [n for n in q.bitswitch_config.quantized if torch.equal(before[f"{n}.weight"], q.get_submodule(n).weight)]
-    assert not unchanged, f"weights of {unchanged[:5]} did not change"
+    changed = {n for n, p in q.named_parameters() if not torch.equal(before[n], p.detach())}
+    unchanged = [n for n in q.bitswitch_config.quantized if not any(c.startswith(f"{n}.") for c in changed)]
+    assert not unchanged, f"no parameter of {unchanged[:5]} changed"
     assert_still_tied(fp, q)
-    first, last = sum(history[0].values()), sum(history[-1].values())
-    return {"loss_first": first, "loss_last": last}
+    return {"loss_first": sum(history[0].values()), "loss_last": sum(history[-1].values())}
 
 
 def stage_search(case: Case) -> dict[str, Any]:
