@@ -21,6 +21,7 @@ class _Unavailable:
 
 class InterpolationMode(Enum):
     NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"  # transformers' image_utils maps PIL's NEAREST to it when torchvision is importable
     BILINEAR = "bilinear"
     BICUBIC = "bicubic"
     BOX = "box"
@@ -45,3 +46,10 @@ ops.misc = _module("torchvision.ops.misc")
 utils = _module("torchvision.utils")
 models = _module("torchvision.models")
 models.feature_extraction = _module("torchvision.models.feature_extraction")
+
+
+def __getattr__(attr: str) -> types.ModuleType:
+    """Any other submodule (transformers imports ``torchvision.io`` when torchvision looks installed)."""
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    return _module(f"torchvision.{attr}")
