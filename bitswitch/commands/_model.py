@@ -9,14 +9,12 @@ its code and a file's metadata must never make a command do that (``docs/securit
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..export.schema import FACTORY
+from ..models.factory import build_factory_model
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -24,21 +22,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="a custom architecture: the function that builds the FP32 model (imports and runs that code)")
     p.add_argument("--trust-factory", action="store_true",
                    help="build a custom architecture with the factory the checkpoint records (imports and runs that code)")
-
-
-def import_factory(spec: str, option: str = "--model") -> Callable[..., nn.Module]:
-    """The function ``package.module:name`` names (imported: this runs the module's code)."""
-    if not isinstance(spec, str) or not FACTORY.match(spec):
-        raise ValueError(f"{option} {spec!r} must look like package.module:function")
-    module_name, fn_name = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"{option} {spec!r}: cannot import {module_name!r} ({e})") from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise ValueError(f"{option} {spec!r}: {module_name!r} has no function {fn_name!r}")
-    return fn
 
 
 def load_model(args: argparse.Namespace, path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -59,10 +42,7 @@ def load_model(args: argparse.Namespace, path: str | Path) -> tuple[nn.Module, d
                              f"or --model package.module:factory")
         spec = recorded
     kwargs = arch.get("kwargs", {}) if recorded == spec else {}
-    model = import_factory(spec, "--model" if getattr(args, "model", None) else "the checkpoint's factory")(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
-    return load(path, model=model), meta
+    return load(path, model=build_factory_model(spec, **kwargs)), meta
 
 
-__all__ = ["add_model_args", "import_factory", "load_model"]
+__all__ = ["add_model_args", "load_model"]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._args import COUNT, NON_NEGATIVE, float_in
-from ._model import import_factory
 
 if TYPE_CHECKING:
     from ..ptq import PTQResult, PTQSession
@@ -99,13 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.accuracy_target is not None and args.num_eval == 0:
         raise ValueError("--accuracy-target needs held-out evaluation images (--num-eval > 0)")
-    if ":" in args.model:
-        if args.pretrained:
-            raise ValueError("--pretrained applies to built-in models; load a custom model's weights with --weights")
-        model = import_factory(args.model)().eval()
-        model.bitswitch_arch = {"factory": args.model, "kwargs": {}}  # the file names its factory
-    else:
-        model = build(args.model, **({"pretrained": True} if args.pretrained else {})).eval()
+    if ":" in args.model and args.pretrained:
+        raise ValueError("--pretrained applies to built-in models; load a custom model's weights with --weights")
+    model = build(args.model, **({"pretrained": True} if args.pretrained else {})).eval()  # a factory string records itself
     if args.weights:
         load_weights(model, args.weights)
     x, y = _load_data(args)
