@@ -52,4 +52,4 @@ def test_recorded_factory_needs_trust_and_must_fit(ptq_file: Path, folder: Path,
     assert "tensor 0.bias: the file declares F32 [8], the model needs F32 [12]" in capsys.readouterr().err  # the first that differs
     assert not (tmp_path / "h.json").exists()  # nothing half-written
     assert main(["eval", str(ptq_file), "--data", str(folder), "--model", "no_such_module:f"]) == 2
-    assert "cannot import 'no_such_module'" in capsys.readouterr().err
+    assert "cannot import module 'no_such_module'" in capsys.readouterr().err
