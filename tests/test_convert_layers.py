@@ -207,6 +207,8 @@ def test_mixed_model_checkpoint_is_bit_identical_at_every_bit_width_and_holds_co
     q = _quantized_mixed()
     path = bitswitch.save(q, tmp_path / "m.safetensors")
     loaded = bitswitch.load(path, model=Mixed())
+    assert {r["name"]: r["action"] for r in bitswitch.conversion_report(loaded)} == {
+        r["name"]: r["action"] for r in bitswitch.conversion_report(q) if r["action"] != "skipped"}
     with torch.no_grad():
         for b in (8, 4, 2):
             bitswitch.set_precision(q, b)
@@ -264,3 +266,12 @@ def test_timm_mobilenetv3_head_subclass_is_found_and_every_batchnorm_follows_its
     bitswitch.calibrate(q, [x])
     bitswitch.set_precision(q, 4)
     assert q.eval()(x).shape == (2, 10)
+
+
+def test_attention_kept_fp32_by_name_round_trips(tmp_path: Path) -> None:
+    q = bitswitch.quantize(Mixed(), bits=(8, 4), full_precision=["attn.*"])
+    assert isinstance(q.attn, QuantMultiheadAttention) and type(q.attn.q_proj) is nn.Linear
+    bitswitch.calibrate(q, [IDS])
+    loaded = bitswitch.load(bitswitch.save(q, tmp_path / "m.safetensors"), model=Mixed())
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS), q.eval()(IDS))

@@ -164,9 +164,14 @@ def convert(model: nn.Module, config: QuantConfig) -> nn.Module:
     checkpoint says (loading never re-runs a filter). Layers that share one weight Parameter (a tied
     head and embedding) share one weight quantizer: one set of codes."""
     quantized = set(config.quantized)
-    attention = {n.rsplit(".", 1)[0] for n in quantized if "." in n and n.rsplit(".", 1)[1] in ("q_proj", "k_proj", "v_proj", "out_proj")}
-    split_attention(model, sorted(attention))
+    named = quantized | set(config.full_precision)  # an attention whose projections are named is split, even if all FP32
+    split_attention(model, sorted({n.rsplit(".", 1)[0] for n in named if n.endswith((".q_proj", ".k_proj", ".v_proj", ".out_proj"))}))
     by_weight: dict[int, QuantLayer] = {}
+    try:
+        rows = [{"name": n, "type": type(model.get_submodule(n)).__name__, "action": "fp32", "reason": "quant_config.full_precision"}
+                for n in config.full_precision]
+    except AttributeError as e:
+        raise ValueError(f"quant_config.full_precision names a layer the model does not have ({e})") from None
     for name in config.quantized:
         try:
             float_layer = model.get_submodule(name)
@@ -176,6 +181,8 @@ def convert(model: nn.Module, config: QuantConfig) -> nn.Module:
             raise ValueError(f"layer {name!r} is a {type(float_layer).__name__}, which cannot be quantized; supported: {SUPPORTED}")
         q = to_quantized(float_layer, config.bits, config.act_bits, config.storage_bits, config.rounding, config.variant,
                          config.act_asymmetric, name in config.weight_only)
+        rows.append({"name": name, "type": type(float_layer).__name__, "action": "weight-only" if q.weight_only else "quantized",
+                     "reason": "quant_config.weight_only" if q.weight_only else "quant_config.quantized"})
         first = by_weight.setdefault(id(q.weight), q)
         if first is not q:
             q.weight_quant = first.weight_quant
@@ -191,6 +198,7 @@ def convert(model: nn.Module, config: QuantConfig) -> nn.Module:
             raise ValueError(f"{name!r} is a {type(bn).__name__}, not a BatchNorm")
     bind_batchnorms(model, dict(config.batchnorms), config.bits)
     model.bitswitch_config = config
+    model.bitswitch_report = rows  # quantize replaces it with the full report and its reasons
     return model
 
 
@@ -206,10 +214,11 @@ def to_integer(model: nn.Module) -> nn.Module:
 
 def conversion_report(model: nn.Module) -> list[dict[str, str]]:
     """What :func:`quantize` did with every weight-bearing module: rows of ``name``, ``type``,
-    ``action`` (``quantized``, ``weight-only``, ``fp32`` or ``skipped``) and ``reason``."""
+    ``action`` (``quantized``, ``weight-only``, ``fp32`` or ``skipped``) and ``reason``. A model
+    rebuilt from a checkpoint lists the layers its ``quant_config`` names (reason: that key)."""
     rows = getattr(model, "bitswitch_report", None)
     if rows is None:
-        raise ValueError("model was not converted by bitswitch.quantize in this session (a loaded model has no report)")
+        raise ValueError("model has no conversion report: convert it with bitswitch.quantize (or load a quantized checkpoint)")
     return [dict(r) for r in rows]
 
 
