@@ -173,6 +173,9 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
       ``(1 - distill_weight) * loss + distill_weight * T^2 * KL`` at temperature ``distill_temperature``.
     * ``before_step()``: runs after the backward pass(es), before ``optimizer.step()`` (gradient
       averaging, clipping); ``backward(loss)`` replaces ``loss.backward()`` (e.g. ``accelerator.backward``).
+    * Under ``DistributedDataParallel`` (pass the wrapper) the activation scales' gradients are divided
+      by ``sqrt(world size)``: their LSQ gradient scale counts the local batch, and so N processes
+      compute what one process on the whole batch would.
 
     Example (a plain loop)::
 
@@ -192,8 +195,16 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
     if not step and not summed:
         raise ValueError("step=False (the caller steps) needs summed=True: per-bit steps happen inside joint_step")
     kd = Distillation(resolve_distill(distill), distill_temperature, distill_weight)
-    run_backward = backward or torch.Tensor.backward
     shared = shared_scale_groups(optimizer)
+    world = ddp.world_size(model)
+    lsq_params = ddp.batch_scaled_params(unwrap(model)) if world > 1 else []
+
+    def run_backward(loss: torch.Tensor) -> None:
+        """The backward pass; under DistributedDataParallel the activation scales' share divided by sqrt(W)."""
+        before = [None if p.grad is None else p.grad.clone() for p in lsq_params]
+        (backward or torch.Tensor.backward)(loss)
+        scale_added_gradient(lsq_params, before, world**-0.5)
+
     losses: dict[int, float] = {}
     if summed:
         if step:
