@@ -54,7 +54,7 @@ def call_model(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def output_loss(output: Any, batch: Any) -> torch.Tensor:
+def output_loss(output: Any) -> torch.Tensor:
     """The loss a model computed itself (``output.loss`` or ``output["loss"]``: Hugging Face models given labels)."""
     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if not isinstance(loss, torch.Tensor):
@@ -135,16 +135,12 @@ def shared_scale_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
     return [g for g in optimizer.param_groups if g.get("alrs_top_bits")]
 
 
-def resolve_distill(distill: bool | str) -> str:
-    return {True: "inplace", False: "none"}.get(distill, distill) if isinstance(distill, bool) else distill
-
-
 def bit_pass(model: nn.Module, batch: Any, loss_fn: LossFn | None, precision: Precision, kd: Distillation,
              forward: Forward) -> tuple[torch.Tensor, Any]:
     """Forward at one precision: (its loss, distilled if there is a teacher; the output)."""
     set_precision(unwrap(model), precision)
     output = forward(model, batch)
-    task = output_loss(output, batch) if loss_fn is None else loss_fn(output, batch)
+    task = output_loss(output) if loss_fn is None else loss_fn(output, batch)
     return kd.loss(task, output), output
 
 
@@ -194,7 +190,7 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
         raise ValueError(f"precisions gives {len(precisions)} configurations for {len(bits)} bit-widths")
     if not step and not summed:
         raise ValueError("step=False (the caller steps) needs summed=True: per-bit steps happen inside joint_step")
-    kd = Distillation(resolve_distill(distill), distill_temperature, distill_weight)
+    kd = Distillation("inplace" if distill is True else "none" if distill is False else distill, distill_temperature, distill_weight)
     shared = shared_scale_groups(optimizer)
     world = ddp.world_size(model)
     lsq_params = ddp.batch_scaled_params(unwrap(model)) if world > 1 else []
