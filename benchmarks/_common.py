@@ -89,6 +89,17 @@ def timeit(fn, repeat: int = 10, warmup: int = 2) -> list[float]:
     return times
 
 
+def round_robin(fns: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of each call, ``rounds`` times over ``fns`` in turn (load from other jobs hits all alike)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def md_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -25,7 +25,7 @@ import bitswitch
 from bitswitch.models import build
 from bitswitch.quant.functional import use_compiled_kernels
 
-from _common import md_table, write_results
+from _common import md_table, round_robin, write_results
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -75,14 +75,9 @@ def main() -> None:
             step()
             compile_s[name] = time.perf_counter() - t0
             variants[name] = step
-    times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn(); fn()  # noqa: E702
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = round_robin(variants, args.rounds)
     base = statistics.median(times["fp32-eager"])
     rows = []
     for name, ts in times.items():

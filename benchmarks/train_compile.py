@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import md_table, publish  # noqa: E402
+from _common import md_table, publish, round_robin  # noqa: E402
 
 import bitswitch  # noqa: E402
 from bitswitch.models import build  # noqa: E402
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = loss_fn(fp32(x), batch)
         loss.backward()
         opt_fp32.step()
-        return float(loss)
+        return float(loss.detach())
 
     trainers = {
         "FP32 eager": fp32_step,
@@ -74,12 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_s[name] = time.perf_counter() - t0
         print(f"{name}: first 3 steps {compile_s[name]:.1f} s, losses {first[name]}", flush=True)
     diff = max(abs(a - b) for a, b in zip(first["W4A4 eager"], first["W4A4 compiled"]))
-    times: dict[str, list[float]] = {n: [] for n in trainers}
-    for _ in range(args.steps):
-        for name, step in trainers.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
+    times = round_robin(trainers, args.steps)
     base = statistics.median(times["FP32 eager"])
     rows = [{"step": n, "s / step (median)": statistics.median(t), "min": min(t), "x FP32 eager step": statistics.median(t) / base,
              "first 3 steps, s": compile_s[n]} for n, t in times.items()]

@@ -139,6 +139,8 @@ def test_bad_factories_and_data_are_named(tmp_path, user_code):
         run(dataset="byom_user:make_net")
     with pytest.raises(ValueError, match="set data_root"):
         TrainConfig(dataset="imagefolder")
+    with pytest.raises(ValueError, match="image_size resizes the images of dataset 'imagefolder'"):
+        TrainConfig(image_size=32)
     with pytest.raises(Exception, match="no train/ folder"):
         run(dataset="imagefolder", data_root=str(tmp_path))
     assert not (tmp_path / "bad").exists()

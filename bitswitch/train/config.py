@@ -136,6 +136,8 @@ class TrainConfig:
                 check_factory(getattr(self, name), name)
         if self.dataset == "imagefolder" and not self.data_root:
             raise ValueError("dataset 'imagefolder' reads data_root/train/<class>/* and data_root/test/<class>/* (or val/): set data_root")
+        if self.image_size and self.dataset != "imagefolder":
+            raise ValueError(f"image_size resizes the images of dataset 'imagefolder'; dataset {self.dataset!r} has its own size (set image_size=0)")
         if self.compile and self.mode == "hasb":
             raise ValueError("compile=true does not suit mode 'hasb': every step draws new per-layer bit-widths, each one a recompilation")
         if self.compile and self.compile_kernels:

@@ -67,11 +67,19 @@ def shard_batches(batches, info: DistInfo) -> Iterator[tuple[torch.Tensor, torch
         yield x, y
 
 
-def _batch_scaled_params(model: nn.Module) -> set[int]:
-    """Activation-scale parameters, whose LSQ gradient scale ``1/sqrt(numel·p)`` counts the batch."""
+def batch_scaled_params(model: nn.Module) -> list[nn.Parameter]:
+    """Activation-scale parameters, whose LSQ gradient scale ``1/sqrt(numel·p)`` counts the (local) batch:
+    with ``W`` processes on ``B/W`` rows each, their gradient is ``sqrt(W)`` larger than one process's."""
     from ..nn.layers import QuantLayer
 
-    return {id(p) for m in model.modules() if isinstance(m, QuantLayer) for p in m.act_quant.scales.values()}
+    return [p for m in model.modules() if isinstance(m, QuantLayer) for p in m.act_quant.scales.values()]
+
+
+def world_size(model: nn.Module) -> int:
+    """The number of processes a ``DistributedDataParallel`` model averages over (1 for any other model)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return dist.get_world_size(model.process_group)
+    return 1
 
 
 def average_gradients(model: nn.Module, info: DistInfo) -> None:
@@ -90,7 +98,7 @@ def average_gradients(model: nn.Module, info: DistInfo) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat.div_(info.world_size)
-    batch_scaled = _batch_scaled_params(model)
+    batch_scaled = {id(p) for p in batch_scaled_params(model)}
     offset = 0
     for p in params:
         n = p.grad.numel()
@@ -120,4 +128,4 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-__all__ = ["DistInfo", "setup", "teardown", "shard_batches", "average_gradients", "average_buffers", "barrier"]
+__all__ = ["DistInfo", "average_buffers", "average_gradients", "barrier", "batch_scaled_params", "setup", "shard_batches", "teardown", "world_size"]

@@ -54,7 +54,7 @@ def call_model(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def output_loss(output: Any, batch: Any) -> torch.Tensor:
+def output_loss(output: Any) -> torch.Tensor:
     """The loss a model computed itself (``output.loss`` or ``output["loss"]``: Hugging Face models given labels)."""
     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if not isinstance(loss, torch.Tensor):
@@ -135,16 +135,12 @@ def shared_scale_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
     return [g for g in optimizer.param_groups if g.get("alrs_top_bits")]
 
 
-def resolve_distill(distill: bool | str) -> str:
-    return {True: "inplace", False: "none"}.get(distill, distill) if isinstance(distill, bool) else distill
-
-
 def bit_pass(model: nn.Module, batch: Any, loss_fn: LossFn | None, precision: Precision, kd: Distillation,
              forward: Forward) -> tuple[torch.Tensor, Any]:
     """Forward at one precision: (its loss, distilled if there is a teacher; the output)."""
     set_precision(unwrap(model), precision)
     output = forward(model, batch)
-    task = output_loss(output, batch) if loss_fn is None else loss_fn(output, batch)
+    task = output_loss(output) if loss_fn is None else loss_fn(output, batch)
     return kd.loss(task, output), output
 
 
@@ -173,6 +169,9 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
       ``(1 - distill_weight) * loss + distill_weight * T^2 * KL`` at temperature ``distill_temperature``.
     * ``before_step()``: runs after the backward pass(es), before ``optimizer.step()`` (gradient
       averaging, clipping); ``backward(loss)`` replaces ``loss.backward()`` (e.g. ``accelerator.backward``).
+    * Under ``DistributedDataParallel`` (pass the wrapper) the activation scales' gradients are divided
+      by ``sqrt(world size)``: their LSQ gradient scale counts the local batch, and so N processes
+      compute what one process on the whole batch would.
 
     Example (a plain loop)::
 
@@ -191,9 +190,17 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
         raise ValueError(f"precisions gives {len(precisions)} configurations for {len(bits)} bit-widths")
     if not step and not summed:
         raise ValueError("step=False (the caller steps) needs summed=True: per-bit steps happen inside joint_step")
-    kd = Distillation(resolve_distill(distill), distill_temperature, distill_weight)
-    run_backward = backward or torch.Tensor.backward
+    kd = Distillation("inplace" if distill is True else "none" if distill is False else distill, distill_temperature, distill_weight)
     shared = shared_scale_groups(optimizer)
+    world = ddp.world_size(model)
+    lsq_params = ddp.batch_scaled_params(unwrap(model)) if world > 1 else []
+
+    def run_backward(loss: torch.Tensor) -> None:
+        """The backward pass; under DistributedDataParallel the activation scales' share divided by sqrt(W)."""
+        before = [None if p.grad is None else p.grad.clone() for p in lsq_params]
+        (backward or torch.Tensor.backward)(loss)
+        scale_added_gradient(lsq_params, before, world**-0.5)
+
     losses: dict[int, float] = {}
     if summed:
         if step:
