@@ -18,3 +18,18 @@ def tiny_cnn(width: int = 8, num_classes: int = 4) -> nn.Module:
 def wider_cnn() -> nn.Module:
     """Not the architecture a ``tiny_cnn`` checkpoint holds."""
     return tiny_cnn(width=12)
+
+
+class _Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.mean() > 0:  # data-dependent control flow: torch.export cannot capture it
+            x = -x
+        return self.conv(x).mean((2, 3))
+
+
+def branchy() -> nn.Module:
+    return _Branchy()

@@ -53,3 +53,11 @@ def test_recorded_factory_needs_trust_and_must_fit(ptq_file: Path, folder: Path,
     assert not (tmp_path / "h.json").exists()  # nothing half-written
     assert main(["eval", str(ptq_file), "--data", str(folder), "--model", "no_such_module:f"]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
+
+
+def test_uncapturable_model_fails_clearly_and_writes_nothing(folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["ptq", "--model", "byom_models:branchy", "--data", str(folder), "--num-calib", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot capture _Branchy with torch.export at" in err and "byom_models.py" in err and "(if x.mean() > 0:" in err
+    assert not out.exists()

@@ -110,3 +110,28 @@ def test_op_without_double_backward_is_named() -> None:
 
     with pytest.raises(ValueError, match=r"aten::hardsigmoid_backward.*'hardsigmoid'.*twice-differentiable"):
         hessian_traces(Gate(), [(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]))], max_iter=2)
+
+
+class _ViewsAndInPlace(nn.Module):
+    """fc1 and fc2 read one value through data-movement ops; an in-place add_ after fc3 writes into a
+    value computed before it (so a suffix re-run from fc3 must not change the cached FP32 value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0, self.fc1, self.fc2, self.fc3, self.fc4 = (nn.Linear(8, 8) for _ in range(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.fc0(x))
+        a = self.fc1(y.permute(0, 2, 1).transpose(1, 2).contiguous()) + self.fc2(torch.dropout(y.reshape(-1, 4, 8), 0.1, False))
+        c = self.fc3(torch.sigmoid(a))
+        a.add_(c)
+        return self.fc4(a)
+
+
+def test_groups_see_through_views_and_in_place_ops_keep_cached_values() -> None:
+    s = start_session(_ViewsAndInPlace().eval(), [torch.randn(8, 4, 8)], PTQConfig(CANDS, progress=False, chunk_size=8))
+    assert [g.layers for g in s.groups] == [["fc0"], ["fc1", "fc2"], ["fc3"], ["fc4"]]
+    sens = s.sensitivity()
+    for g in s.groups:
+        for c in ((8, 8), (4, 8)):
+            assert sens[g.name][c] == pytest.approx(s.output_sqnr({g.name: c}), rel=1e-9, abs=1e-9)

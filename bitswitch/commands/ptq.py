@@ -107,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
     xc, xe, ye = x[: args.num_calib], x[args.num_calib:], y[args.num_calib:]
     if args.accuracy_target is not None and not len(xe):
         raise ValueError(f"--accuracy-target needs held-out evaluation images, but {args.data} has none after the {args.num_calib} calibration images")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     def top1(m: torch.nn.Module) -> float:
         with torch.inference_mode():
@@ -118,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     config = PTQConfig(candidates=_pairs(args.candidates), adaround=args.adaround, adaround_iters=args.adaround_iters,
                        bias_correct=args.bias_correct, weight_ranges=args.weight_ranges)
     session = start_session(model, [xc], config)
+    out = Path(args.out)  # created only once the model is captured and quantized: a failure leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
     session.sensitivity(cache_path=out / "phase1_cache.json", max_samples=args.phase1_samples)
     res = session.search(args.budget, accuracy_target=args.accuracy_target, eval_fn=eval_fn, pareto=args.pareto,
                          pareto_every=args.pareto_every, priority=args.priority)

@@ -44,7 +44,6 @@ def _recal_batches(args: argparse.Namespace, name: str, root: Any, extra: dict[s
 
 def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bits: list[int], act: Any) -> dict[str, Any]:
     """Measured per-(layer, candidate) loss increases for ``--objective loss`` (why: sees activation bits)."""
-    from ..search.evaluate import dataset_batches
     from ..search.ilp import candidate_pairs
     from ..search.measured import loss_deltas
 
@@ -64,7 +63,6 @@ def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bit
 
 def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem: SearchProblem, budgets: list[Any]) -> tuple[SearchResult, float]:
     """``--rerank K``: the K best ILP configurations, each measured as a whole; the lowest loss wins."""
-    from ..search.evaluate import dataset_batches
     from ..search.measured import config_losses, rerank
 
     name, root, extra = _calibration(args, meta, "--rerank measures each proposal's loss")
