@@ -25,8 +25,9 @@ GPT2_CONV1D = "HF Conv1D is not converted: 'every Conv2d/Linear layer is kept in
 HF_NOT_FX_TRACEABLE = "torch.fx cannot trace the HF model ('code: co_varnames is too small')"
 PTQ_STORES_FP32 = "run_ptq's model saves FP32 weights of every quantized layer beside the codes"
 PTQ_NOT_RELOADABLE = "load() cannot reopen the PTQ checkpoint: BN folded and biases added ('checkpoint does not fit the model')"
-FX_MEAN = "ONNX export: 'unsupported tensor method .mean()' (fx translator)"
-FX_GETATTR = "ONNX export: 'unsupported function builtins.getattr' (timm's x.ndim shape assert under fx)"
+EXPORT = "export_onnx has no example_inputs= (it takes example=, one tensor, and traces with fx); with example= "
+FX_MEAN = EXPORT + "fx fails: 'unsupported tensor method .mean()'"
+FX_GETATTR = EXPORT + "fx fails: 'unsupported function builtins.getattr' (timm's x.ndim shape assert)"
 
 #: cell id -> the failure observed on the code the table was last checked against (c7e0892).
 EXPECTED_FAILURES: dict[str, str] = {
@@ -44,16 +45,17 @@ EXPECTED_FAILURES: dict[str, str] = {
     "timm-convnext_atto-train": NO_JOINT_STEP,
     "timm-convnext_atto-search": COSTS_TAKE_SHAPE,
     "timm-convnext_atto-ptq": PTQ_STORES_FP32,
-    "timm-convnext_atto-export": "ONNX export: 'unsupported tensor method .permute()'",
+    "timm-convnext_atto-export": EXPORT + "fx fails: 'unsupported tensor method .permute()'",
     "timm-resnet18-quantize": NO_EXAMPLE_INPUTS,
     "timm-resnet18-train": NO_JOINT_STEP,
     "timm-resnet18-search": COSTS_TAKE_SHAPE,
     "timm-resnet18-ptq": PTQ_NOT_RELOADABLE,
+    "timm-resnet18-export": EXPORT + "the cell passes",
     "timm-vit_tiny_patch16_224-quantize": NO_EXAMPLE_INPUTS,
     "timm-vit_tiny_patch16_224-train": NO_JOINT_STEP,
     "timm-vit_tiny_patch16_224-search": SDPA_NO_DOUBLE_BACKWARD,
     "timm-vit_tiny_patch16_224-ptq": "run_ptq: 'supports single-input models; this one has 3 inputs' (optional forward arguments)",
-    "timm-vit_tiny_patch16_224-export": "ONNX export: 'models with more than one input are not supported' (optional forward arguments)",
+    "timm-vit_tiny_patch16_224-export": EXPORT + "'models with more than one input are not supported' (optional forward arguments)",
     "hf-gpt2-quantize": NO_EXAMPLE_INPUTS,
     "hf-gpt2-calibrate": GPT2_CONV1D,
     "hf-gpt2-switch": GPT2_CONV1D,
@@ -61,17 +63,17 @@ EXPECTED_FAILURES: dict[str, str] = {
     "hf-gpt2-train": NO_JOINT_STEP,
     "hf-gpt2-search": GPT2_CONV1D,
     "hf-gpt2-ptq": HF_NOT_FX_TRACEABLE,
-    "hf-gpt2-export": GPT2_CONV1D,
+    "hf-gpt2-export": GPT2_CONV1D,  # then EXPORT
     "hf-llama-quantize": NO_EXAMPLE_INPUTS,
     "hf-llama-train": NO_JOINT_STEP,
     "hf-llama-search": SDPA_NO_DOUBLE_BACKWARD,
     "hf-llama-ptq": HF_NOT_FX_TRACEABLE,
-    "hf-llama-export": HF_NOT_FX_TRACEABLE,
+    "hf-llama-export": EXPORT + "fx cannot trace the HF model ('code: co_varnames is too small')",
     "hf-bert-quantize": NO_EXAMPLE_INPUTS,
     "hf-bert-train": NO_JOINT_STEP,
     "hf-bert-search": "hessian_traces calls model(x) on dict inputs: 'dict' object has no attribute 'shape'",
     "hf-bert-ptq": HF_NOT_FX_TRACEABLE,
-    "hf-bert-export": "export_onnx takes one tensor: dict inputs fail with 'unhashable type: slice'",
+    "hf-bert-export": EXPORT + "dict inputs fail with 'unhashable type: slice'",
     "custom-bn_before_conv-quantize": NO_EXAMPLE_INPUTS,
     "custom-bn_before_conv-train": NO_JOINT_STEP,
     "custom-bn_before_conv-search": COSTS_TAKE_SHAPE,
@@ -86,7 +88,7 @@ EXPECTED_FAILURES: dict[str, str] = {
     "custom-vgg-train": NO_JOINT_STEP,
     "custom-vgg-search": COSTS_TAKE_SHAPE,
     "custom-vgg-ptq": PTQ_NOT_RELOADABLE,
-    "custom-vgg-export": "a W8 file verified against the model switched to W4 passes the default max_steps=32 (13.2 steps)",
+    "custom-vgg-export": EXPORT + "a W8 file verified against the model switched to W4 passes the default max_steps=32 (13.2 steps)",
 }
 
 CELLS = [

