@@ -69,6 +69,10 @@ def test_llama_tied_head_and_embedding_share_one_quantizer_and_one_set_of_codes(
     assert q.lm_head.weight is q.model.embed_tokens.weight and q.lm_head.weight_quant is q.model.embed_tokens.weight_quant
     bitswitch.calibrate(q, [IDS])
     before = q.lm_head.weight.detach().clone()
+    from bitswitch.train import alrs_param_groups
+
+    grouped = [id(p) for g in alrs_param_groups(q, 0.1) for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) == len(list(q.parameters()))  # the shared scale once, every parameter once
     opt = torch.optim.SGD(q.parameters(), lr=0.1)
     q.train()
     q(IDS, labels=IDS).loss.backward()

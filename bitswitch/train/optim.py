@@ -42,20 +42,28 @@ def alrs_factors(bits: Sequence[int], enabled: bool = True) -> dict[int, float]:
 
 
 def _scale_params(model: nn.Module) -> tuple[dict[int, list[nn.Parameter]], list[nn.Parameter]]:
-    """Per-bit scales and the shared weight scales of every quantized layer."""
+    """Per-bit scales and the shared weight scales of every quantized layer, each once (tied layers
+    share one weight quantizer, and an optimizer must not see a parameter twice)."""
     per_bit: dict[int, list[nn.Parameter]] = {}
     shared: list[nn.Parameter] = []
+    seen: set[int] = set()
+
+    def add(into: list[nn.Parameter], p: nn.Parameter) -> None:
+        if id(p) not in seen:
+            seen.add(id(p))
+            into.append(p)
+
     for m in model.modules():
         if not isinstance(m, QuantLayer):
             continue
         for b, p in m.act_quant.scales.items():
-            per_bit.setdefault(int(b), []).append(p)
+            add(per_bit.setdefault(int(b), []), p)
         wq = m.weight_quant
         if getattr(wq, "shared_scale", False):
-            shared.append(wq.scale)
+            add(shared, wq.scale)
         else:
             for b, p in wq.scales.items():
-                per_bit.setdefault(int(b), []).append(p)
+                add(per_bit.setdefault(int(b), []), p)
     return per_bit, shared
 
 
