@@ -55,7 +55,7 @@ class CaptureError(ValueError):
 
 def _user_frame(exc: BaseException) -> str:
     """The innermost traceback frame outside torch and bitswitch: where in the user's code it broke."""
-    skip = (os.sep + "torch" + os.sep, os.sep + "bitswitch" + os.sep, os.sep + "contextlib.py", os.sep + "functools.py")
+    skip = (os.sep + "torch" + os.sep, os.sep + "bitswitch" + os.sep, os.sep + "contextlib.py", os.sep + "functools.py", "<string>")
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(s in f.filename for s in skip)]
     if not frames:
         return ""
@@ -111,6 +111,21 @@ def _opaque(model: nn.Module, select: Callable[[str, nn.Module], bool], prefix: 
             del module.forward  # back to the class's forward
 
 
+@contextmanager
+def _no_kv_cache(model: nn.Module) -> Iterator[None]:
+    """Hugging Face models return a key/value cache object by default; a captured graph is one
+    full-sequence forward pass and needs none (the object is not even a tensor tree torch.export knows)."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "use_cache", None)
+    if before:
+        config.use_cache = False  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if before:
+            config.use_cache = before  # type: ignore[union-attr]
+
+
 def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.Module], bool] | None = None) -> Capture:
     """Capture ``model`` (eval mode) on ``example_inputs`` (a tensor, a tuple of positional
     arguments, or a dict of keyword arguments) with ``torch.export``.
@@ -133,7 +148,7 @@ def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.
     was_training = model.training
     model.eval()
     try:
-        with _opaque(model, select, prefix) as keys:
+        with _opaque(model, select, prefix) as keys, _no_kv_cache(model):
             try:
                 program = torch.export.export(model, args, kwargs, strict=False)
             except Exception as e:  # torch.export raises many types; all mean "cannot capture"

@@ -182,7 +182,7 @@ def _convert(model: nn.Module, config: QuantConfig | None, path: Path) -> nn.Mod
 
 def _redo_ptq(model: nn.Module, meta: dict[str, Any], path: Path) -> nn.Module:
     if "ptq" in meta:
-        ptq_form.redo(model, meta["ptq"], path)
+        ptq_form.redo(model, meta["ptq"], path, meta["precision"])
     return model
 
 

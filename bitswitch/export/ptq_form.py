@@ -17,13 +17,14 @@ other mismatch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..nn.convert import quantized_layers
+from ..nn.layers import quant_type
 from ..quant.functional import channel_view
 from ..quant.grid import int_range, storage_dtype
 from .schema import CheckpointError, _fail
@@ -53,8 +54,9 @@ def _module(model: nn.Module, name: str, kind: type | tuple[type, ...], path: An
     return m
 
 
-def redo(model: nn.Module, ptq: Mapping[str, Any], path: Any) -> None:
-    """Redo the session's architecture changes on a model built from scratch (float, not yet quantized)."""
+def redo(model: nn.Module, ptq: Mapping[str, Any], path: Any, layers: Iterable[str]) -> None:
+    """Redo the session's architecture changes on a model built from scratch (float, not yet
+    quantized); ``layers`` are the quantized ones (their tied weights are untied, as in the session)."""
     from ..ptq.graph import LAYER_TYPES, neutralize_bn
 
     for name in ptq["added_bias"]:
@@ -65,6 +67,25 @@ def redo(model: nn.Module, ptq: Mapping[str, Any], path: Any) -> None:
     for layer_name, bn_name in ptq["folded_bn"]:
         _module(model, layer_name, LAYER_TYPES, path, "ptq.folded_bn")
         neutralize_bn(_module(model, bn_name, nn.modules.batchnorm._BatchNorm, path, "ptq.folded_bn"))
+    layers = list(layers)
+    for name in layers:
+        if quant_type(_module(model, name, nn.Module, path, "precision")) is None:
+            raise _fail(path, "precision", f"{name!r} is a {type(model.get_submodule(name)).__name__}, not a layer bitswitch quantizes")
+    untie(model, layers)
+
+
+def untie(model: nn.Module, names: Iterable[str]) -> None:
+    """Give each named layer a weight of its own where it shares one with another module (an LM head
+    tied to its embedding): post-training quantization rounds the layer's weight and stores it as
+    codes, while the other module keeps computing with the float weight."""
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    for name in names:
+        layer = model.get_submodule(name)
+        if owners.get(id(layer.weight), 0) > 1:
+            layer.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=layer.weight.requires_grad)
 
 
 def _weight_bits(precision: Mapping[str, Any], name: str, path: Any) -> int:

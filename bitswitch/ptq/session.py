@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..cost import layer_costs, relative_total_bops
+from ..export.ptq_form import untie
 from ..nn.convert import Reservoir, first_tensor, quantize, quantized_layers, set_precision
 from ..quant.ranges import act_range_mse
 from .adaround import InputStats, adaround_layers, bias_correction, conv_geometry, sample_rows, weight_scale_output_mse
@@ -101,6 +102,7 @@ class PTQSession:
         abits = sorted({p[1] for ps in self.table.values() for p in ps}, reverse=True)
         self.model = quantize(fp, bits=wbits, act_bits=abits, full_precision=self.config.full_precision, variant="unshared",
                               switchable_bn=False, act_asymmetric=True, inplace=True)
+        untie(self.model, quantized_layers(self.model))  # rounding a tied head must leave its embedding float
         self.model.eval()
         self.model.to(memory_format=self.memory_format)
         set_precision(self.model, None)

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..nn.convert import set_precision
+from ..nn.convert import first_tensor, set_precision
+from ..nn.dataflow import run_model
 from ..nn.layers import QuantLayer
 from ..table import format_table
 
@@ -145,7 +146,9 @@ def hessian_traces(
     """Hutchinson trace of each layer's weight Hessian (quantized layers by default).
 
     Args:
-        batches: ``(inputs, targets)`` pairs; all of them form the loss (materialised once).
+        batches: ``(inputs, targets)`` pairs (inputs: a tensor, a tuple of positional arguments or a
+            dict of keyword arguments, as :func:`~bitswitch.nn.dataflow.run_model` takes them); all of them form the loss
+            (materialised once).
         loss_fn: ``loss_fn(model output, targets)``, the mean loss of one batch (default:
             :func:`default_loss`, cross-entropy of the logits).
         tol: stop a layer when ``stderr(mean) / |mean| < tol``.
@@ -159,7 +162,7 @@ def hessian_traces(
     data = [(x, y) for x, y in batches]
     if not data:
         raise ValueError("no data for the Hessian: pass at least one (inputs, targets) batch")
-    total = sum(int(x.shape[0]) for x, _ in data)
+    total = sum(int(first_tensor(x).shape[0]) for x, _ in data)
     loss_fn = loss_fn or default_loss
     m = float_copy(model).eval()
     params = _targets(m, layers)
@@ -178,7 +181,7 @@ def hessian_traces(
             vs = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype).mul_(2).sub_(1) for p in plist]
             try:
                 with sdpa_kernel(SDPBackend.MATH):
-                    loss = loss_fn(m(x), y)
+                    loss = loss_fn(run_model(m, x), y)
                     grads = torch.autograd.grad(loss, plist, create_graph=True)
                     hv = torch.autograd.grad(grads, plist, grad_outputs=vs)
             except RuntimeError as e:
@@ -186,7 +189,7 @@ def hessian_traces(
                 if clear is e:
                     raise
                 raise clear from e
-            w = x.shape[0] / total
+            w = first_tensor(x).shape[0] / total
             for n, v, h in zip(active, vs, hv):
                 est[n] += w * float((v * h).sum())
         still = []
