@@ -43,10 +43,16 @@ def _layer_op(x: torch.Tensor, key: str) -> torch.Tensor:
 def _layer_fake(x: torch.Tensor, key: str) -> torch.Tensor:
     # Shapes by running the real layer once on zeros: quantizers keep Python-side mirrors of their
     # scales, so a meta-device copy cannot run, and zeros are valid input for every layer type.
+    # A dynamic dimension (the batch) is run at its example size and kept symbolic where the output
+    # has it at the same position (layers map (N, ..., C_in) to (N, ..., C_out)); int() would fix it.
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
     module = _LIVE[key]
+    hint = [optimization_hint(s) for s in x.shape]
     with torch._subclasses.fake_tensor.unset_fake_temporarily(), torch.no_grad():
-        out = type(module).forward(module, torch.zeros(tuple(int(s) for s in x.shape), dtype=x.dtype, device=x.device))
-    return x.new_empty(out.shape, dtype=out.dtype)
+        out = type(module).forward(module, torch.zeros(hint, dtype=x.dtype, device=x.device))
+    shape = [x.shape[i] if i < x.dim() and isinstance(x.shape[i], torch.SymInt) and d == hint[i] else d for i, d in enumerate(out.shape)]
+    return x.new_empty(shape, dtype=out.dtype)
 
 
 class CaptureError(ValueError):
@@ -80,6 +86,10 @@ class Capture:
             if node.op == "call_function" and node.target is torch.ops.bitswitch.layer.default:
                 yield node, self.layers[node.args[1]]
 
+    def live_module(self, key: str) -> nn.Module:
+        """The module an opaque node's key stands for (what the ONNX exporter translates)."""
+        return _LIVE[key]
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
@@ -111,12 +121,15 @@ def _opaque(model: nn.Module, select: Callable[[str, nn.Module], bool], prefix: 
             del module.forward  # back to the class's forward
 
 
-def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.Module], bool] | None = None) -> Capture:
+def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.Module], bool] | None = None,
+            dynamic_shapes: Any = None) -> Capture:
     """Capture ``model`` (eval mode) on ``example_inputs`` (a tensor, a tuple of positional
     arguments, or a dict of keyword arguments) with ``torch.export``.
 
     ``opaque(name, module)`` selects the modules kept as single nodes; the default is every
-    quantized layer. Raises :class:`CaptureError` naming the failing op and the user's line.
+    quantized layer. ``dynamic_shapes`` is passed to ``torch.export.export`` (the ONNX exporter
+    keeps the batch dimension dynamic with it). Raises :class:`CaptureError` naming the failing op
+    and the user's line.
     """
     from .nn.layers import QuantLayer
 
@@ -135,7 +148,7 @@ def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.
     try:
         with _opaque(model, select, prefix) as keys:
             try:
-                program = torch.export.export(model, args, kwargs, strict=False)
+                program = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes)
             except Exception as e:  # torch.export raises many types; all mean "cannot capture"
                 _release(list(keys))
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
