@@ -82,18 +82,12 @@ def resnet8():
     return q, _varied_inputs(q, x)
 
 
-#: 2-bit activations in int4 containers (a float Clip before a uint4/int4 QuantizeLinear) disagree with
-#: PyTorch by ~9-12 output steps in onnxruntime even with snapped biases, while the same grid in the
-#: int8 container agrees to 1e-4 steps: a known export bug, kept visible here until it is fixed.
-INT4_2BIT = pytest.mark.xfail(strict=True, reason="2-bit activations in int4 containers: ~10 output steps off in onnxruntime")
-
-
 def _init_types(path) -> dict[str, int]:
     m = onnx.load(str(path))
     return {t.name: t.data_type for t in m.graph.initializer}
 
 
-@pytest.mark.parametrize("bits,container", [(8, "int8"), (6, "int8"), (4, "int8"), (2, "int8"), (4, "int4"), pytest.param(2, "int4", marks=INT4_2BIT)],
+@pytest.mark.parametrize("bits,container", [(8, "int8"), (6, "int8"), (4, "int8"), (2, "int8"), (4, "int4"), (2, "int4")],
                          ids=lambda v: str(v))
 def test_uniform_round_trip(resnet8, tmp_path, bits, container):
     q, x = resnet8

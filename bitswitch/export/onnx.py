@@ -35,6 +35,7 @@ Writing ONNX (integer containers, Q/DQ pairs, nodes and initializers, the graph 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -198,11 +199,17 @@ def _conv_like(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
 
 
-def _translation():
-    """``torch.onnx``'s translation of ``bitswitch::layer``: a placeholder node naming the layer."""
+@functools.cache
+def _registry(opset: int):
+    """``torch.onnx``'s translation registry with the placeholder for ``bitswitch::layer``.
+
+    Built once per process: ``torch.onnx.export`` rebuilds it from onnxscript's torchlib on every
+    call (3.6 s of a 9 s ResNet-8 export here), so the exporter calls the function it wraps,
+    ``torch.onnx._internal.exporter._core.export``, with this one (torch 2.13's internals)."""
     onnxscript = require_module("onnxscript", "ONNX export")
     require_module("onnx_ir", "ONNX export")
     from onnx.defs import OpSchema
+    from torch.onnx._internal.exporter import _constants, _registration
 
     schema = OpSchema(PLACEHOLDER_OP, PLACEHOLDER_DOMAIN, 1, inputs=[OpSchema.FormalParameter("x", "T")], outputs=[OpSchema.FormalParameter("y", "T")],
                       type_constraints=[("T", ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"], "")],
@@ -212,19 +219,22 @@ def _translation():
     def placeholder(x, key: str):
         return op(x, key=key, rank=len(x.shape) if x.shape is not None else -1)
 
-    return {torch.ops.bitswitch.layer.default: placeholder}
+    registry = _registration.ONNXRegistry.from_torchlib(opset_version=max(opset, _constants.TORCHLIB_OPSET))
+    registry.register_op(torch.ops.bitswitch.layer.default, placeholder, is_complex=False)
+    return registry
 
 
 def _to_onnx(cap: Capture, opset: int):
     """The captured program as an ONNX ``ModelProto`` with placeholders for the opaque nodes."""
+    from torch.onnx._internal.exporter import _core
+
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar notes
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(cap.program, dynamo=True, custom_translation_table=_translation(), opset_version=opset,
-                                        optimize=True, verbose=False, report=False)
+            program = _core.export(cap.program, registry=_registry(opset), opset_version=opset, optimize=True, verbose=False)
     except Exception as e:  # torch.onnx raises its own error types; all mean "no translation"
         lines = [ln for ln in str(e).splitlines() if ln.startswith("<class")] or str(e).strip().splitlines()[:1]
         raise UnsupportedOpError(f"torch.onnx cannot translate the captured model: {lines[-1] if lines else type(e).__name__}") from e
@@ -606,21 +616,26 @@ class _Translator:
         """Move the float bias of a non-fused DQ->Conv into an ``Add`` after it.
 
         onnxruntime's ``BiasQuantization`` pass re-stores a float bias next to DQ inputs as int32 on
-        the ``s_x * s_w`` grid, which on int4 grids is coarse enough to flip output codes.
+        the ``s_x * s_w`` grid, which on int4 grids is coarse enough to flip output codes. A layer
+        without bias whose input is in a 4-bit container gets a zero ``Add``: in a bare
+        ``DQ(int4) -> Conv -> Q(int4)`` onnxruntime would fuse a ``QLinearConv`` on int4 codes,
+        which it then refuses to load (it has no such kernel).
         """
         builder = self.builder
         found = self._conv_with_bias(p)
         if found is None:
-            return
-        idx, conv, bias = found
-        bias = bias.astype(np.float32)
+            if p["entry"].act_type not in ("int4", "uint4"):
+                return
+            idx = next(i for i, n in enumerate(builder.nodes) if n.output[0] == p["out"])
+            conv, bias = builder.nodes[idx], np.zeros(p["step"].shape[0], np.float32)
+        else:
+            idx, conv, bias = found
+            del conv.input[2]
         shape = [-1] + [1] * (p["ndim"] - 2) if conv.op_type == "Conv" else [-1]
-        bname = builder.init(f"{p['entry'].name}.bias_bcast", bias.reshape(shape))
+        bname = builder.init(f"{p['entry'].name}.bias_bcast", bias.astype(np.float32).reshape(shape))
         pre = builder.fresh(f"{p['out']}_nobias")
-        del conv.input[2]
         conv.output[0] = pre
-        conv.name = pre
-        builder.nodes.insert(idx + 1, builder.onnx.helper.make_node("Add", [pre, bname], [p["out"]], name=p["out"]))
+        builder.nodes.insert(idx + 1, builder.onnx.helper.make_node("Add", [pre, bname], [p["out"]], name=builder.fresh(f"{p['entry'].name}_bias")))
 
     def _q_after(self, out: str, consumers: dict[str, list]):
         """``(Relu/Clip node or None, QuantizeLinear node)`` if the layer's output goes straight to a Q."""
@@ -784,6 +799,9 @@ def export_onnx(
         raise ValueError("16-bit integer grids need opset >= 21")
     del graph.node[:], graph.initializer[:], graph.value_info[:]
     graph.node.extend(builder.nodes)
+    for n in graph.node:  # torch.onnx's per-node stack traces and FX names: bytes nobody deploys
+        n.doc_string = ""
+        del n.metadata_props[:]
     graph.initializer.extend(builder.inits)
     kept = [o for o in proto.opset_import if o.domain != PLACEHOLDER_DOMAIN]
     del proto.opset_import[:]

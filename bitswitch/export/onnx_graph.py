@@ -138,9 +138,11 @@ class GraphBuilder:
         return name
 
     def node(self, op: str, inputs: Sequence[str], base: str, out: str | None = None, **attrs: Any) -> str:
-        """Append a node; its output is ``out`` (a name the graph already uses) or a fresh name."""
-        out = out or self.fresh(base)
-        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=self.fresh(f"n_{out}"), **attrs))
+        """Append a node named after ``base``; its output is ``out`` (a name the graph already uses)
+        or the node's name."""
+        name = self.fresh(base)
+        out = out or name
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=name, **attrs))
         return out
 
     def qdq(self, x: str, scale: float, zero_point: int, lo: int, hi: int, bits: int, base: str) -> tuple[str, str, bool]:
@@ -226,7 +228,7 @@ class GraphBuilder:
                 lo = self.constant(n.input[1]) if len(n.input) > 1 and n.input[1] else np.array(-math.inf)
                 hi = self.constant(n.input[2]) if len(n.input) > 2 and n.input[2] else np.array(math.inf)
                 if lo is not None and hi is not None and lo.size == 1 and hi.size == 1 and np.issubdtype(lo.dtype, np.floating):
-                    self.act_bounds[n.output[0]] = (float(lo), float(hi))
+                    self.act_bounds[n.output[0]] = (float(lo.reshape(-1)[0]), float(hi.reshape(-1)[0]))
 
     def hoist_quantize(self) -> None:
         """Turn ``X -> MaxPool -> QuantizeLinear`` into ``X -> QuantizeLinear -> MaxPool`` on the codes.
