@@ -775,7 +775,7 @@ def export_onnx(
         inputs = _example_inputs(model, example_inputs, input_shape)
         cap = capture(model, inputs, opaque=_opaque, dynamic_shapes=_batch_dims(inputs) if dynamic_batch else None)
         proto = _to_onnx(cap, opset)
-        if len(proto.graph.input) == 1:
+        if isinstance(inputs, torch.Tensor):  # keyword inputs keep their names (input_ids, ...)
             _rename(proto, proto.graph.input[0].name, INPUT_NAME)
         _rename(proto, proto.graph.output[0].name, OUTPUT_NAME)
         graph = proto.graph
