@@ -29,6 +29,7 @@ from torch import fx, nn
 
 _LIVE: dict[str, nn.Module] = {}  # key -> module, for the lifetime of the Capture that registered it
 _COUNTER = itertools.count()
+_SHAPES: dict[tuple, tuple[torch.Size, torch.dtype]] = {}  # (key, input shape, dtype) -> output shape and dtype
 
 
 @torch.library.custom_op("bitswitch::layer", mutates_args=())
@@ -47,12 +48,18 @@ def _layer_fake(x: torch.Tensor, key: str) -> torch.Tensor:
     # has it at the same position (layers map (N, ..., C_in) to (N, ..., C_out)); int() would fix it.
     from torch.fx.experimental.symbolic_shapes import optimization_hint
 
+    # Cached per layer and input shape: torch.export and every later re-trace (decompositions for
+    # ONNX) ask again.
     module = _LIVE[key]
     hint = [optimization_hint(s) for s in x.shape]
-    with torch._subclasses.fake_tensor.unset_fake_temporarily(), torch.no_grad():
-        out = type(module).forward(module, torch.zeros(hint, dtype=x.dtype, device=x.device))
-    shape = [x.shape[i] if i < x.dim() and isinstance(x.shape[i], torch.SymInt) and d == hint[i] else d for i, d in enumerate(out.shape)]
-    return x.new_empty(shape, dtype=out.dtype)
+    known = (key, tuple(hint), x.dtype)
+    if known not in _SHAPES:
+        with torch._subclasses.fake_tensor.unset_fake_temporarily(), torch.no_grad():
+            out = type(module).forward(module, torch.zeros(hint, dtype=x.dtype, device=x.device))
+        _SHAPES[known] = (out.shape, out.dtype)
+    out_shape, dtype = _SHAPES[known]
+    shape = [x.shape[i] if i < x.dim() and isinstance(x.shape[i], torch.SymInt) and d == hint[i] else d for i, d in enumerate(out_shape)]
+    return x.new_empty(shape, dtype=dtype)
 
 
 class CaptureError(ValueError):
@@ -97,6 +104,9 @@ class Capture:
 def _release(keys: list[str]) -> None:
     for k in keys:
         _LIVE.pop(k, None)
+    gone = set(keys)
+    for known in [s for s in _SHAPES if s[0] in gone]:
+        del _SHAPES[known]
 
 
 @contextmanager

@@ -228,9 +228,10 @@ def _to_onnx(cap: Capture, opset: int):
     """The captured program as an ONNX ``ModelProto`` with placeholders for the opaque nodes."""
     from torch.onnx._internal.exporter import _core
 
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar notes
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)  # "torchvision is not installed", the optimizer's constant-folding notes
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -239,7 +240,8 @@ def _to_onnx(cap: Capture, opset: int):
         lines = [ln for ln in str(e).splitlines() if ln.startswith("<class")] or str(e).strip().splitlines()[:1]
         raise UnsupportedOpError(f"torch.onnx cannot translate the captured model: {lines[-1] if lines else type(e).__name__}") from e
     finally:
-        quiet.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     return program.model_proto
 
 
@@ -291,6 +293,14 @@ class _Translator:
         skip: set[int] = set()
         for n in nodes:
             found = self.placeholder(n)
+            if n.op_type == "BatchNormalization" and sole(n.input[0]) and n.input[0] in producer:
+                # a BatchNorm subclass torch.onnx translated (timm's BatchNormAct2d: BN, then its activation)
+                layer = self.placeholder(producer[n.input[0]])
+                bn = self._graph_bn(n)
+                if layer is not None and isinstance(layer[1], QuantLayer) and _conv_like(layer[1]) and bn is not None:
+                    fold[id(producer[n.input[0]])] = (n.input[1].rsplit(".", 1)[0], bn, n.output[0])
+                    skip.add(id(n))
+                continue
             if found is None or _plain_bn(found[1]) is None:
                 continue
             src = producer.get(n.input[0])
@@ -327,6 +337,17 @@ class _Translator:
                 self.layer(name, m, x, extra, out, _attrs(n).get("rank", -1), bn_name, bn)
             else:
                 self.batchnorm(name, _plain_bn(m), n.input[0], n.output[0])  # type: ignore[arg-type]
+
+    def _graph_bn(self, node: Any) -> nn.modules.batchnorm._BatchNorm | None:
+        """An inference ``BatchNormalization`` node with constant parameters, as a module to fold."""
+        values = [self.builder.constant(i) for i in node.input[1:5]]
+        if len(values) != 4 or any(v is None for v in values) or _attrs(node).get("training_mode", 0):
+            return None
+        scale, shift, mean, var = (torch.from_numpy(np.array(v, np.float32)) for v in values)  # type: ignore[arg-type]
+        bn = nn.BatchNorm1d(scale.numel(), eps=float(_attrs(node).get("epsilon", 1e-5)))
+        with torch.no_grad():
+            bn.weight.copy_(scale), bn.bias.copy_(shift), bn.running_mean.copy_(mean), bn.running_var.copy_(var)  # type: ignore[union-attr]
+        return bn.eval()
 
     def _zero_pad(self, node: Any) -> tuple[int, int, int, int] | None:
         """``(top, left, bottom, right)`` of a constant zero ``Pad`` of the last two dims of a 4-D
@@ -606,7 +627,13 @@ class _Translator:
         The folded bias depends on the BN shift with slope 1, so afterwards PyTorch adds exactly
         (up to float32) the int32 bias the file holds.
         """
-        owner = _plain_bn(self.modules[entry.folded_bn]) if entry.folded_bn else self.modules[entry.name]
+        owner = self.modules.get(entry.folded_bn or entry.name)
+        if owner is None:
+            raise ValueError(f"snap_bias: the BatchNorm folded into {entry.name!r} ({entry.folded_bn!r}) is not a module of the model")
+        if isinstance(owner, SwitchableBatchNorm):
+            owner = owner.bn[str(owner.active_bits)]
+        elif isinstance(owner, TransitionalBatchNorm):
+            owner = owner.bn[owner.active]
         target = getattr(owner, "bias", None)
         if target is None:
             raise ValueError(f"snap_bias: {entry.name!r} has no bias parameter to move (a BatchNorm with affine=False)")
