@@ -370,8 +370,8 @@ class _Translator:
         if w is None or (len(conv.input) > 2 and conv.input[2] and b is None) or shared or w.shape[0] != bn.num_features:
             return False
         _check_bn(bn)
-        factor, bias = fold_bn(bn, torch.from_numpy(b).double() if b is not None else None, torch.float64)
-        weight = torch.from_numpy(w).double() * factor.reshape(-1, *[1] * (w.ndim - 1))
+        factor, bias = fold_bn(bn, torch.from_numpy(b.copy()).double() if b is not None else None, torch.float64)
+        weight = torch.from_numpy(w.copy()).double() * factor.reshape(-1, *[1] * (w.ndim - 1))
         del conv.input[1:]
         conv.input.extend([builder.init(f"{conv.name}.weight_bn", weight.float().numpy()), builder.init(f"{conv.name}.bias_bn", bias.float().numpy())])
         conv.output[0] = out
