@@ -29,6 +29,7 @@ from torch import fx, nn
 
 _LIVE: dict[str, nn.Module] = {}  # key -> module, for the lifetime of the Capture that registered it
 _COUNTER = itertools.count()
+_SHAPES: dict[tuple, tuple[torch.Size, torch.dtype]] = {}  # (key, input shape, dtype) -> output shape and dtype
 
 
 @torch.library.custom_op("bitswitch::layer", mutates_args=())
@@ -43,10 +44,22 @@ def _layer_op(x: torch.Tensor, key: str) -> torch.Tensor:
 def _layer_fake(x: torch.Tensor, key: str) -> torch.Tensor:
     # Shapes by running the real layer once on zeros: quantizers keep Python-side mirrors of their
     # scales, so a meta-device copy cannot run, and zeros are valid input for every layer type.
+    # A dynamic dimension (the batch) is run at its example size and kept symbolic where the output
+    # has it at the same position (layers map (N, ..., C_in) to (N, ..., C_out)); int() would fix it.
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+    # Cached per layer and input shape: torch.export and every later re-trace (decompositions for
+    # ONNX) ask again.
     module = _LIVE[key]
-    with torch._subclasses.fake_tensor.unset_fake_temporarily(), torch.no_grad():
-        out = type(module).forward(module, torch.zeros(tuple(int(s) for s in x.shape), dtype=x.dtype, device=x.device))
-    return x.new_empty(out.shape, dtype=out.dtype)
+    hint = [optimization_hint(s) for s in x.shape]
+    known = (key, tuple(hint), x.dtype)
+    if known not in _SHAPES:
+        with torch._subclasses.fake_tensor.unset_fake_temporarily(), torch.no_grad():
+            out = type(module).forward(module, torch.zeros(hint, dtype=x.dtype, device=x.device))
+        _SHAPES[known] = (out.shape, out.dtype)
+    out_shape, dtype = _SHAPES[known]
+    shape = [x.shape[i] if i < x.dim() and isinstance(x.shape[i], torch.SymInt) and d == hint[i] else d for i, d in enumerate(out_shape)]
+    return x.new_empty(shape, dtype=dtype)
 
 
 class CaptureError(ValueError):
@@ -80,6 +93,10 @@ class Capture:
             if node.op == "call_function" and node.target is torch.ops.bitswitch.layer.default:
                 yield node, self.layers[node.args[1]]
 
+    def live_module(self, key: str) -> nn.Module:
+        """The module an opaque node's key stands for (what the ONNX exporter translates)."""
+        return _LIVE[key]
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
@@ -87,6 +104,9 @@ class Capture:
 def _release(keys: list[str]) -> None:
     for k in keys:
         _LIVE.pop(k, None)
+    gone = set(keys)
+    for known in [s for s in _SHAPES if s[0] in gone]:
+        del _SHAPES[known]
 
 
 @contextmanager
@@ -126,12 +146,15 @@ def _no_kv_cache(model: nn.Module) -> Iterator[None]:
             config.use_cache = before  # type: ignore[union-attr]
 
 
-def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.Module], bool] | None = None) -> Capture:
+def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.Module], bool] | None = None,
+            dynamic_shapes: Any = None) -> Capture:
     """Capture ``model`` (eval mode) on ``example_inputs`` (a tensor, a tuple of positional
     arguments, or a dict of keyword arguments) with ``torch.export``.
 
     ``opaque(name, module)`` selects the modules kept as single nodes; the default is every
-    quantized layer. Raises :class:`CaptureError` naming the failing op and the user's line.
+    quantized layer. ``dynamic_shapes`` is passed to ``torch.export.export`` (the ONNX exporter
+    keeps the batch dimension dynamic with it). Raises :class:`CaptureError` naming the failing op
+    and the user's line.
     """
     from .nn.layers import QuantLayer
 
@@ -150,7 +173,7 @@ def capture(model: nn.Module, example_inputs: Any, *, opaque: Callable[[str, nn.
     try:
         with _opaque(model, select, prefix) as keys, _no_kv_cache(model):
             try:
-                program = torch.export.export(model, args, kwargs, strict=False)
+                program = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes)
             except Exception as e:  # torch.export raises many types; all mean "cannot capture"
                 _release(list(keys))
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

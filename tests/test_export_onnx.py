@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bitswitch
+from bitswitch.capture import CaptureError
 from bitswitch.export.onnx import (
     UnsupportedOpError,
     VerificationError,
@@ -82,18 +83,12 @@ def resnet8():
     return q, _varied_inputs(q, x)
 
 
-#: 2-bit activations in int4 containers (a float Clip before a uint4/int4 QuantizeLinear) disagree with
-#: PyTorch by ~9-12 output steps in onnxruntime even with snapped biases, while the same grid in the
-#: int8 container agrees to 1e-4 steps: a known export bug, kept visible here until it is fixed.
-INT4_2BIT = pytest.mark.xfail(strict=True, reason="2-bit activations in int4 containers: ~10 output steps off in onnxruntime")
-
-
 def _init_types(path) -> dict[str, int]:
     m = onnx.load(str(path))
     return {t.name: t.data_type for t in m.graph.initializer}
 
 
-@pytest.mark.parametrize("bits,container", [(8, "int8"), (6, "int8"), (4, "int8"), (2, "int8"), (4, "int4"), pytest.param(2, "int4", marks=INT4_2BIT)],
+@pytest.mark.parametrize("bits,container", [(8, "int8"), (6, "int8"), (4, "int8"), (2, "int8"), (4, "int4"), (2, "int4")],
                          ids=lambda v: str(v))
 def test_uniform_round_trip(resnet8, tmp_path, bits, container):
     q, x = resnet8
@@ -153,6 +148,11 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path, capsys):
     # random inputs (no dataset): the codes of the first layer still agree, the table names every quantized layer
     assert [r["name"] for r in written["layerwise"]] == [lt.name for lt in rep.layers if lt.a_bits] and written["layerwise"][0]["mismatched"] == 0
     assert "input codes of each quantized layer" in capsys.readouterr().out
+    # a failed verification leaves nothing at --out, only NAME.failed.onnx
+    bad = tmp_path / "bad.onnx"
+    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(bad), "--verify-images", "16", "--max-steps", "0"]) == 1
+    assert not bad.exists() and (tmp_path / "bad.failed.onnx").exists()
+    assert "kept as" in capsys.readouterr().err
 
 
 def test_conv_bn_folded_and_integer_kernels(tmp_path):
@@ -190,22 +190,36 @@ class _Sigmoidal(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.LayerNorm(4)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.fc(torch.sigmoid(self.conv(x)).mean((2, 3)))
+        x = torch.sigmoid(self.conv(x)).permute(0, 2, 3, 1)  # channels-last, as timm's ConvNeXt blocks
+        return self.fc(F.gelu(self.norm(x)).mean((1, 2)))
 
 
-def test_unsupported_op_is_named(tmp_path):
+def test_ops_torch_onnx_translates_and_clear_errors(tmp_path):
+    """Ops without a bitswitch translation (sigmoid, permute, LayerNorm, GELU) come from torch.onnx;
+    what cannot be exported says what and where."""
+    x = torch.randn(8, *SHAPE)
     m = bitswitch.quantize(_Sigmoidal(), bits=(8,), full_precision=())
-    bitswitch.calibrate(m, [torch.randn(4, *SHAPE)])
-    with pytest.raises(UnsupportedOpError, match="sigmoid"):
-        export_onnx(m, tmp_path / "x.onnx", input_shape=SHAPE)
-    ln = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    q = bitswitch.quantize(ln, bits=(8,), full_precision=())
-    bitswitch.calibrate(q, [torch.randn(4, 8)])
-    with pytest.raises(UnsupportedOpError, match="LayerNorm"):
-        export_onnx(q, tmp_path / "y.onnx", input_shape=(8,))
+    bitswitch.calibrate(m, [x])
+    path = tmp_path / "x.onnx"
+    rep = export_onnx(m.eval(), path, input_shape=SHAPE)
+    assert {"Sigmoid", "Transpose", "LayerNormalization"} <= set(rep.op_counts) and len(rep.layers) == 2
+    assert verify_onnx(m, path, [x], min_top1=0.0).max_diff_steps < 2
+    same = bitswitch.quantize(nn.Sequential(nn.Conv2d(3, 4, 3, padding="same"), nn.Flatten(), nn.Linear(4 * 256, 2)), bits=(8,), full_precision=())
+    bitswitch.calibrate(same, [x])
+    with pytest.raises(UnsupportedOpError, match=r"'0' with padding='same'"):
+        export_onnx(same, tmp_path / "y.onnx", input_shape=SHAPE)
+    assert not (tmp_path / "y.onnx").exists()
+
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.amax() > 0 else x  # a branch on data: torch.export cannot capture it
+
+    with pytest.raises(CaptureError, match=r"test_export_onnx.py:\d+ \(return x \* 2 if x.amax\(\) > 0"):
+        export_onnx(DataDependent(), tmp_path / "z.onnx", input_shape=SHAPE)
 
 
 def test_verification_fails_loudly(resnet8, tmp_path):
@@ -216,9 +230,9 @@ def test_verification_fails_loudly(resnet8, tmp_path):
     assert verify_onnx(q, path, [x], max_steps=2).passed
     bitswitch.set_precision(q, 4)  # the PyTorch model no longer matches the file
     with pytest.raises(VerificationError, match="FAILED") as failure:
-        verify_onnx(q, path, [x])  # the default tolerance
+        verify_onnx(q, path, [x])  # the default tolerance (2 output steps) catches a W8 file against the W4 model
     res = verify_onnx(q, path, [x], raise_on_failure=False)
-    assert str(failure.value) == res.summary() and res.top1_agreement < 0.9 and res.max_diff_steps > 32
+    assert str(failure.value) == res.summary() and res.max_diff_steps > 2 and res.distinct_top1 >= 3
 
 
 def test_float64_reference_verifies_and_leaves_the_model_alone(resnet8, tmp_path):
@@ -549,3 +563,100 @@ def test_floor_and_half_up_models_export_and_agree(tmp_path, rounding):
         stored8, _ = layer.weight_qparams(8)
         changed += int((torch.round(stored8.float() / 16).clamp(-8, 7) != codes).sum())  # half-even would give these
     assert changed > 0
+
+
+def _vgg() -> nn.Sequential:
+    """The hand-written VGG of issue 16: conv-BN-ReLU-MaxPool blocks (Fashion-MNIST shape)."""
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(1, 8), *block(8, 16), *block(16, 16), nn.Flatten(), nn.Linear(16 * 3 * 3, 10))
+
+
+def test_conv_bn_relu_maxpool_codes_match(tmp_path):
+    """The MaxPool between a conv and the next layer's quantizer runs on the codes: onnxruntime then
+    fuses the conv with the model's own weight codes (it used to move the Q across the pool itself
+    and re-quantize the conv's float weight: 12 % of the next layer's input codes differed)."""
+    x = torch.randn(32, 1, 28, 28)
+    q = _calibrated(_vgg(), x, (8, 4))
+    bitswitch.set_precision(q, 8)
+    path = tmp_path / "vgg.onnx"
+    rep = export_onnx(q, path, input_shape=(1, 28, 28))
+    assert [lt.folded_bn for lt in rep.layers] == ["5", "9"] and rep.layers[0].kernel == "QLinearConv"
+    rows = compare_layer_codes(q, path, rep, [x])
+    assert [r.name for r in rows] == ["4", "8"] and rows[0].mismatched == 0
+    assert rows[1].fraction < 1e-3, format_layer_codes(rows)
+    assert verify_onnx(q, path, [x]).passed
+
+
+def test_int4_container_with_8bit_weights_loads(tmp_path):
+    """W8A4 in the int4 container: int8 weights, int4 codes in and out of a bias-free conv. onnxruntime
+    fused that into a QLinearConv on int4, then refused to load the file."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                      nn.Flatten(), nn.Linear(8 * 64, 10))
+    x = torch.randn(16, 3, 8, 8)
+    q = _calibrated(m, x, (8, 4))
+    bitswitch.set_precision(q, {n: (8, 4) for n in bitswitch.quantized_layers(q)})
+    path = tmp_path / "w8a4.onnx"
+    rep = export_onnx(q, path, input_shape=(3, 8, 8), container="int4")
+    assert [lt.act_type for lt in rep.layers] == ["int4", "int4"] and {lt.weight_type for lt in rep.layers} == {"int8"}
+    assert verify_onnx(q, path, [x]).max_diff_steps < 1  # loads and agrees
+
+
+def _tokens(vocab: int = 64) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(0))}
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_hugging_face_models_export_and_verify(tmp_path, family):
+    """HF models through torch.export: SDPA attention, RMSNorm/LayerNorm, SiLU/GELU, rotary embeddings
+    from torch.onnx; quantized projections as integer MatMuls. GPT-2's Conv1D projections are not
+    quantized by this branch's conversion, so it checks the float graph."""
+    transformers = pytest.importorskip("transformers")
+    inputs = _tokens()
+    if family == "llama":  # tied input/output embeddings, kept in FP32
+        cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, use_cache=False)
+        model = transformers.LlamaForCausalLM(cfg)
+    elif family == "bert":
+        cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                      max_position_embeddings=64)
+        model = transformers.BertForMaskedLM(cfg)
+    else:
+        cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64, use_cache=False, bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(cfg)
+    model.eval()
+    if family != "gpt2":
+        model = bitswitch.quantize(model, bits=(8, 4), full_precision=["lm_head"] if family == "llama" else ["cls.predictions.decoder"])
+        bitswitch.calibrate(model, [inputs])
+        model.eval()
+        bitswitch.set_precision(model, 8)
+    path = tmp_path / f"{family}.onnx"
+    rep = export_onnx(model, path, example_inputs=inputs)
+    assert list(rep.inputs) == ["input_ids"]
+    res = verify_onnx(model, path, [inputs])  # next-token agreement over every position
+    assert res.top1_agreement == 1.0 and res.distinct_top1 >= 5, res.summary()
+    if family == "gpt2":
+        return
+    assert len(rep.layers) == len(bitswitch.quantized_layers(model)) and all(lt.op == "MatMul" for lt in rep.layers)
+    assert executed_kernels(path, inputs).get("MatMulIntegerToFloat", 0) == len(rep.layers)
+    bitswitch.set_precision(model, 4)  # the W8 file against the W4 model fails by default
+    assert not verify_onnx(model, path, [inputs], raise_on_failure=False).passed
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "mobilenetv3_small_050", "vit_tiny_patch16_224"])
+def test_timm_models_export_and_verify(tmp_path, timm, name):
+    """Permute/LayerNorm blocks (ConvNeXt), SE and hard-swish with BatchNormAct (MobileNetV3), a ViT."""
+    torch.manual_seed(0)
+    m = timm.create_model(name, pretrained=False, num_classes=10, **({"img_size": 32} if name.startswith("vit") else {}))
+    x = torch.randn(8, 3, 32, 32)
+    q = _calibrated(m, x, (8, 4), full_precision="first_last")
+    bitswitch.set_precision(q, 8)
+    path = tmp_path / f"{name}.onnx"
+    rep = export_onnx(q, path, example_inputs=x)
+    assert len(rep.layers) == len(bitswitch.quantized_layers(q)) and not rep.unfolded_bn
+    # random-init networks with tiny logits amplify codes at rounding ties through float LayerNorm /
+    # hard-swish / softmax between the layers: measured 2.2-2.3 steps here (0.0 for ConvNeXt-Atto)
+    res = verify_onnx(q, path, [x], reference="float64", max_steps=4)
+    assert res.top1_agreement == 1.0, res.summary()

@@ -2,7 +2,9 @@
 
 With ``--config subnet.json`` the per-layer configuration of that precision file is exported. After
 writing the file the command runs it in onnxruntime on real inputs (the checkpoint's dataset, or
-``--data``) and compares with the PyTorch model; it exits with status 1 when they diverge.
+``--data``) and compares with the PyTorch model (at most ``--max-steps`` output steps apart, 2 by
+default, and ``--min-top1`` top-1 agreement); when they diverge it exits with status 1 and leaves
+the file as ``NAME.failed.onnx``, never at the requested path.
 ``--compact 4,3,2`` instead re-stores the checkpoint for a device that only needs those bit-widths
 (packed low-precision codes, see :mod:`bitswitch.export.compact`).
 """
@@ -14,6 +16,9 @@ import json
 import sys
 from collections import Counter
 
+from pathlib import Path
+
+from ..export.onnx_runtime import MAX_STEPS
 from ._args import BITS, COUNT, NON_NEGATIVE, float_in
 from ._model import add_model_args
 
@@ -48,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-images", type=COUNT, default=1000, help="number of test images to verify on (default 1000)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--min-top1", type=float_in(0.0, 1.0), default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
+    p.add_argument("--max-steps", type=float_in(0.0, 1e9), default=MAX_STEPS,
+                   help=f"largest allowed output difference in output-quantization steps, max|y|/127 (default {MAX_STEPS:g}: a code at "
+                        "a rounding tie; a file at another precision than the model's is 10-20 steps off)")
     p.add_argument("--reference", choices=("float32", "float64"), default="float32",
                    help="how PyTorch computes the outputs the file is compared with: float32 (default) or float64 (a near-exact "
                         "copy, so only the file's own rounding counts; for models whose float32 result changes with the summation order)")
@@ -119,9 +127,13 @@ def run(args: argparse.Namespace) -> int:
         shape = list(inputs.shape[1:])
     if shape is None:
         raise ValueError("cannot tell the input shape: pass --input-shape C,H,W")
-    report = export_onnx(model, args.out, input_shape=shape, opset=args.opset, container="int8" if args.no_int4 else args.container, fp32=args.fp32, snap_bias=args.snap_bias)
+    # written under NAME.failed.onnx and moved to --out only once verified: a file that disagrees
+    # with the model never sits where the user asked for it
+    out_path = Path(args.out)
+    written = out_path if args.no_verify else out_path.with_name(f"{out_path.stem}.failed{out_path.suffix or '.onnx'}")
+    report = export_onnx(model, written, input_shape=shape, opset=args.opset, container="int8" if args.no_int4 else args.container, fp32=args.fp32, snap_bias=args.snap_bias)
     kinds = sorted({f"W{lt.w_bits}A{lt.a_bits}:{lt.weight_type}/{lt.act_type}" for lt in report.layers if lt.w_bits is not None})
-    print(f"wrote {args.out} ({report.file_bytes:,} bytes, opset {report.opset}); quantized layers: {', '.join(kinds) or 'none'}")
+    print(f"wrote {written} ({report.file_bytes:,} bytes, opset {report.opset}); quantized layers: {', '.join(kinds) or 'none'}")
     quantized = [lt for lt in report.layers if lt.w_bits is not None]
     if quantized and not args.fp32:
         kernels = Counter(lt.kernel or "float" for lt in quantized)
@@ -145,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
             print("warning: no dataset found for verification (pass --data); verifying on 256 random normal inputs", file=sys.stderr)
             inputs, source = torch.randn(256, *shape, generator=torch.Generator().manual_seed(0)), "random normal (256)"
         try:
-            res = verify_onnx(model, args.out, inputs.split(250), min_top1=args.min_top1 if not args.fp32 else 0.0,
-                              max_steps=32.0 if not args.fp32 else float("inf"), reference=args.reference)
+            res = verify_onnx(model, written, inputs.split(250), min_top1=args.min_top1 if not args.fp32 else 0.0,
+                              max_steps=args.max_steps if not args.fp32 else float("inf"), reference=args.reference)
             print(f"verification on {source}: {res.summary()}")
             out["verification"] = res.as_dict()
         except VerificationError as e:
@@ -154,15 +166,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"bitswitch export: verification on {source}: {e}{hint}", file=sys.stderr)
             if not args.layerwise:
                 print("bitswitch export: --layerwise shows which layer's codes differ first", file=sys.stderr)
+            print(f"bitswitch export: the file is kept as {written} for inspection; nothing was written to {out_path}", file=sys.stderr)
             out["verification_error"] = str(e)
             status = 1
         if args.layerwise and not args.fp32:
             from ..export.layerwise import compare_layer_codes, format_layer_codes
 
-            rows = compare_layer_codes(model, args.out, report, inputs[: args.layerwise].split(16))
+            rows = compare_layer_codes(model, written, report, inputs[: args.layerwise].split(16))
             print(f"input codes of each quantized layer, onnxruntime vs float64 PyTorch, on {min(args.layerwise, len(inputs))} images:")
             print(format_layer_codes(rows))
             out["layerwise"] = [r.as_dict() for r in rows]
+    if status == 0 and written != out_path:
+        written.replace(out_path)
+        print(f"verified: moved to {out_path}")
+        report.path = str(out_path)
+        out["export"]["path"] = str(out_path)
     if args.json:
         atomic_write_json(args.json, out)
     return status

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..table import format_table
 from .onnx_graph import container_types, require_onnx
-from .onnx_runtime import INPUT_NAME, ort_session, reference_model
+from .onnx_runtime import batch_size, model_input, onnx_feed, ort_session, reference_model, run_reference
 
 
 @dataclass
@@ -77,7 +77,7 @@ def compare_layer_codes(
     model: nn.Module,
     path: str | os.PathLike,
     report: Any,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[Any],
     *,
     reference: str = "float64",
 ) -> list[LayerCodes]:
@@ -111,12 +111,11 @@ def compare_layer_codes(
         with tempfile.TemporaryDirectory() as tmp:
             sess = ort_session(_with_code_outputs(path, layers, tmp))
             names = [o.name for o in sess.get_outputs()]
-            for x in batches:
-                if isinstance(x, (tuple, list)):
-                    x = x[0]
-                got = dict(zip(names, sess.run(None, {INPUT_NAME: x.detach().float().numpy()})))
+            for batch in batches:
+                x = model_input(batch)
+                got = dict(zip(names, sess.run(None, onnx_feed(sess, x))))
                 captured.clear()
-                ref(x.to(dtype))
+                run_reference(ref, x, dtype)
                 for lt in layers:
                     mine = captured[lt.name]
                     theirs = torch.from_numpy(got[lt.act_codes].astype(np.int64))
@@ -127,7 +126,7 @@ def compare_layer_codes(
                     c[0] += d.numel()
                     c[1] += int((d != 0).sum())
                     c[2] = max(c[2], int(d.max()) if d.numel() else 0)
-                seen += x.shape[0]
+                seen += batch_size(x)
     finally:
         for h in hooks:
             h.remove()

@@ -1,68 +1,73 @@
 """ONNX export with QuantizeLinear/DequantizeLinear pairs, and verification in onnxruntime.
 
-Why this module is ~800 lines: it is one translator over one ``torch.fx`` trace (tracing, folding,
-code widening, bias snapping, fusion rules, report). The capture path is being replaced by a
-``torch.export``-based one shared with post-training quantization (issue "Bring your own model");
-it is split then, along the new capture, rather than twice.
+The model is captured once with :func:`bitswitch.capture.capture` (``torch.export``; the capture
+post-training quantization uses too), every quantized layer and BatchNorm kept as one opaque node.
+``torch.onnx`` translates everything else with its own ATen translations (LayerNorm, GELU/SiLU,
+softmax attention, permutes, pooling, hard-swish, ...) and writes each opaque node as a placeholder
+``bitswitch.Layer(x, key)``. This module then replaces every placeholder by the layer as the model
+computes it, reading scales and grids only through ``layer.weight_qparams(bits)`` and
+``layer.act_quant.qparams(bits)``:
 
-The graph is built directly from a ``torch.fx`` trace with ``onnx.helper`` (no ``torch.onnx``), so
-every scale and integer grid in the file is the one the model computes with, read only through
-``layer.weight_qparams(bits)`` and ``layer.act_quant.qparams(bits)``:
-
-* a quantized layer becomes ``Q(x) -> [integer Clip] -> DQ -> Conv/Gemm`` with its weight stored as
-  integer codes in the file and dequantized per output channel (``DQ(codes, step, axis=0)``); where
-  the conv's output is quantized next, its bias becomes an int32 initializer on the ``s_x · s_w`` grid
-  and a ReLU/Clip in between becomes an integer Clip after the Q, which is the pattern onnxruntime
-  fuses into an integer kernel (``QLinearConv``, uint8 activations x int8 weights);
+* a quantized layer becomes ``Q(x) -> [integer Clip] -> DQ -> Conv/Gemm/MatMul`` with its weight
+  stored as integer codes in the file and dequantized per output channel (``DQ(codes, step)``);
+  where the conv's output is quantized next, its bias becomes an int32 initializer on the
+  ``s_x · s_w`` grid and a ReLU/Clip in between becomes an integer Clip after the Q, which is the
+  pattern onnxruntime fuses into an integer kernel (``QLinearConv``, uint8 activations x int8 weights);
 * containers: 5-8 bit grids use int8 weights / uint8 activations (a signed activation grid is
   shifted by 128), <= 4 bit grids the same (``container="int8"``, default) or int4/uint4 (``"int4"``,
   opset 21, half the bytes but no integer kernels in onnxruntime), 9-16 bit int16/uint16; a grid
   narrower than its container (e.g. 6-bit codes in uint8) is clipped to exactly the model's codes;
-* a zero ``Pad`` feeding only a convolution is folded into the conv's ``pads``;
-* a BatchNorm that directly follows a convolution is folded into it: the integer codes stay, the
-  per-channel step absorbs ``gamma/sigma`` (a negative factor flips the codes' sign, or the step's
-  where a code is the container minimum). A BatchNorm that cannot be folded (pre-activation ResNets
-  normalise the sum of a residual addition) is kept as a ``BatchNormalization`` op and listed in the report;
-* anything the exporter does not know raises :class:`UnsupportedOpError` naming the op.
+* a zero ``Pad`` feeding only a quantized convolution is folded into the conv's ``pads``; a
+  ``MaxPool`` between a layer and the next Q runs on the codes;
+* a BatchNorm whose input is only a convolution's output (found in the captured graph's data flow,
+  not from registration order) is folded into it: the integer codes stay, the per-channel step
+  absorbs ``gamma/sigma`` (a negative factor flips the codes' sign, or the step's where a code is the
+  container minimum). Any other BatchNorm is kept as a ``BatchNormalization`` op and listed in the report;
+* a model ``torch.export`` cannot capture raises :class:`~bitswitch.capture.CaptureError` naming the
+  op and the user's line; a quantized layer type without a translation raises :class:`UnsupportedOpError`.
 
-This module translates the traced model; writing ONNX (integer containers, Q/DQ pairs, nodes and
-initializers, the integer-Clip and pruning passes) lives in :mod:`bitswitch.export.onnx_graph`, and
-running and verifying a file in onnxruntime in :mod:`bitswitch.export.onnx_runtime` (its names are
-re-exported here). ``onnx`` and ``onnxruntime`` are optional (``pip install 'bitswitch[export]'``)
-and imported lazily.
+Writing ONNX (integer containers, Q/DQ pairs, nodes and initializers, the graph passes) lives in
+:mod:`bitswitch.export.onnx_graph`, running and verifying a file in onnxruntime in
+:mod:`bitswitch.export.onnx_runtime` (its names are re-exported here). ``onnx``, ``onnxruntime``,
+``onnxscript`` and ``onnx-ir`` are optional (``pip install 'bitswitch[export]'``) and imported lazily.
 """
 
 from __future__ import annotations
 
-import math
-import operator
+import contextlib
+import functools
+import io
+import logging
 import os
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
+from ..capture import Capture, capture
 from ..nn.batchnorm import SwitchableBatchNorm
 from ..nn.fold import check_running_stats, fold_bn
-from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
+from ..nn.layers import QuantLayer
 from ..nn.transitional_bn import TransitionalBatchNorm
-from .onnx_graph import OUTPUT_NAME, GraphBuilder, container_for, container_types, require_onnx
+from .atomic import atomic_write_bytes
+from .onnx_graph import GraphBuilder, container_for, container_types, require_onnx
 from .onnx_runtime import (
     EXACT_U8S8_OPTION,
     INPUT_NAME,
     INTEGER_KERNELS,
+    OUTPUT_NAME,
     Agreement,
     VerificationError,
     cpu_int8_path,
     executed_kernels,
     ort_session,
+    require_module,
     run_onnx,
     verify_onnx,
 )
@@ -72,39 +77,12 @@ DEFAULT_OPSET = 21
 SESSION_CONFIG_KEY = "onnxruntime_session_config_x86_without_vnni"
 #: integer containers for <= 4-bit grids (see :func:`export_onnx`)
 CONTAINERS = ("int8", "int4")
+#: the placeholder ``torch.onnx`` writes for every opaque node (replaced before the file is written)
+PLACEHOLDER_DOMAIN, PLACEHOLDER_OP = "bitswitch", "Layer"
 
 
 class UnsupportedOpError(ValueError):
-    """The model contains an op the ONNX exporter cannot translate (the message names it)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# tracing
-
-
-_PASSTHROUGH_MODULES = (nn.Dropout, nn.Identity)
-_LEAF_TYPES = (QuantLayer, SwitchableBatchNorm, TransitionalBatchNorm)
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        # Quantized layers, per-bit BNs and shape-dependent padding modules are translated whole.
-        if isinstance(m, _LEAF_TYPES) or type(m).__name__ == "SamePad2d":
-            return True
-        return super().is_leaf_module(m, qualname)
-
-
-def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as e:  # fx raises several types for data-dependent Python
-        raise UnsupportedOpError(f"the model cannot be traced by torch.fx ({type(e).__name__}: {e}); ONNX export needs a static graph") from None
-    gm = fx.GraphModule(model, graph)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
-    return gm
+    """The model contains a layer the ONNX exporter cannot translate (the message names it)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,7 +97,7 @@ class LayerExport:
     a_bits: int | None
     weight_type: str  # "int8", "int4", ... or "float"
     act_type: str | None
-    act_clipped: bool  # grid narrower than the container: a Clip precedes the QuantizeLinear
+    act_clipped: bool  # grid narrower than the container: a Clip keeps the codes on the model's grid
     folded_bn: str | None
     #: the QDQ pattern around this layer is one onnxruntime fuses into an integer kernel (QLinearConv)
     fusable: bool = False
@@ -142,7 +120,8 @@ class ExportReport:
     opset: int
     file_bytes: int
     fp32: bool
-    input_shape: list[int]
+    #: the graph's inputs: name -> shape (``"N"`` for the dynamic batch dimension)
+    inputs: dict[str, list[int | str]]
     container: str = "int8"
     layers: list[LayerExport] = field(default_factory=list)
     unfolded_bn: list[str] = field(default_factory=list)
@@ -195,19 +174,81 @@ def _widen_codes(codes: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | N
 
 
 # --------------------------------------------------------------------------------------------------
-# translation
+# capture and torch.onnx
+
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _active_bn(m: nn.Module) -> nn.modules.batchnorm._BatchNorm:
+def _plain_bn(m: nn.Module) -> nn.modules.batchnorm._BatchNorm | None:
+    """The plain BatchNorm ``m`` normalises with now (a per-bit BN's active one), or None when ``m``
+    is not one (subclasses such as timm's ``BatchNormAct2d`` do more and are left to ``torch.onnx``)."""
     if isinstance(m, SwitchableBatchNorm):
-        return m.bn[str(m.active_bits)]
-    if isinstance(m, TransitionalBatchNorm):
-        return m.bn[m.active]
-    return m  # type: ignore[return-value]
+        m = m.bn[str(m.active_bits)]
+    elif isinstance(m, TransitionalBatchNorm):
+        m = m.bn[m.active]
+    return m if type(m) in _PLAIN_BN else None  # type: ignore[return-value]
 
 
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, (SwitchableBatchNorm, TransitionalBatchNorm, nn.BatchNorm2d))
+def _opaque(_name: str, m: nn.Module) -> bool:
+    """Captured as one node: quantized layers (the exporter writes them) and BatchNorms (so they can
+    be folded into the layer that feeds them, and a per-bit BN exports its active statistics)."""
+    return isinstance(m, QuantLayer) or _plain_bn(m) is not None
+
+
+def _conv_like(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
+
+
+@functools.cache
+def _registry(opset: int):
+    """``torch.onnx``'s translation registry with the placeholder for ``bitswitch::layer``.
+
+    Built once per process: ``torch.onnx.export`` rebuilds it from onnxscript's torchlib on every
+    call (3.6 s of a 9 s ResNet-8 export here), so the exporter calls the function it wraps,
+    ``torch.onnx._internal.exporter._core.export``, with this one (torch 2.13's internals)."""
+    onnxscript = require_module("onnxscript", "ONNX export")
+    require_module("onnx_ir", "ONNX export")
+    from onnx.defs import OpSchema
+    from torch.onnx._internal.exporter import _constants, _registration
+
+    schema = OpSchema(PLACEHOLDER_OP, PLACEHOLDER_DOMAIN, 1, inputs=[OpSchema.FormalParameter("x", "T")], outputs=[OpSchema.FormalParameter("y", "T")],
+                      type_constraints=[("T", ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"], "")],
+                      attributes=[OpSchema.Attribute("key", OpSchema.AttrType.STRING, ""), OpSchema.Attribute("rank", OpSchema.AttrType.INT, "")])
+    op = onnxscript.values.Op(onnxscript.values.Opset(PLACEHOLDER_DOMAIN, 1), PLACEHOLDER_OP, schema)
+
+    def placeholder(x, key: str):
+        return op(x, key=key, rank=len(x.shape) if x.shape is not None else -1)
+
+    registry = _registration.ONNXRegistry.from_torchlib(opset_version=max(opset, _constants.TORCHLIB_OPSET))
+    registry.register_op(torch.ops.bitswitch.layer.default, placeholder, is_complex=False)
+    return registry
+
+
+def _to_onnx(cap: Capture, opset: int):
+    """The captured program as an ONNX ``ModelProto`` with placeholders for the opaque nodes."""
+    from torch.onnx._internal.exporter import _core
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)  # "torchvision is not installed", the optimizer's constant-folding notes
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = _core.export(cap.program, registry=_registry(opset), opset_version=opset, optimize=True, verbose=False)
+    except Exception as e:  # torch.onnx raises its own error types; all mean "no translation"
+        lines = [ln for ln in str(e).splitlines() if ln.startswith("<class")] or str(e).strip().splitlines()[:1]
+        raise UnsupportedOpError(f"torch.onnx cannot translate the captured model: {lines[-1] if lines else type(e).__name__}") from e
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    return program.model_proto
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _check_bn(bn: nn.modules.batchnorm._BatchNorm) -> None:
@@ -217,231 +258,159 @@ def _check_bn(bn: nn.modules.batchnorm._BatchNorm) -> None:
         raise UnsupportedOpError(f"{e}; it cannot be exported") from None
 
 
-def _pair(v: Any) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
+# --------------------------------------------------------------------------------------------------
+# translation of the placeholders
 
 
 class _Translator:
-    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, report: ExportReport, snap_bias: bool = False):
-        self.gm, self.builder, self.report, self.snap_bias = gm, builder, report, snap_bias
-        self.modules = dict(gm.named_modules())
-        self.env: dict[fx.Node, str] = {}
-        self.fold: dict[fx.Node, tuple[str, nn.modules.batchnorm._BatchNorm]] = {}
-        self.folded_bn_nodes: set[fx.Node] = set()
-        self.clip_bounds: dict[str, tuple[float, float]] = {}
-        self.pads: dict[str, tuple[str, tuple[int, int, int, int]]] = {}  # Pad output -> (input, (top, left, bottom, right))
+    """Replaces the placeholders of one ``torch.onnx`` graph by the layers' Q/DQ nodes, then decides
+    per layer how onnxruntime will run it (:meth:`finalize_weights`)."""
 
-    def shape(self, node: fx.Node) -> list[int]:
-        meta = node.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape"):
-            raise UnsupportedOpError(f"node {node.name!r} ({node.op} {node.target}) does not produce a single tensor")
-        return list(meta.shape)
+    def __init__(self, cap: Capture, model: nn.Module, builder: GraphBuilder, report: ExportReport, snap_bias: bool = False):
+        self.cap, self.builder, self.report, self.snap_bias = cap, builder, report, snap_bias
+        self.modules = dict(model.named_modules())
 
-    def plan_folds(self) -> None:
-        for node in self.gm.graph.nodes:
-            if node.op != "call_module" or not _is_bn(self.modules[node.target]):
+    def placeholder(self, node: Any) -> tuple[str, nn.Module] | None:
+        """``(module name, module)`` of a placeholder node, None for any other node."""
+        if node.domain != PLACEHOLDER_DOMAIN:
+            return None
+        key = _attrs(node)["key"].decode()
+        return self.cap.layers[key], self.cap.live_module(key)
+
+    def run(self, nodes: Sequence[Any]) -> None:
+        builder = self.builder
+        producer = {o: n for n in nodes for o in n.output}
+        consumers: dict[str, list] = {}
+        for n in nodes:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+
+        def sole(t: str) -> bool:
+            return len(consumers.get(t, [])) == 1 and t not in builder.outputs
+
+        # BatchNorms to fold: their input is only a conv's (or a 2-D linear's) output
+        fold: dict[int, tuple[str, nn.modules.batchnorm._BatchNorm, str]] = {}  # id(layer node) -> (BN name, BN, output)
+        skip: set[int] = set()
+        for n in nodes:
+            found = self.placeholder(n)
+            if n.op_type == "BatchNormalization" and sole(n.input[0]) and n.input[0] in producer:
+                # a BatchNorm subclass torch.onnx translated (timm's BatchNormAct2d: BN, then its activation)
+                layer = self.placeholder(producer[n.input[0]])
+                bn = self._graph_bn(n)
+                if layer is not None and isinstance(layer[1], QuantLayer) and _conv_like(layer[1]) and bn is not None:
+                    fold[id(producer[n.input[0]])] = (n.input[1].rsplit(".", 1)[0], bn, n.output[0])
+                    skip.add(id(n))
                 continue
-            src = node.args[0]
-            if (
-                isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(self.modules[src.target], nn.Conv2d)
-            ):
-                self.fold[src] = (node.target, _active_bn(self.modules[node.target]))
-                self.folded_bn_nodes.add(node)
-
-    def run(self) -> str:
-        self.plan_folds()
-        out_name = None
-        for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                if self.env:
-                    raise UnsupportedOpError("models with more than one input are not supported by the ONNX exporter")
-                self.env[node] = INPUT_NAME
-            elif node.op == "output":
-                res = node.args[0]
-                if not isinstance(res, fx.Node):
-                    raise UnsupportedOpError("the model must return a single tensor to be exported")
-                out_name = self.env[res]
-            elif node.op == "call_module":
-                self.env[node] = self.call_module(node, self.modules[node.target])
-            elif node.op == "call_function":
-                self.env[node] = self.call_function(node)
-            elif node.op == "call_method":
-                self.env[node] = self.call_method(node)
+            if found is None or _plain_bn(found[1]) is None:
+                continue
+            src = producer.get(n.input[0])
+            if src is None or not sole(n.input[0]):
+                continue
+            layer = self.placeholder(src)
+            if layer is not None and isinstance(layer[1], QuantLayer) and (_conv_like(layer[1]) or _attrs(src).get("rank") == 2):
+                fold[id(src)] = (found[0], _plain_bn(found[1]), n.output[0])  # type: ignore[assignment]
+                skip.add(id(n))
+            elif src.op_type == "Conv" and self._fold_float_conv(src, _plain_bn(found[1]), n.output[0], nodes):  # type: ignore[arg-type]
+                skip.add(id(n))
+        # zero Pads feeding only a quantized 2-D conv
+        pads: dict[int, tuple[str, tuple[int, int, int, int]]] = {}
+        for n in nodes:
+            found = self.placeholder(n)
+            if found is None or not isinstance(found[1], nn.Conv2d) or not isinstance(found[1], QuantLayer):
+                continue
+            src = producer.get(n.input[0])
+            amount = self._zero_pad(src) if src is not None and sole(n.input[0]) else None
+            if amount is not None:
+                pads[id(n)] = (src.input[0], amount)
+                skip.add(id(src))
+        for n in nodes:
+            if id(n) in skip:
+                continue
+            found = self.placeholder(n)
+            if found is None:
+                builder.nodes.append(n)
+                continue
+            name, m = found
+            if isinstance(m, QuantLayer):
+                x, extra = pads.get(id(n), (n.input[0], (0, 0, 0, 0)))
+                bn_name, bn, out = fold.get(id(n), (None, None, n.output[0]))
+                self.layer(name, m, x, extra, out, _attrs(n).get("rank", -1), bn_name, bn)
             else:
-                raise UnsupportedOpError(f"unsupported graph node {node.op} {node.target!r}")
-        assert out_name is not None
-        # name the graph output
-        self.builder.nodes.append(self.builder.onnx.helper.make_node("Identity", [out_name], [OUTPUT_NAME], name="output_identity"))
-        return OUTPUT_NAME
+                self.batchnorm(name, _plain_bn(m), n.input[0], n.output[0])  # type: ignore[arg-type]
 
-    def arg(self, a: Any) -> str:
-        if isinstance(a, fx.Node):
-            return self.env[a]
-        if isinstance(a, (int, float)):
-            return self.builder.init("const", np.array(a, np.float32))
-        raise UnsupportedOpError(f"unsupported argument {a!r}")
+    def _graph_bn(self, node: Any) -> nn.modules.batchnorm._BatchNorm | None:
+        """An inference ``BatchNormalization`` node with constant parameters, as a module to fold."""
+        values = [self.builder.constant(i) for i in node.input[1:5]]
+        if len(values) != 4 or any(v is None for v in values) or _attrs(node).get("training_mode", 0):
+            return None
+        scale, shift, mean, var = (torch.from_numpy(np.array(v, np.float32)) for v in values)  # type: ignore[arg-type]
+        bn = nn.BatchNorm1d(scale.numel(), eps=float(_attrs(node).get("epsilon", 1e-5)))
+        with torch.no_grad():
+            bn.weight.copy_(scale), bn.bias.copy_(shift), bn.running_mean.copy_(mean), bn.running_var.copy_(var)  # type: ignore[union-attr]
+        return bn.eval()
 
-    # ---------------------------------------------------------------------------------------------
-    def call_module(self, node: fx.Node, m: nn.Module) -> str:
-        x = node.args[0]
-        name = node.target
-        if isinstance(m, (QuantConv2d, QuantLinear)) or type(m) in (nn.Conv2d, nn.Linear):
-            return self.layer(node, name, m)
-        if _is_bn(m):
-            if node in self.folded_bn_nodes:
-                return self.env[x]
-            bn = _active_bn(m)
-            _check_bn(bn)
-            if len(self.shape(node)) != 4:
-                raise UnsupportedOpError(f"BatchNorm {name!r} on a {len(self.shape(node))}-D tensor is not supported")
-            self.report.unfolded_bn.append(name)
-            builder = self.builder
-            # kept as an op (its input is not a convolution's sole output, e.g. a residual sum)
-            return builder.node("BatchNormalization", [self.env[x], builder.init(f"{name}.scale", bn.weight.detach().float().numpy() if bn.weight is not None else np.ones(bn.num_features, np.float32)),
-                          builder.init(f"{name}.bias", bn.bias.detach().float().numpy() if bn.bias is not None else np.zeros(bn.num_features, np.float32)),
-                          builder.init(f"{name}.mean", bn.running_mean.float().numpy()), builder.init(f"{name}.var", bn.running_var.float().numpy())], name, epsilon=float(bn.eps))
-        if isinstance(m, nn.ReLU):
-            return self.relu(self.env[x], name)
-        if isinstance(m, (nn.ReLU6, nn.Hardtanh)):
-            lo, hi = (0.0, 6.0) if isinstance(m, nn.ReLU6) else (float(m.min_val), float(m.max_val))
-            return self.clip(self.env[x], lo, hi, name)
-        if isinstance(m, _PASSTHROUGH_MODULES):
-            return self.env[x]
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            if _pair(m.output_size) != [1, 1]:
-                raise UnsupportedOpError(f"AdaptiveAvgPool2d({m.output_size}) at {name!r}: only output size 1 is supported")
-            return self.builder.node("GlobalAveragePool", [self.env[x]], name)
-        if isinstance(m, nn.Flatten):
-            return self.flatten(self.env[x], m.start_dim, m.end_dim, node, name)
-        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            return self.pool(node, m, name)
-        if type(m).__name__ == "SamePad2d":
-            _, _, hgt, wid = self.shape(x)  # type: ignore[arg-type]
-            top, bottom = m.amount(hgt, m.kernel_size, m.stride)
-            left, right = m.amount(wid, m.kernel_size, m.stride)
-            if top == bottom == left == right == 0:
-                return self.env[x]
-            return self.pad(self.env[x], [left, right, top, bottom], name)
-        raise UnsupportedOpError(f"unsupported module {type(m).__module__}.{type(m).__name__} at {name!r}: the ONNX exporter has no translation for it")
+    def _zero_pad(self, node: Any) -> tuple[int, int, int, int] | None:
+        """``(top, left, bottom, right)`` of a constant zero ``Pad`` of the last two dims of a 4-D
+        tensor (what TF "same" padding writes), else None."""
+        if node.op_type != "Pad" or _attrs(node).get("mode", b"constant") != b"constant" or len(node.input) > 3:
+            return None
+        pads = self.builder.constant(node.input[1])
+        value = self.builder.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(())
+        if pads is None or value is None or pads.shape != (8,) or np.any(value != 0) or np.any(pads < 0) or np.any(pads[[0, 1, 4, 5]] != 0):
+            return None
+        return int(pads[2]), int(pads[3]), int(pads[6]), int(pads[7])
 
-    def call_function(self, node: fx.Node) -> str:
-        f = node.target
-        a, kw = node.args, node.kwargs
-        nm = getattr(f, "__name__", str(f))
-        if f in (operator.add, torch.add):
-            return self.builder.node("Add", [self.arg(a[0]), self.arg(a[1])], "add")
-        if f in (operator.mul, torch.mul):
-            return self.builder.node("Mul", [self.arg(a[0]), self.arg(a[1])], "mul")
-        if f in (F.relu, torch.relu):
-            return self.relu(self.arg(a[0]), "relu")
-        if f is F.relu6:
-            return self.clip(self.arg(a[0]), 0.0, 6.0, "relu6")
-        if f is F.hardtanh:
-            return self.clip(self.arg(a[0]), float(kw.get("min_val", a[1] if len(a) > 1 else -1.0)), float(kw.get("max_val", a[2] if len(a) > 2 else 1.0)), "hardtanh")
-        if f is torch.flatten:
-            return self.flatten(self.arg(a[0]), kw.get("start_dim", a[1] if len(a) > 1 else 0), kw.get("end_dim", a[2] if len(a) > 2 else -1), node, "flatten")
-        if f is F.adaptive_avg_pool2d:
-            size = kw.get("output_size", a[1] if len(a) > 1 else None)
-            if _pair(size) != [1, 1]:
-                raise UnsupportedOpError(f"adaptive_avg_pool2d(output_size={size}): only output size 1 is supported")
-            return self.builder.node("GlobalAveragePool", [self.arg(a[0])], "gap")
-        if f is F.pad:
-            pads = list(kw.get("pad", a[1]))
-            mode = kw.get("mode", a[2] if len(a) > 2 else "constant")
-            value = kw.get("value", a[3] if len(a) > 3 else None)
-            if mode != "constant" or value not in (None, 0, 0.0) or len(pads) != 4:
-                raise UnsupportedOpError(f"F.pad(pad={pads}, mode={mode!r}, value={value}): only 2-D zero padding is supported")
-            return self.pad(self.arg(a[0]), pads, "pad")
-        if f is torch.cat:
-            tensors = kw.get("tensors", a[0])
-            dim = kw.get("dim", a[1] if len(a) > 1 else 0)
-            return self.builder.node("Concat", [self.arg(t) for t in tensors], "concat", axis=int(dim))
-        raise UnsupportedOpError(f"unsupported function {getattr(f, '__module__', '')}.{nm} (node {node.name!r}): the ONNX exporter has no translation for it")
+    def _fold_float_conv(self, conv: Any, bn: nn.modules.batchnorm._BatchNorm, out: str, nodes: Sequence[Any]) -> bool:
+        """Fold a BN into the float ``Conv`` of an FP32 layer in place (its weight an initializer used
+        only there); the conv then writes the BN's output."""
+        builder = self.builder
+        w = builder.constant(conv.input[1])
+        b = builder.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        shared = sum(i == conv.input[1] for n in nodes for i in n.input) > 1
+        if w is None or (len(conv.input) > 2 and conv.input[2] and b is None) or shared or w.shape[0] != bn.num_features:
+            return False
+        _check_bn(bn)
+        factor, bias = fold_bn(bn, torch.from_numpy(b.copy()).double() if b is not None else None, torch.float64)
+        weight = torch.from_numpy(w.copy()).double() * factor.reshape(-1, *[1] * (w.ndim - 1))
+        del conv.input[1:]
+        conv.input.extend([builder.init(f"{conv.name}.weight_bn", weight.float().numpy()), builder.init(f"{conv.name}.bias_bn", bias.float().numpy())])
+        conv.output[0] = out
+        return True
 
-    def call_method(self, node: fx.Node) -> str:
-        meth, a = node.target, node.args
-        if meth == "relu":
-            return self.relu(self.arg(a[0]), "relu")
-        if meth == "flatten":
-            return self.flatten(self.arg(a[0]), node.kwargs.get("start_dim", a[1] if len(a) > 1 else 0), node.kwargs.get("end_dim", a[2] if len(a) > 2 else -1), node, "flatten")
-        if meth in ("view", "reshape"):
-            shape = self.shape(node)
-            target = [0] + [int(d) for d in shape[1:]]  # keep the batch dimension dynamic
-            return self.builder.node("Reshape", [self.arg(a[0]), self.builder.init("shape", np.array(target, np.int64))], "reshape")
-        raise UnsupportedOpError(f"unsupported tensor method .{meth}() (node {node.name!r}): the ONNX exporter has no translation for it")
+    def batchnorm(self, name: str, bn: nn.modules.batchnorm._BatchNorm, x: str, out: str) -> None:
+        """A BatchNorm that cannot be folded (pre-activation ResNets normalise a residual sum)."""
+        _check_bn(bn)
+        builder = self.builder
+        c = bn.num_features
+        scale = bn.weight.detach().float().numpy() if bn.weight is not None else np.ones(c, np.float32)
+        shift = bn.bias.detach().float().numpy() if bn.bias is not None else np.zeros(c, np.float32)
+        builder.node("BatchNormalization", [x, builder.init(f"{name}.scale", scale), builder.init(f"{name}.bias", shift),
+                                            builder.init(f"{name}.mean", bn.running_mean.float().numpy()),  # type: ignore[union-attr]
+                                            builder.init(f"{name}.var", bn.running_var.float().numpy())],  # type: ignore[union-attr]
+                     name, out=out, epsilon=float(bn.eps))
+        self.report.unfolded_bn.append(name)
 
-    # ---------------------------------------------------------------------------------------------
-    def relu(self, x: str, base: str) -> str:
-        out = self.builder.node("Relu", [x], base)
-        self.builder.act_bounds[out] = (0.0, math.inf)
-        return out
-
-    def clip(self, x: str, lo: float, hi: float, base: str) -> str:
-        out = self.builder.node("Clip", [x, self.builder.init(f"{base}_min", np.array(lo, np.float32)), self.builder.init(f"{base}_max", np.array(hi, np.float32))], base)
-        self.clip_bounds[out] = (lo, hi)
-        self.builder.act_bounds[out] = (lo, hi)
-        return out
-
-    def pad(self, x: str, lrtb: Sequence[int], base: str) -> str:
-        left, right, top, bottom = (int(v) for v in lrtb)
-        pads = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
-        out = self.builder.node("Pad", [x, self.builder.init(f"{base}_pads", pads)], base, mode="constant")
-        self.pads[out] = (x, (top, left, bottom, right))
-        return out
-
-    def fold_pad(self, node: fx.Node, m: nn.Module) -> tuple[str, tuple[int, int, int, int]]:
-        """The conv's input and extra ``(top, left, bottom, right)`` padding, skipping a zero ``Pad`` in front.
-
-        A constant-zero Pad whose only consumer is this convolution becomes part of the Conv's
-        ``pads`` attribute (asymmetric pads are legal ONNX). Quantization commutes with it: the
-        padded zeros quantize to the zero point, which is what a Conv pads a quantized input with.
-        This keeps Pad out of the ``Q -> DQ -> Conv`` pattern onnxruntime fuses.
-        """
-        src = node.args[0]
-        x = self.env[src]
-        if isinstance(m, nn.Conv2d) and x in self.pads and isinstance(src, fx.Node) and len(src.users) == 1:
-            return self.pads[x]
-        return x, (0, 0, 0, 0)
-
-    def flatten(self, x: str, start: int, end: int, node: fx.Node, base: str) -> str:
-        if end != -1 and end != len(self.shape(node.args[0])) - 1:  # type: ignore[arg-type]
-            raise UnsupportedOpError(f"flatten(start_dim={start}, end_dim={end}): only flattening to the last dimension is supported")
-        return self.builder.node("Flatten", [x], base, axis=int(start))
-
-    def pool(self, node: fx.Node, m: nn.Module, name: str) -> str:
-        k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
-        attrs: dict[str, Any] = dict(kernel_shape=k, strides=s, pads=p + p, ceil_mode=int(m.ceil_mode))
-        if isinstance(m, nn.MaxPool2d):
-            if _pair(m.dilation) != [1, 1] or m.return_indices:
-                raise UnsupportedOpError(f"MaxPool2d at {name!r} with dilation or return_indices is not supported")
-            return self.builder.node("MaxPool", [self.env[node.args[0]]], name, **attrs)
-        if m.divisor_override is not None:
-            raise UnsupportedOpError(f"AvgPool2d at {name!r} with divisor_override is not supported")
-        return self.builder.node("AveragePool", [self.env[node.args[0]]], name, count_include_pad=int(m.count_include_pad), **attrs)
-
-    def layer(self, node: fx.Node, name: str, m: nn.Module) -> str:
+    def layer(self, name: str, m: nn.Module, x: str, extra: tuple[int, int, int, int], out: str, rank: int,
+              folded: str | None, bn: nn.modules.batchnorm._BatchNorm | None) -> None:
         builder, fp32 = self.builder, self.builder.fp32
-        x, extra = self.fold_pad(node, m)
-        quant = isinstance(m, QuantLayer)
-        w_bits = m.w_bits if quant else None
-        a_bits = m.a_bits if quant else None
-        if quant and w_bits is None and m.is_integer:
+        if not (_conv_like(m) or isinstance(m, nn.Linear)):
+            raise UnsupportedOpError(f"quantized layer {name!r} of type {type(m).__module__}.{type(m).__name__}: the ONNX exporter translates "
+                                     "convolutions and linear layers only")
+        w_bits, a_bits = m.w_bits, m.a_bits  # type: ignore[attr-defined]
+        if w_bits is None and m.is_integer:  # type: ignore[attr-defined]
             raise ValueError(f"layer {name!r} has no precision set")
         act_type, clipped, s_x, act_q = None, False, None, None
         if a_bits is not None and not fp32:
-            scale, zp, lo, hi = m.act_quant.qparams(a_bits)
+            scale, zp, lo, hi = m.act_quant.qparams(a_bits)  # type: ignore[attr-defined]
             zp = int(zp.reshape(-1)[0]) if isinstance(zp, torch.Tensor) else int(zp)
             if isinstance(scale, torch.Tensor) and scale.numel() != 1:
                 raise UnsupportedOpError(f"layer {name!r}: per-channel activation scales are not supported by the exporter")
             s_x = float(scale)
             x, act_type, clipped = builder.qdq(x, s_x, zp, lo, hi, a_bits, name)
             act_q = builder.q_of_dq[x]
-        elif a_bits is not None:  # fp32 reference graph: the activation grid is dropped
-            pass
 
         if w_bits is not None:
-            codes, step = m.weight_qparams(w_bits)
+            codes, step = m.weight_qparams(w_bits)  # type: ignore[attr-defined]
             codes, step = codes.to(torch.int64), step.double()
         else:
             weight = m.weight.detach().double()
@@ -451,9 +420,7 @@ class _Translator:
         wtype = "float"
         if codes is not None:
             wtype = container_for(w_bits, -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1, builder.int4 and builder.opset >= 21)
-        folded = None
-        if node in self.fold:
-            folded, bn = self.fold[node]
+        if bn is not None:
             _check_bn(bn)
             factor, bias = fold_bn(bn, bias, torch.float64)
             if codes is not None:
@@ -467,44 +434,55 @@ class _Translator:
             else:
                 weight = weight * factor.reshape(-1, *[1] * (weight.dim() - 1))
 
+        matmul = isinstance(m, nn.Linear) and rank != 2  # (..., in) inputs: MatMul with the weight transposed
         if codes is not None and not fp32:
             onnx_type = container_types()[wtype][0]
             if wtype == "int8":
                 codes, step = _widen_codes(codes, step, bias, s_x)
-            wq = builder.init(f"{name}.weight_int", codes.numpy(), onnx_type)
-            ws = builder.init(f"{name}.weight_step", step.float().numpy())
-            wz = builder.init(f"{name}.weight_zp", np.zeros(step.shape[0], np.int64), onnx_type)
-            w = builder.node("DequantizeLinear", [wq, ws, wz], f"{name}_weight_dq", axis=0)
+            stored = codes.T.contiguous() if matmul else codes
+            suffix = "_t" if matmul else ""
+            wq = builder.init(f"{name}.weight_int{suffix}", stored.numpy(), onnx_type)
+            ws = builder.init(f"{name}.weight_step{suffix}", step.float().numpy())
+            wz = builder.init(f"{name}.weight_zp{suffix}", np.zeros(step.shape[0], np.int64), onnx_type)
+            w = builder.node("DequantizeLinear", [wq, ws, wz], f"{name}_weight{suffix}_dq", axis=1 if matmul else 0)
         else:
             wtype = "float"  # an fp32 reference graph stores dequantized weights
             wf = (codes.double() * step.reshape(-1, *[1] * (codes.dim() - 1))) if codes is not None else weight
-            w = builder.init(f"{name}.weight", wf.float().numpy())
+            w = builder.init(f"{name}.weight", (wf.T if matmul else wf).float().contiguous().numpy())
 
-        inputs = [x, w]
-        if bias is not None:  # float here; turned into int32 on the s_x*s_w grid where a kernel fuses
-            inputs.append(builder.init(f"{name}.bias", bias.float().numpy()))
-        if isinstance(m, nn.Conv2d):
-            kh, kw = m.kernel_size
-            if isinstance(m.padding, str):
-                raise UnsupportedOpError(f"Conv2d {name!r} with padding={m.padding!r} is not supported; use integer padding")
-            ph, pw = m.padding
-            top, left, bottom, right = extra
-            out = builder.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=list(m.stride), pads=[ph + top, pw + left, ph + bottom, pw + right],
-                         dilations=list(m.dilation), group=int(m.groups))
-            op = "Conv"
+        if matmul:
+            op = "MatMul"
+            if bias is not None:
+                mm = builder.node("MatMul", [x, w], f"{name}_matmul")
+                builder.node("Add", [mm, builder.init(f"{name}.bias", bias.float().numpy())], name, out=out)
+            else:
+                builder.node("MatMul", [x, w], name, out=out)
         else:
-            if len(self.shape(node.args[0])) != 2:  # type: ignore[arg-type]
-                raise UnsupportedOpError(f"Linear {name!r} on a {len(self.shape(node.args[0]))}-D input: only 2-D inputs are supported")  # type: ignore[arg-type]
-            out = builder.node("Gemm", inputs, name, transB=1)
-            op = "Gemm"
+            inputs = [x, w]
+            if bias is not None:  # float here; turned into int32 on the s_x*s_w grid where a kernel fuses
+                inputs.append(builder.init(f"{name}.bias", bias.float().numpy()))
+            if _conv_like(m):
+                if isinstance(m.padding, str) or m.padding_mode != "zeros":  # type: ignore[attr-defined]
+                    raise UnsupportedOpError(f"convolution {name!r} with padding={m.padding!r}, padding_mode={m.padding_mode!r}: "  # type: ignore[attr-defined]
+                                             "only integer zero padding is supported")
+                pad = [int(p) for p in m.padding]  # type: ignore[attr-defined]
+                begin, end = list(pad), list(pad)
+                if len(pad) == 2:
+                    top, left, bottom, right = extra
+                    begin, end = [pad[0] + top, pad[1] + left], [pad[0] + bottom, pad[1] + right]
+                builder.node("Conv", inputs, name, out=out, kernel_shape=list(m.kernel_size), strides=list(m.stride), pads=begin + end,  # type: ignore[attr-defined]
+                             dilations=list(m.dilation), group=int(m.groups))  # type: ignore[attr-defined]
+                op = "Conv"
+            else:
+                builder.node("Gemm", inputs, name, out=out, transB=1)
+                op = "Gemm"
         entry = LayerExport(name, op, w_bits, a_bits, wtype, act_type, clipped, folded, act_pad=list(extra))
         if act_q is not None:  # the Q's output; export_onnx resolves it to the codes after any integer Clip
             entry.act_codes, entry.act_zero_point = act_q, builder.q_info[act_q][2]
         self.report.layers.append(entry)
         if wtype != "float":
-            builder.pending.append({"entry": entry, "out": out, "dq": [inputs[1]], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy(),
-                              "max_code": int(codes.abs().max())})
-        return out
+            builder.pending.append({"entry": entry, "out": out, "dq": [w], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy(),
+                                    "max_code": int(codes.abs().max())})
 
     def finalize_weights(self) -> None:
         """Keep ``DequantizeLinear`` on weights only where onnxruntime fuses the layer into an integer kernel.
@@ -525,7 +503,7 @@ class _Translator:
             if entry.fusable and not self._int32_bias(p):
                 entry.fusable = False
             entry.kernel = "QLinearConv" if entry.fusable else None
-            if q_after is None and self._as_matmul(p, integer_outputs):
+            if q_after is None and (self._integer_matmul(entry) or self._as_matmul(p, integer_outputs)):
                 entry.kernel = "MatMulIntegerToFloat"
             if entry.kernel is not None:
                 integer_outputs.add(p["out"])
@@ -551,6 +529,12 @@ class _Translator:
                     builder.onnx.helper.make_node("Cast", [dq.input[0]], [cast], name=cast, to=T.FLOAT),
                     builder.onnx.helper.make_node("Mul", [cast, sname], [dq_name], name=dq_name),
                 ]
+
+    @staticmethod
+    def _integer_matmul(entry: LayerExport) -> bool:
+        """A linear layer on (..., in) inputs (transformer projections) with 8-bit codes: ``DQ(x) ->
+        MatMul(DQ(W^T))``, which onnxruntime runs as ``MatMulIntegerToFloat`` (exact int32 products)."""
+        return entry.op == "MatMul" and entry.weight_type == "int8" and entry.act_type in ("int8", "uint8")
 
     def _as_matmul(self, p: dict[str, Any], integer_outputs: set[str]) -> bool:
         """Write a 1x1 convolution whose output stays float as ``MatMul`` over channels-last codes.
@@ -643,7 +627,13 @@ class _Translator:
         The folded bias depends on the BN shift with slope 1, so afterwards PyTorch adds exactly
         (up to float32) the int32 bias the file holds.
         """
-        owner = _active_bn(self.modules[entry.folded_bn]) if entry.folded_bn else self.modules[entry.name]
+        owner = self.modules.get(entry.folded_bn or entry.name)
+        if owner is None:
+            raise ValueError(f"snap_bias: the BatchNorm folded into {entry.name!r} ({entry.folded_bn!r}) is not a module of the model")
+        if isinstance(owner, SwitchableBatchNorm):
+            owner = owner.bn[str(owner.active_bits)]
+        elif isinstance(owner, TransitionalBatchNorm):
+            owner = owner.bn[owner.active]
         target = getattr(owner, "bias", None)
         if target is None:
             raise ValueError(f"snap_bias: {entry.name!r} has no bias parameter to move (a BatchNorm with affine=False)")
@@ -653,21 +643,26 @@ class _Translator:
         """Move the float bias of a non-fused DQ->Conv into an ``Add`` after it.
 
         onnxruntime's ``BiasQuantization`` pass re-stores a float bias next to DQ inputs as int32 on
-        the ``s_x * s_w`` grid, which on int4 grids is coarse enough to flip output codes.
+        the ``s_x * s_w`` grid, which on int4 grids is coarse enough to flip output codes. A layer
+        without bias whose input is in a 4-bit container gets a zero ``Add``: in a bare
+        ``DQ(int4) -> Conv -> Q(int4)`` onnxruntime would fuse a ``QLinearConv`` on int4 codes,
+        which it then refuses to load (it has no such kernel).
         """
         builder = self.builder
         found = self._conv_with_bias(p)
         if found is None:
-            return
-        idx, conv, bias = found
-        bias = bias.astype(np.float32)
+            if p["entry"].act_type not in ("int4", "uint4"):
+                return
+            idx = next(i for i, n in enumerate(builder.nodes) if n.output[0] == p["out"])
+            conv, bias = builder.nodes[idx], np.zeros(p["step"].shape[0], np.float32)
+        else:
+            idx, conv, bias = found
+            del conv.input[2]
         shape = [-1] + [1] * (p["ndim"] - 2) if conv.op_type == "Conv" else [-1]
-        bname = builder.init(f"{p['entry'].name}.bias_bcast", bias.reshape(shape))
+        bname = builder.init(f"{p['entry'].name}.bias_bcast", bias.astype(np.float32).reshape(shape))
         pre = builder.fresh(f"{p['out']}_nobias")
-        del conv.input[2]
         conv.output[0] = pre
-        conv.name = pre
-        builder.nodes.insert(idx + 1, builder.onnx.helper.make_node("Add", [pre, bname], [p["out"]], name=p["out"]))
+        builder.nodes.insert(idx + 1, builder.onnx.helper.make_node("Add", [pre, bname], [p["out"]], name=builder.fresh(f"{p['entry'].name}_bias")))
 
     def _q_after(self, out: str, consumers: dict[str, list]):
         """``(Relu/Clip node or None, QuantizeLinear node)`` if the layer's output goes straight to a Q."""
@@ -697,7 +692,7 @@ class _Translator:
         if act is not None and act.op_type == "Relu":
             return zp == clo
         if act is not None and act.op_type == "Clip":
-            lo, hi = self.clip_bounds.get(act.output[0], (None, None))
+            lo, hi = self.builder.act_bounds.get(act.output[0], (None, None))
             return lo is not None and lo <= (clo - zp) * scale and (chi - zp) * scale <= hi
         return True
 
@@ -706,15 +701,53 @@ class _Translator:
 # public API
 
 
-def _example(input_shape: Sequence[int] | None, example: torch.Tensor | None, model: nn.Module) -> torch.Tensor:
-    if example is not None:
-        return example[:1].detach().float()
+def _example_inputs(model: nn.Module, example_inputs: Any, input_shape: Sequence[int] | None) -> Any:
+    """Two samples of the model's input (a size-1 batch would be fixed at 1 by ``torch.export``)."""
+
+    def two(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor) or v.dim() == 0:
+            return v
+        v = v.detach()[:2]
+        return torch.cat([v, v]) if v.shape[0] == 1 else v
+
+    if example_inputs is not None:
+        if isinstance(example_inputs, Mapping):
+            return {k: two(v) for k, v in example_inputs.items()}
+        if isinstance(example_inputs, (tuple, list)):
+            return tuple(two(v) for v in example_inputs)
+        return two(example_inputs)
     if input_shape is None:
-        shape = (getattr(model, "bitswitch_extra", {}) or {}).get("input_shape")
-        if shape is None:
-            raise ValueError("pass input_shape=(C, H, W) (one sample, no batch dimension) or an example input")
-        input_shape = shape
-    return torch.zeros((1, *[int(d) for d in input_shape]))
+        input_shape = (getattr(model, "bitswitch_extra", {}) or {}).get("input_shape")
+        if input_shape is None:
+            raise ValueError("pass input_shape=(C, H, W) (one sample, no batch dimension) or example_inputs")
+    return torch.zeros((2, *[int(d) for d in input_shape]))
+
+
+def _batch_dims(inputs: Any) -> Any:
+    """``dynamic_shapes`` for ``torch.export``: dimension 0 of every tensor input may vary."""
+    auto = torch.export.Dim.AUTO
+
+    def spec(v: Any) -> Any:
+        return {0: auto} if isinstance(v, torch.Tensor) and v.dim() > 0 else None
+
+    if isinstance(inputs, Mapping):
+        return {k: spec(v) for k, v in inputs.items()}
+    if isinstance(inputs, tuple):
+        return tuple(spec(v) for v in inputs)
+    return (spec(inputs),)
+
+
+def _shape(value_info: Any) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def _rename(proto: Any, old: str, new: str) -> None:
+    for n in proto.graph.node:
+        n.input[:] = [new if i == old else i for i in n.input]
+        n.output[:] = [new if o == old else o for o in n.output]
+    for v in list(proto.graph.input) + list(proto.graph.output):
+        if v.name == old:
+            v.name = new
 
 
 @torch.no_grad()
@@ -723,10 +756,9 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     input_shape: Sequence[int] | None = None,
-    example: torch.Tensor | None = None,
+    example_inputs: Any = None,
     opset: int = DEFAULT_OPSET,
     container: str = "int8",
-    int4: bool | None = None,
     fp32: bool = False,
     dynamic_batch: bool = True,
     snap_bias: bool = False,
@@ -734,13 +766,16 @@ def export_onnx(
     """Write ``model`` at its current precision (uniform or mixed) as a QDQ ONNX file.
 
     Args:
-        input_shape: one sample's shape without the batch dimension (or give ``example``).
+        input_shape: one sample's shape without the batch dimension, for a model with one float input.
+        example_inputs: instead, an example input: a tensor, a tuple of positional inputs, or a dict of
+            keyword inputs (``{"input_ids": ids}``); the file's inputs take their names (a single
+            tensor input is named ``input``, the first output ``output``). Only the batch dimension
+            stays dynamic (``dynamic_batch``); other dimensions (a sequence length) are those of the example.
         container: integer type of <= 4-bit grids. ``"int8"`` (default) stores them in int8 (weights)
             and uint8 (activations) with the narrower grid kept by clipping the codes, so onnxruntime
             runs them with its integer kernels; ``"int4"`` stores int4/uint4 (opset 21): half the
             weight bytes, but onnxruntime 1.32 has no int4 convolution and runs those layers in float,
             slower than the FP32 file. 5-8 bit grids always use 8-bit, 9-16 bit 16-bit containers.
-        int4: older spelling: ``True`` is ``container="int4"``, ``False`` is ``container="int8"``.
         fp32: write the same network without any quantization (weights dequantized, BN folded):
             the fair float baseline for latency and size comparisons.
         snap_bias: also move the *model's* bias of every layer that runs as an integer kernel onto
@@ -749,46 +784,63 @@ def export_onnx(
             same; PyTorch then computes what the integer kernel computes, instead of differing by
             up to half a bias step, which flips activation codes near rounding ties (it matters at
             <= 4-bit activations). It changes the model in place: use it on a deployment copy.
-    Returns an :class:`ExportReport` (per-layer containers, folded/unfolded BNs, op counts).
+    Returns an :class:`ExportReport` (per-layer containers, folded/unfolded BNs, op counts). Raises
+    :class:`~bitswitch.capture.CaptureError` for a model ``torch.export`` cannot capture and
+    :class:`UnsupportedOpError` for a layer or op without a translation; nothing is written then.
     """
     onnx = require_onnx()
-    if int4 is not None:
-        container = "int4" if int4 else "int8"
     if container not in CONTAINERS:
         raise ValueError(f"unknown container {container!r}; valid: {', '.join(CONTAINERS)}")
-    if opset < 13:
-        raise ValueError(f"opset {opset} is too old: per-channel DequantizeLinear needs opset >= 13")
+    if opset < 18:
+        raise ValueError(f"opset {opset} is too old: torch.onnx writes opset >= 18 (per-channel DequantizeLinear needs >= 13)")
     if container == "int4" and opset < 21:
         raise ValueError(f"int4 containers need opset >= 21 (got opset {opset}); use container='int8'")
     int4 = container == "int4"
     was_training = model.training
     model.eval()
     try:
-        x = _example(input_shape, example, model)
-        gm = _trace(model, x)
-        builder = GraphBuilder(opset, int4, fp32)
-        report = ExportReport(str(path), opset, 0, fp32, list(x.shape[1:]), container)
-        tr = _Translator(gm, builder, report, snap_bias)
-        tr.run()
+        inputs = _example_inputs(model, example_inputs, input_shape)
+        cap = capture(model, inputs, opaque=_opaque, dynamic_shapes=_batch_dims(inputs) if dynamic_batch else None)
+        proto = _to_onnx(cap, opset)
+        if isinstance(inputs, torch.Tensor):  # keyword inputs keep their names (input_ids, ...)
+            _rename(proto, proto.graph.input[0].name, INPUT_NAME)
+        _rename(proto, proto.graph.output[0].name, OUTPUT_NAME)
+        graph = proto.graph
+        builder = GraphBuilder(opset, int4, fp32, inits=list(graph.initializer), outputs=[o.name for o in graph.output])
+        builder.reserve([t for n in graph.node for t in (*n.input, *n.output, n.name)] + [i.name for i in graph.input])
+        report = ExportReport(str(path), opset, 0, fp32, {i.name: _shape(i) for i in graph.input}, container)
+        tr = _Translator(cap, model, builder, report, snap_bias)
+        tr.run(list(graph.node))
+        builder.activation_bounds()
+        builder.hoist_quantize()
         tr.finalize_weights()
+        builder.prune()
         for lt in report.layers:
             if lt.act_codes is not None:
                 lt.act_codes = builder.codes_tensor(lt.act_codes)
-        out_shape = list(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["tensor_meta"].shape)
-        proto = builder.model(list(x.shape), out_shape, dynamic_batch)
     finally:
         model.train(was_training)
+    if dynamic_batch and any(isinstance(s[0], int) for s in report.inputs.values() if s):
+        raise UnsupportedOpError("the model's code fixes the batch size (torch.export specialised it); export with dynamic_batch=False")
     if opset < 21 and any("16" in (lt.act_type or "") + lt.weight_type for lt in report.layers):
         raise ValueError("16-bit integer grids need opset >= 21")
+    del graph.node[:], graph.initializer[:], graph.value_info[:]
+    graph.node.extend(builder.nodes)
+    for n in graph.node:  # torch.onnx's per-node stack traces and FX names: bytes nobody deploys
+        n.doc_string = ""
+        del n.metadata_props[:]
+    graph.initializer.extend(builder.inits)
+    kept = [o for o in proto.opset_import if o.domain != PLACEHOLDER_DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    proto.producer_name = "bitswitch"
     if any(lt.needs_exact_u8s8 for lt in report.layers):
         # said in the file too, for whoever deploys it: without the option x86 CPUs without VNNI saturate
         # (with VNNI the option is not needed and slows the 8-bit layers down)
         onnx.helper.set_model_props(proto, {SESSION_CONFIG_KEY: f"{EXACT_U8S8_OPTION}=1"})
     onnx.checker.check_model(proto, full_check=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    report.file_bytes = path.stat().st_size
+    atomic_write_bytes(path, lambda tmp: onnx.save(proto, tmp))
+    report.file_bytes = Path(path).stat().st_size
     report.op_counts = dict(Counter(n.op_type for n in proto.graph.node))
     return report
 

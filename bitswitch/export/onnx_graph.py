@@ -1,10 +1,12 @@
-"""Writing ONNX graphs: integer containers, Q/DQ pairs and the node/initializer builder.
+"""Rewriting ONNX graphs: integer containers, Q/DQ pairs, and the node list the exporter edits.
 
-:class:`GraphBuilder` is the only place that creates ONNX nodes and initializers for the exporter
-(:mod:`bitswitch.export.onnx`, which translates a traced model into calls on it). It owns the
-graph-level passes that do not depend on the model: moving ReLU/Clip behind the ``QuantizeLinear``
-as an integer ``Clip`` (so onnxruntime fuses the producing Conv) and pruning what the output does
-not need. ``onnx`` is imported lazily (optional extra ``bitswitch[export]``).
+:class:`GraphBuilder` holds the nodes and initializers of the file ``torch.onnx`` wrote (from
+:mod:`bitswitch.export.onnx`) while the exporter replaces each quantized layer's placeholder by its
+Q/DQ nodes; it is the only place that creates nodes and initializers. It owns the graph-level passes
+that do not depend on the model: folding a zero ``Pad`` into the conv after it, moving a
+``QuantizeLinear`` in front of a ``MaxPool`` and a ReLU/Clip behind it as an integer ``Clip`` (so
+onnxruntime fuses the producing Conv with the model's own weight codes), and pruning what the
+outputs do not need. ``onnx`` is imported lazily (optional extra ``bitswitch[export]``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_runtime import INPUT_NAME, require_module
-
-OUTPUT_NAME = "output"
+from .onnx_runtime import require_module
 
 
 def require_onnx():
@@ -79,32 +79,46 @@ def q_code(value: float, scale: float, zero_point: int, clo: int, chi: int) -> i
 # --------------------------------------------------------------------------------------------------
 # graph builder
 
+#: ops through which the codes of a ``QuantizeLinear`` pass unchanged (``Q(maxpool(x)) == maxpool(Q(x))``
+#: since ``Q`` is monotone); onnxruntime moves Q/DQ pairs across them itself (QDQ propagation)
+ORDER_PRESERVING = ("MaxPool",)
+
 
 class GraphBuilder:
     """The nodes and initializers of one export, with unique names, and the passes over them.
 
-    ``fp32=True`` marks the float reference graph of the same network (the translator writes no Q/DQ); ``int4`` allows
-    int4/uint4 containers (opset >= 21) for <= 4-bit grids.
+    Built from the ``torch.onnx`` graph (``nodes``, ``inits``, graph ``outputs``); the exporter
+    appends nodes in graph order while it replaces placeholders. ``fp32=True`` marks the float
+    reference graph of the same network (no Q/DQ is written); ``int4`` allows int4/uint4 containers
+    (opset >= 21) for <= 4-bit grids.
     """
 
-    def __init__(self, opset: int, int4: bool, fp32: bool):
+    def __init__(self, opset: int, int4: bool, fp32: bool, inits: Sequence[Any] = (), outputs: Sequence[str] = ()):
         self.onnx = require_onnx()
         self.opset, self.int4, self.fp32 = opset, int4, fp32
         self.q_clip: dict[str, tuple[str, int, int]] = {}  # Q output -> (integer Clip output, lo, hi) after it
         self.act_bounds: dict[str, tuple[float, float]] = {}  # ReLU/Clip output -> its (lo, hi), for absorption
         self.nodes: list = []
-        self.inits: list = []
-        self.counter = Counter()
+        self.inits: list = list(inits)
+        self.outputs = list(outputs)
+        self.used: set[str] = {t.name for t in self.inits}
         self.qdq_cache: dict[tuple, str] = {}
         self.q_info: dict[str, tuple[str, float, int]] = {}  # Q node output -> (container, scale, zero point)
         self.q_of_dq: dict[str, str] = {}  # activation DequantizeLinear output -> its QuantizeLinear output
         self.pending: list[dict[str, Any]] = []  # quantized layers whose weight dequantization is decided last
 
+    def reserve(self, names: Sequence[str]) -> None:
+        """Mark tensor/node names of the imported graph as taken."""
+        self.used.update(n for n in names if n)
+
     def fresh(self, base: str) -> str:
-        base = base.replace(".", "_") or "t"
-        self.counter[base] += 1
-        n = self.counter[base]
-        return base if n == 1 else f"{base}_{n}"
+        base = base.replace(".", "_").replace(":", "_") or "t"
+        name, n = base, 1
+        while name in self.used:
+            n += 1
+            name = f"{base}_{n}"
+        self.used.add(name)
+        return name
 
     def init(self, base: str, array: np.ndarray, onnx_type: int | None = None) -> str:
         name = self.fresh(base)
@@ -123,9 +137,12 @@ class GraphBuilder:
             self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array.astype(np_type)), name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], base: str, **attrs: Any) -> str:
-        out = self.fresh(base)
-        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=out, **attrs))
+    def node(self, op: str, inputs: Sequence[str], base: str, out: str | None = None, **attrs: Any) -> str:
+        """Append a node named after ``base``; its output is ``out`` (a name the graph already uses)
+        or the node's name."""
+        name = self.fresh(base)
+        out = out or name
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=name, **attrs))
         return out
 
     def qdq(self, x: str, scale: float, zero_point: int, lo: int, hi: int, bits: int, base: str) -> tuple[str, str, bool]:
@@ -134,7 +151,9 @@ class GraphBuilder:
         A grid narrower than its 8-bit container is an integer ``Clip`` on the codes after the
         ``QuantizeLinear`` (``Q -> Clip -> DQ``), which keeps the producing Conv directly in front of
         the Q so onnxruntime can still fuse it into an integer kernel. Other containers (int4, 16 bit:
-        onnxruntime has no integer ``Clip`` for them) get a float ``Clip`` before the Q instead.
+        onnxruntime has no integer ``Clip`` for them) get a float ``Clip`` after the DQ, at the
+        grid's end values: exactly the clipped codes dequantized (a Clip in front of the Q is merged
+        by onnxruntime's Clip/Q fusion as if the container were 8-bit, which moved 2-bit grids).
         """
         container, shift = act_container(bits, lo, hi, self.int4 and self.opset >= 21)
         onnx_type, clo, chi = container_types()[container]
@@ -144,27 +163,43 @@ class GraphBuilder:
         if key in self.qdq_cache:
             return self.qdq_cache[key], container, clipped
         integer_clip = container in ("uint8", "int8")
-        if clipped and not integer_clip:  # the runtime saturates at the container's range; the model's grid is narrower
-            cmin = np.float32(np.float32(lo - zero_point) * np.float32(scale))
-            cmax = np.float32(np.float32(hi - zero_point) * np.float32(scale))
-            x = self.node("Clip", [x, self.init(f"{base}_clip_min", np.array(cmin, np.float32)), self.init(f"{base}_clip_max", np.array(cmax, np.float32))], f"{base}_clip")
         s = self.init(f"{base}_act_scale", np.array(scale, np.float32))
         z = self.init(f"{base}_act_zp", np.array(zero_point), onnx_type)
         q = self.node("QuantizeLinear", [x, s, z], f"{base}_act_q")
         self.q_info[q] = (container, float(scale), int(zero_point))
         codes = self.code_clip(q, lo, hi) if integer_clip and clipped else q
         dq = self.node("DequantizeLinear", [codes, s, z], f"{base}_act_dq")
-        self.qdq_cache[key] = dq
         self.q_of_dq[dq] = q
+        if clipped and not integer_clip:  # the runtime saturates at the container's range; the model's grid is narrower
+            cmin = np.float32(np.float32(lo - zero_point) * np.float32(scale))
+            cmax = np.float32(np.float32(hi - zero_point) * np.float32(scale))
+            dq = self.node("Clip", [dq, self.init(f"{base}_clip_min", np.array(cmin, np.float32)), self.init(f"{base}_clip_max", np.array(cmax, np.float32))], f"{base}_clip")
+            self.q_of_dq[dq] = q
+        self.qdq_cache[key] = dq
         return dq, container, clipped
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of the initializer ``name``, or None when it is computed."""
+        t = next((t for t in self.inits if t.name == name), None)
+        return None if t is None else self.onnx.numpy_helper.to_array(t)
 
     def array(self, name: str) -> np.ndarray:
         """The value of the initializer ``name``."""
-        return self.onnx.numpy_helper.to_array(next(t for t in self.inits if t.name == name))
+        value = self.constant(name)
+        if value is None:
+            raise KeyError(name)
+        return value
 
     def codes_tensor(self, q: str) -> str:
-        """The tensor holding the final codes of the QuantizeLinear output ``q`` (after its integer Clip, if any)."""
-        return self.q_clip[q][0] if q in self.q_clip else q
+        """The tensor holding the final codes of the QuantizeLinear output ``q``: after its integer
+        Clip and any ``MaxPool`` on the codes, i.e. the input of the DequantizeLinear."""
+        _, consumers = self.links()
+        t = q
+        while True:
+            users = consumers.get(t, [])
+            if len(users) != 1 or users[0].op_type == "DequantizeLinear":
+                return t
+            t = users[0].output[0]
 
     def code_clip(self, q: str, lo: int, hi: int) -> str:
         """An integer ``Clip`` of the codes ``q`` to ``[lo, hi]`` (recorded so its bounds can narrow later)."""
@@ -183,6 +218,49 @@ class GraphBuilder:
             for i in n.input:
                 consumers.setdefault(i, []).append(n)
         return producer, consumers
+
+    def activation_bounds(self) -> None:
+        """Record the output range of every ``Relu`` and every ``Clip`` with constant bounds."""
+        for n in self.nodes:
+            if n.op_type == "Relu":
+                self.act_bounds[n.output[0]] = (0.0, math.inf)
+            elif n.op_type == "Clip" and n.output[0] not in self.act_bounds:
+                lo = self.constant(n.input[1]) if len(n.input) > 1 and n.input[1] else np.array(-math.inf)
+                hi = self.constant(n.input[2]) if len(n.input) > 2 and n.input[2] else np.array(math.inf)
+                if lo is not None and hi is not None and lo.size == 1 and hi.size == 1 and np.issubdtype(lo.dtype, np.floating):
+                    self.act_bounds[n.output[0]] = (float(lo.reshape(-1)[0]), float(hi.reshape(-1)[0]))
+
+    def hoist_quantize(self) -> None:
+        """Turn ``X -> MaxPool -> QuantizeLinear`` into ``X -> QuantizeLinear -> MaxPool`` on the codes.
+
+        Exact (``Q`` is monotone and max pooling picks an element). Without it onnxruntime moves the
+        Q across the pool itself and then fuses the conv in front, re-quantizing that conv's float
+        weight with a grid of its own: the VGG pattern conv-BN-ReLU-MaxPool disagreed with the model
+        on 12 % of the next layer's input codes. Moved this way, the conv's weight keeps its
+        ``DequantizeLinear`` (the model's codes) and the pool runs on uint8.
+        """
+        changed = True
+        while changed:
+            changed = False
+            producer, consumers = self.links()
+            for q in [n for n in self.nodes if n.op_type == "QuantizeLinear" and n.output[0] in self.q_info]:
+                pool = producer.get(q.input[0])
+                if pool is None or pool.op_type not in ORDER_PRESERVING or len(consumers.get(pool.output[0], [])) != 1:
+                    continue
+                if self.q_info[q.output[0]][0] not in ("uint8", "int8"):
+                    continue  # onnxruntime's MaxPool takes 8-bit integers, not int4/16-bit
+                x, codes = pool.input[0], q.output[0]
+                moved = self.fresh(f"{codes}_before_pool")
+                q.input[0], q.output[0] = x, moved
+                pool.input[0], pool.output[0] = moved, codes
+                self.q_info[moved] = self.q_info.pop(codes)
+                for d, src in list(self.q_of_dq.items()):
+                    if src == codes:
+                        self.q_of_dq[d] = moved
+                i, j = self.nodes.index(pool), self.nodes.index(q)
+                self.nodes[i], self.nodes[j] = q, pool
+                changed = True
+                break
 
     def absorb_activations(self) -> None:
         """Turn ``ReLU/Clip -> QuantizeLinear`` into ``QuantizeLinear -> integer Clip`` (8-bit containers).
@@ -223,28 +301,17 @@ class GraphBuilder:
         self.prune()
 
     def prune(self) -> None:
-        """Drop nodes and initializers the graph output does not depend on (folded Pads, absorbed activations)."""
+        """Drop nodes and initializers the graph outputs do not depend on (folded Pads, absorbed activations)."""
         producer, _ = self.links()
-        needed: set[str] = set()
-        todo = [OUTPUT_NAME]
+        needed: set[int] = set()
+        todo = list(self.outputs)
         while todo:
             t = todo.pop()
             n = producer.get(t)
-            if n is None or n.name in needed:
+            if n is None or id(n) in needed:
                 continue
-            needed.add(n.name)
+            needed.add(id(n))
             todo.extend(i for i in n.input if i)
-        self.nodes = [n for n in self.nodes if n.name in needed]
+        self.nodes = [n for n in self.nodes if id(n) in needed]
         used = {i for n in self.nodes for i in n.input}
         self.inits = [t for t in self.inits if t.name in used]
-
-    def model(self, input_shape: Sequence[int], output_shape: Sequence[int], dynamic_batch: bool):
-        h, T = self.onnx.helper, self.onnx.TensorProto
-        self.prune()
-        batch = "N" if dynamic_batch else input_shape[0]
-        inp = h.make_tensor_value_info(INPUT_NAME, T.FLOAT, [batch, *input_shape[1:]])
-        out = h.make_tensor_value_info(OUTPUT_NAME, T.FLOAT, [batch, *output_shape[1:]])
-        graph = h.make_graph(self.nodes, "bitswitch", [inp], [out], self.inits)
-        m = h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)], producer_name="bitswitch")
-        m.ir_version = 10 if self.opset >= 21 else 8
-        return m

@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,12 @@ import torch
 from torch import nn
 
 INPUT_NAME = "input"
+#: the name of the first graph output of an exported file (the one verification compares)
+OUTPUT_NAME = "output"
+#: default tolerance of :func:`verify_onnx`, in output steps (``max|y| / 127``): integer kernels may
+#: land a code at a rounding tie one step away, which moves the output by about a step; a file
+#: written at another precision than the model's is 10-20 steps off (as in Brevitas' export tests)
+MAX_STEPS = 2.0
 
 
 class VerificationError(RuntimeError):
@@ -102,11 +108,37 @@ def cpu_int8_path() -> str:
     return "vnni" if {"avx512_vnni", "avx_vnni"} & set(flags) else "no-vnni"
 
 
-def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray, session=None) -> np.ndarray:
-    """Run the exported file on ``x`` in onnxruntime (CPU)."""
+def onnx_feed(session, x: Any) -> dict[str, np.ndarray]:
+    """The feed of ``session`` for ``x``: a tensor (the single input), a tuple of positional inputs, or a
+    dict of keyword inputs (a tokenizer's output); integer tensors (token ids) keep their dtype."""
+    names = [i.name for i in session.get_inputs()]
+
+    def arr(v: Any) -> np.ndarray:
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu()
+            return v.numpy() if not v.is_floating_point() else v.float().numpy()
+        return np.asarray(v, np.float32)
+
+    if isinstance(x, Mapping):
+        return {k: arr(x[k]) for k in names}
+    values = list(x) if isinstance(x, (tuple, list)) else [x]
+    if len(values) != len(names):
+        raise ValueError(f"the file takes {len(names)} inputs ({', '.join(names)}), got {len(values)}")
+    return dict(zip(names, (arr(v) for v in values)))
+
+
+def run_onnx(path: str | os.PathLike, x: Any, session=None) -> np.ndarray:
+    """Run the exported file on ``x`` (see :func:`onnx_feed`) in onnxruntime (CPU); its first output.
+
+    A file exported with a fixed batch size is run in chunks of that size."""
     sess = session or ort_session(path)
-    arr = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
-    return sess.run(None, {INPUT_NAME: arr})[0]
+    feed = onnx_feed(sess, x)
+    batch = sess.get_inputs()[0].shape[0]
+    n = next(iter(feed.values())).shape[0]
+    if isinstance(batch, int) and batch != n and n % batch == 0:
+        parts = [sess.run(None, {k: v[i: i + batch] for k, v in feed.items()})[0] for i in range(0, n, batch)]
+        return np.concatenate(parts)
+    return sess.run(None, feed)[0]
 
 
 def executed_kernels(path: str | os.PathLike, x: torch.Tensor | np.ndarray, threads: int | None = None) -> dict[str, int]:
@@ -132,8 +164,8 @@ INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLine
 
 @dataclass
 class Agreement:
-    images: int
-    top1_agreement: float
+    images: int  # inputs compared (each may hold many predictions: one per token of a language model)
+    top1_agreement: float  # over every prediction: per input, or per position of a (batch, tokens, vocab) output
     max_abs_diff: float
     output_step: float  # the step of an INT8 quantizer of the reference output: max|y| / 127
     max_diff_steps: float
@@ -142,6 +174,8 @@ class Agreement:
     min_top1: float
     max_steps: float
     reference: str = "float32"
+    #: distinct top-1 answers of the reference: agreement on inputs that all get one answer says little
+    distinct_top1: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,7 +183,7 @@ class Agreement:
     def summary(self) -> str:
         verdict = "OK" if self.passed else "FAILED"
         return (f"{verdict}: onnxruntime vs PyTorch ({self.reference}) on {self.images} inputs: top-1 agreement {100 * self.top1_agreement:.2f} % "
-                f"(need >= {100 * self.min_top1:.2f} %), max |diff| {self.max_abs_diff:.3g} = {self.max_diff_steps:.2f} output steps "
+                f"(need >= {100 * self.min_top1:.2f} %; {self.distinct_top1} distinct answers), max |diff| {self.max_abs_diff:.3g} = {self.max_diff_steps:.2f} output steps "
                 f"(need <= {self.max_steps:g}; step = max|y|/127 = {self.output_step:.3g})")
 
 
@@ -164,23 +198,53 @@ def reference_model(model: nn.Module, reference: str) -> tuple[nn.Module, torch.
     return model, torch.float32
 
 
+def model_input(batch: Any) -> Any:
+    """The model input of one verification batch: a data loader's ``(x, y)`` pair gives ``x``; a tensor
+    or a dict of keyword inputs is itself."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def run_reference(model: nn.Module, x: Any, dtype: torch.dtype) -> torch.Tensor:
+    """``model`` on ``x`` with floating inputs in ``dtype`` (token ids stay integers); its first output
+    tensor (``logits`` of a Hugging Face output) as float32."""
+    from ..nn.dataflow import run_model
+
+    def cast(v: Any) -> Any:
+        return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+    x = {k: cast(v) for k, v in x.items()} if isinstance(x, Mapping) else cast(x)
+    out = run_model(model, x)
+    while not isinstance(out, torch.Tensor):
+        out = next(iter(out.values())) if isinstance(out, Mapping) else out[0]
+    return out.float()
+
+
+def batch_size(x: Any) -> int:
+    first = next(iter(x.values())) if isinstance(x, Mapping) else x
+    return int(first.shape[0])
+
+
 @torch.no_grad()
 def verify_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[Any],
     *,
     min_top1: float = 0.995,
-    max_steps: float = 32.0,
+    max_steps: float = MAX_STEPS,
     raise_on_failure: bool = True,
     reference: str = "float32",
 ) -> Agreement:
     """Run the exported file in onnxruntime on real inputs and compare with the PyTorch model.
 
-    Differences are measured in units of the output step ``max|y_ref| / 127`` (the step an INT8
-    quantizer of the logits would have), so the tolerance means the same for any model scale. Integer
-    kernels requantize with a float multiplier instead of PyTorch's division, so an activation code
-    can land one step away at a rounding tie; that is why the tolerance is a few steps, not zero.
+    ``batches`` yields tensors, ``(x, y)`` pairs or dicts of keyword inputs. Differences are measured
+    in units of the output step ``max|y_ref| / 127`` (the step an INT8 quantizer of the outputs would
+    have), so the tolerance means the same for any model scale; the default ``max_steps=2`` allows an
+    activation code at a rounding tie to land one step away (integer kernels requantize with a float
+    multiplier instead of PyTorch's division) and catches a file written at another precision (a W8
+    file against the model at W4 is ~20 steps off). Top-1 agreement is over the last dimension of the
+    first output: per input for ``(batch, classes)``, per position (next token) for ``(batch, tokens,
+    vocab)``; choose inputs whose answers vary (``Agreement.distinct_top1``).
     ``reference="float64"`` evaluates a float64 copy of the model instead (``model`` is left as it
     is): near-exact arithmetic, so only the file's own rounding is measured. Use it for models so
     sensitive that PyTorch's float32 result changes with the summation order (a 4-bit AdaRound
@@ -189,13 +253,12 @@ def verify_onnx(
     """
     ref_model, dtype = reference_model(model, reference)
     sess = ort_session(path)
-    agree = total = 0
+    agree = predictions = total = 0
     max_diff, sum_diff, n_vals, ymax = 0.0, 0.0, 0, 0.0
-    for x in batches:
-        if isinstance(x, (tuple, list)):
-            x = x[0]
-        x = x.float()
-        ref = ref_model(x.to(dtype)).float()
+    answers: set[int] = set()
+    for batch in batches:
+        x = model_input(batch)
+        ref = run_reference(ref_model, x, dtype)
         got = torch.from_numpy(run_onnx(path, x, sess))
         if got.shape != ref.shape:
             raise VerificationError(f"onnxruntime output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
@@ -204,21 +267,22 @@ def verify_onnx(
         sum_diff += float(d.sum())
         n_vals += d.numel()
         ymax = max(ymax, float(ref.abs().max()))
-        if ref.dim() == 2 and ref.shape[1] > 1:
-            agree += int((got.argmax(1) == ref.argmax(1)).sum())
-        else:
-            agree += ref.shape[0]
-        total += ref.shape[0]
+        if ref.dim() >= 2 and ref.shape[-1] > 1:
+            top = ref.argmax(-1)
+            agree += int((got.argmax(-1) == top).sum())
+            predictions += top.numel()
+            answers.update(top.unique().tolist())
+        total += batch_size(x)
     if total == 0:
         raise ValueError("verification needs at least one input batch")
     step = ymax / 127 if ymax > 0 else 1.0
-    res = Agreement(total, agree / total, max_diff, step, max_diff / step, sum_diff / max(n_vals, 1) / step, False, min_top1, max_steps,
-                    reference)
+    res = Agreement(total, agree / predictions if predictions else 1.0, max_diff, step, max_diff / step, sum_diff / max(n_vals, 1) / step, False,
+                    min_top1, max_steps, reference, len(answers))
     res.passed = res.top1_agreement >= min_top1 and res.max_diff_steps <= max_steps and math.isfinite(max_diff)
     if raise_on_failure and not res.passed:
         raise VerificationError(res.summary())
     return res
 
 
-__all__ = ["INPUT_NAME", "INTEGER_KERNELS", "Agreement", "VerificationError", "executed_kernels", "ort_session", "require_module", "require_onnxruntime",
-           "run_onnx", "verify_onnx"]
+__all__ = ["INPUT_NAME", "INTEGER_KERNELS", "MAX_STEPS", "OUTPUT_NAME", "Agreement", "VerificationError", "executed_kernels", "onnx_feed", "ort_session",
+           "require_module", "require_onnxruntime", "run_onnx", "verify_onnx"]
