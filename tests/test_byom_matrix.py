@@ -24,7 +24,6 @@ SE_EXPORT = ("W8 export fails its own verification (about 36 output steps, 72-75
 EXPECTED_FAILURES: dict[str, str] = {
     "timm-mobilenetv3_small_050-export": SE_EXPORT,
     "timm-efficientnet_b0-export": SE_EXPORT,
-    "custom-shared_module-export": "ONNX shape inference fails on the second use of one conv ('mix_weight_dq_2': Incompatible dimensions)",
 }
 
 CELLS = [

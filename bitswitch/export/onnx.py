@@ -522,7 +522,9 @@ class _Translator:
                 idx = next(i for i, n in enumerate(builder.nodes) if n.output[0] == dq_name)
                 dq = builder.nodes[idx]
                 scale = builder.array(dq.input[1])
-                shape = [-1] + [1] * (p["ndim"] - 1) if dq_name.endswith("_weight_dq") else [-1]
+                # per output channel: axis 0 of a Conv/Gemm weight, the last axis of a transposed MatMul weight
+                # (read from the node: a layer called twice has its second DQ named ``..._weight_dq_2``)
+                shape = [-1] + [1] * (p["ndim"] - 1) if _attrs(dq).get("axis", 1) == 0 else [-1]
                 sname = builder.init(f"{dq.input[1]}_bcast", scale.reshape(shape).astype(np.float32))
                 cast = builder.fresh(f"{dq_name}_cast")
                 builder.nodes[idx: idx + 1] = [
