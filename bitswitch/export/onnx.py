@@ -34,6 +34,7 @@ Writing ONNX (integer containers, Q/DQ pairs, nodes and initializers, the graph 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import io
@@ -298,7 +299,7 @@ class _Translator:
                 layer = self.placeholder(producer[n.input[0]])
                 bn = self._graph_bn(n)
                 if layer is not None and isinstance(layer[1], QuantLayer) and _conv_like(layer[1]) and bn is not None:
-                    fold[id(producer[n.input[0]])] = (n.input[1].rsplit(".", 1)[0], bn, n.output[0])
+                    fold[id(producer[n.input[0]])] = (self._scope(n), bn, n.output[0])
                     skip.add(id(n))
                 continue
             if found is None or _plain_bn(found[1]) is None:
@@ -337,6 +338,18 @@ class _Translator:
                 self.layer(name, m, x, extra, out, _attrs(n).get("rank", -1), bn_name, bn)
             else:
                 self.batchnorm(name, _plain_bn(m), n.input[0], n.output[0])  # type: ignore[arg-type]
+
+    @staticmethod
+    def _scope(node: Any) -> str:
+        """The qualified name of the module a ``torch.onnx`` node comes from (its name scopes).
+
+        Not the name of its parameters: ``torch.onnx``'s optimizer shares equal initializers, so a
+        BatchNorm's all-ones weight may carry another BatchNorm's name, and ``snap_bias`` would move
+        that one's shift."""
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if scopes is None:
+            raise UnsupportedOpError(f"torch.onnx node {node.name!r} has no name scopes: cannot tell which BatchNorm it is")
+        return ast.literal_eval(scopes)[-2]
 
     def _graph_bn(self, node: Any) -> nn.modules.batchnorm._BatchNorm | None:
         """An inference ``BatchNormalization`` node with constant parameters, as a module to fold."""
@@ -522,7 +535,9 @@ class _Translator:
                 idx = next(i for i, n in enumerate(builder.nodes) if n.output[0] == dq_name)
                 dq = builder.nodes[idx]
                 scale = builder.array(dq.input[1])
-                shape = [-1] + [1] * (p["ndim"] - 1) if dq_name.endswith("_weight_dq") else [-1]
+                # per output channel: axis 0 of a Conv/Gemm weight, the last axis of a transposed MatMul weight
+                # (read from the node: a layer called twice has its second DQ named ``..._weight_dq_2``)
+                shape = [-1] + [1] * (p["ndim"] - 1) if _attrs(dq).get("axis", 1) == 0 else [-1]
                 sname = builder.init(f"{dq.input[1]}_bcast", scale.reshape(shape).astype(np.float32))
                 cast = builder.fresh(f"{dq_name}_cast")
                 builder.nodes[idx: idx + 1] = [

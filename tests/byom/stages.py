@@ -308,7 +308,13 @@ def stage_ptq(case: Case) -> dict[str, Any]:
 
 def stage_export(case: Case) -> dict[str, Any]:
     """W8 QDQ ONNX that onnxruntime runs within 2 output steps of PyTorch, and that the default
-    verification refuses when checked against the model switched to W4."""
+    verification refuses when checked against the model switched to W4.
+
+    Exported with ``snap_bias`` (the documented deployment path): an integer kernel adds its bias on
+    the ``s_x * s_w`` grid, up to half a step (0.009 output steps measured on MobileNetV3) from the
+    model's; that flips codes at rounding ties, and the squeeze-excite nets amplify a 0.1 % flip
+    rate in block 1 into ~36 output steps. With the model's bias snapped onto that grid every
+    layer's input codes match onnxruntime's exactly."""
     from bitswitch.export import VerificationError, export_onnx, verify_onnx
 
     _, q = calibrated(case)
@@ -316,7 +322,7 @@ def stage_export(case: Case) -> dict[str, Any]:
     x = case.inputs(HELD_OUT)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(q, path, example_inputs=x)
+        export_onnx(q, path, example_inputs=x, snap_bias=True)
         agreement = verify_onnx(q, path, [x, case.inputs(6)], max_steps=EXPORT_MAX_STEPS)
         bitswitch.set_precision(q, 4)
         try:
