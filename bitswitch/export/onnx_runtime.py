@@ -205,23 +205,21 @@ def model_input(batch: Any) -> Any:
 
 
 def run_reference(model: nn.Module, x: Any, dtype: torch.dtype) -> torch.Tensor:
-    """``model`` on ``x`` with floating inputs in ``dtype`` (token ids stay integers); its first output
-    tensor (``logits`` of a Hugging Face output) as float32."""
-    from ..nn.dataflow import run_model
+    """``model`` on ``x`` with floating inputs in ``dtype`` (token ids stay integers); its output
+    tensor (:func:`~bitswitch.nn.dataflow.output_tensor`: ``logits`` of a Hugging Face output) as float32."""
+    from ..nn.dataflow import output_tensor, run_model
 
     def cast(v: Any) -> Any:
         return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
     x = {k: cast(v) for k, v in x.items()} if isinstance(x, Mapping) else cast(x)
-    out = run_model(model, x)
-    while not isinstance(out, torch.Tensor):
-        out = next(iter(out.values())) if isinstance(out, Mapping) else out[0]
-    return out.float()
+    return output_tensor(run_model(model, x)).float()
 
 
 def batch_size(x: Any) -> int:
-    first = next(iter(x.values())) if isinstance(x, Mapping) else x
-    return int(first.shape[0])
+    from ..nn.convert import first_tensor
+
+    return int(first_tensor(x).shape[0])
 
 
 @torch.no_grad()

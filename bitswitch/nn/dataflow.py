@@ -31,6 +31,21 @@ def run_model(model: nn.Module, inputs: Any) -> Any:
     raise ValueError(f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, got {type(inputs).__name__}")
 
 
+def output_tensor(out: Any) -> torch.Tensor:
+    """The tensor PTQ measures: the output itself, ``.logits`` of a Hugging Face output, or the first
+    tensor of a tuple / mapping (the graph's flat outputs put it first as well)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise ValueError(f"model output must be a tensor, a tuple or mapping holding one, or have .logits; got {type(out).__name__}")
+
+
 def _first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value
@@ -159,4 +174,4 @@ def record_dataflow(model: nn.Module, inputs: Any) -> DataFlow:
     return flow
 
 
-__all__ = ["DataFlow", "record_dataflow", "run_model"]
+__all__ = ["DataFlow", "output_tensor", "record_dataflow", "run_model"]

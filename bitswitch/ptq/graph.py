@@ -129,21 +129,6 @@ def flat_inputs(example: Any) -> list[Any]:
     return torch.utils._pytree.tree_leaves((args, kwargs))
 
 
-def output_tensor(out: Any) -> torch.Tensor:
-    """The tensor PTQ measures: the output itself, ``.logits`` of a Hugging Face output, or the first
-    tensor of a tuple / mapping (the graph's flat outputs put it first as well)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            return v
-    raise ValueError(f"model output must be a tensor, a tuple or mapping holding one, or have .logits; got {type(out).__name__}")
-
-
 class GraphRunner:
     """Runs a captured graph node by node so that a suffix can start from cached values.
 

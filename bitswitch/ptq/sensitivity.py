@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from .cache import read_cache, write_cache
-from .graph import GraphRunner, output_tensor
+from ..nn.dataflow import output_tensor
+from .graph import GraphRunner
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from ..nn.convert import Reservoir, first_tensor, quantize, quantized_layers, se
 from ..quant.ranges import act_range_mse
 from .adaround import InputStats, adaround_layers, bias_correction, conv_geometry, sample_rows, weight_scale_output_mse
 from .config import PTQConfig
-from .graph import LAYER_TYPES, GraphRunner, capture_layers, fold_captured, output_tensor
+from ..nn.dataflow import output_tensor
+from .graph import LAYER_TYPES, GraphRunner, capture_layers, fold_captured
 from .groups import QuantizerGroup, assign_candidates, groups_of
 from .pareto import REFERENCE
 from .phase2 import PTQResult, search

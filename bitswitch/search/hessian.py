@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..nn.convert import first_tensor, set_precision
-from ..nn.dataflow import run_model
+from ..nn.dataflow import output_tensor, run_model
 from ..nn.layers import QuantLayer
 from ..table import format_table
 
@@ -97,7 +97,7 @@ class TwiceDifferentiableHardsigmoid(nn.Module):
 def default_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the model's logits (a Hugging Face output's ``.logits``; a sequence
     model's ``[batch, tokens, classes]`` logits against ``[batch, tokens]`` targets)."""
-    logits = output.logits if hasattr(output, "logits") else output
+    logits = output_tensor(output)
     if logits.dim() > 2:
         return F.cross_entropy(logits.flatten(0, -2), target.flatten())
     return F.cross_entropy(logits, target)
