@@ -133,6 +133,14 @@ def _checked_header(path: Path) -> tuple[container.Header, dict[str, Any]]:
     return header, decode_metadata(header.metadata, path)
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded, validated metadata of a checkpoint from its header alone (no tensor is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return _checked_header(path)[1]
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint: (tensors, decoded metadata). Raises :class:`CheckpointError`."""
     path = Path(path)
@@ -267,4 +275,4 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["save", "load", "read_checkpoint", "CheckpointError", "integer_state_dict", "split_tied", "tied_keys", "atomic_write_bytes", "atomic_write_json", "read_tagged_json"]
+__all__ = ["save", "load", "read_checkpoint", "read_metadata", "CheckpointError", "integer_state_dict", "split_tied", "tied_keys", "atomic_write_bytes", "atomic_write_json", "read_tagged_json"]

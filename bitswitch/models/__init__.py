@@ -94,5 +94,5 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
 
 # Importing the modules registers their models.
-from . import efficientnet_lite, mobilenetv2, resnet, resnet_cifar, small, transformer  # noqa: F401
+from . import efficientnet_lite, llama, mobilenetv2, resnet, resnet_cifar, small, transformer  # noqa: F401
 from .weights import load_state_dict_strict, load_weights

@@ -1,0 +1,109 @@
+"""Language models: what a checkpoint records about its text, and the loss in nats per character.
+
+A language-model checkpoint carries ``extra["lm"] = {"vocab": ..., "context": N}``
+(:func:`lm_metadata`), so the file alone can encode a prompt and knows its context length;
+:func:`read_lm_info` refuses a checkpoint without that record with one clear line.
+:func:`lm_loss` is the one evaluation of every language-model workflow (training, baselines,
+mixed-precision search, benchmarks): mean next-character cross-entropy over a split covered by
+non-overlapping windows (:func:`bitswitch.data.text.eval_windows`), so it is exact and
+deterministic; perplexity is ``exp(loss)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.text import CharVocab, eval_windows
+from ..nn.convert import get_precision, set_precision
+
+__all__ = ["LMInfo", "NotALanguageModel", "lm_loss", "lm_losses", "lm_metadata", "logits_of", "perplexity", "read_lm_info"]
+
+
+class NotALanguageModel(ValueError):
+    """A checkpoint (or model) that has no language-model record."""
+
+
+@dataclass(frozen=True)
+class LMInfo:
+    """What a language-model checkpoint knows about its text: the vocabulary and the context length."""
+
+    vocab: CharVocab
+    context: int
+
+
+def lm_metadata(vocab: CharVocab, context: int) -> dict[str, Any]:
+    """The ``extra={"lm": ...}`` record of a language-model checkpoint (``bitswitch.save(model, path, extra=...)``)."""
+    if int(context) < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
+    return {"lm": {"vocab": vocab.to_metadata(), "context": int(context)}}
+
+
+def read_lm_info(source: str | Path | Mapping[str, Any]) -> LMInfo:
+    """The :class:`LMInfo` of a checkpoint file (or of its decoded ``extra`` mapping)."""
+    if isinstance(source, Mapping):
+        extra, where = source, "the checkpoint"
+    else:
+        from ..export.checkpoint import read_metadata  # the checkpoint module imports the model zoo
+
+        extra, where = read_metadata(source).get("extra") or {}, str(source)
+    record = extra.get("lm") if isinstance(extra, Mapping) else None
+    if not isinstance(record, Mapping):
+        raise NotALanguageModel(f"{where} is not a language-model checkpoint (it has no vocabulary record: train one with dataset 'shakespeare')")
+    try:
+        return LMInfo(CharVocab.from_metadata(record.get("vocab")), int(record["context"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise NotALanguageModel(f"{where}: its language-model record is damaged ({e})") from None
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model output: a tensor, or ``.logits`` (Hugging Face)."""
+    logits = output if isinstance(output, Tensor) else getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"a language model must return logits (a tensor or an output with .logits), got {type(output).__name__}")
+    return logits
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, ids: Tensor, context: int, *, batch_size: int = 64, limit: int = 0) -> float:
+    """Mean next-character cross-entropy (nats per character) of ``model`` on ``ids`` at its current precision."""
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    total, count = 0.0, 0
+    try:
+        for x, y in eval_windows(ids, context, batch_size, limit):
+            logits = logits_of(model(x.to(device))).float()
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum"))
+            count += y.numel()
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+def lm_losses(model: nn.Module, ids: Tensor, context: int, bits: Sequence[int] | None, **kwargs: Any) -> dict[str, float]:
+    """:func:`lm_loss` at every bit-width (``None``: the model as it is); the model's precision is restored."""
+    if bits is None:
+        return {"fp32": lm_loss(model, ids, context, **kwargs)}
+    before = get_precision(model)
+    out: dict[str, float] = {}
+    try:
+        for b in bits:
+            set_precision(model, b)
+            out[f"w{b}"] = lm_loss(model, ids, context, **kwargs)
+    finally:
+        set_precision(model, before)
+    return out
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss)
