@@ -72,6 +72,7 @@ def test_the_reloaded_file_generates_token_for_token_what_the_trained_model_does
 def test_switching_precision_between_calls_restores_the_model_and_repeats_exactly(trained) -> None:
     _, path = trained
     model, info = open_lm(path)
+    bitswitch.set_precision(model, 4)  # neither of the two below
     before = bitswitch.get_precision(model)
     runs = [generate(model, info.vocab, "KING:", 20, context=CONTEXT, precision=b, greedy=True) for b in (8, 2, 8, 2)]
     assert runs[0] == runs[2] and runs[1] == runs[3]
@@ -88,6 +89,16 @@ def test_seeded_sampling_is_reproducible_and_the_same_from_the_file(trained) -> 
     assert generate(loaded, info.vocab, "ROMEO:", TOKENS, seed=1, **kw) == a
     assert generate(model, info.vocab, "ROMEO:", TOKENS, seed=1, **kw) == a
     assert generate(loaded, info.vocab, "ROMEO:", TOKENS, seed=2, **kw) != a
+
+
+def test_each_character_is_predicted_from_the_last_context_characters(trained) -> None:
+    model, path = trained
+    info = bitswitch.lm.read_lm_info(path)
+    ids = generate_ids(model, info.vocab.encode("ROMEO:"), TOKENS, context=CONTEXT, precision=4, greedy=True)
+    bitswitch.set_precision(model, 4)
+    with torch.no_grad():
+        for i in range(6, ids.numel()):
+            assert int(model(ids[None, max(0, i - CONTEXT): i]).logits[0, -1].argmax()) == int(ids[i]), i
 
 
 def test_top_k_one_is_greedy(trained) -> None:

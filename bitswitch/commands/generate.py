@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a language-model .safetensors checkpoint (saved with bitswitch.lm.lm_metadata)")
     p.add_argument("--bits", default=None, help="comma-separated bit-widths, one sample each, e.g. 8,4,2 (default: every bit-width the checkpoint was trained for)")
     p.add_argument("--config", default=None, help="a per-layer precision JSON file (as bitswitch search writes): one sample of that configuration (default: none)")
-    p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep the top precision (default: an error)")
+    p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep the precision the checkpoint was saved at (default: an error)")
     p.add_argument("--untrained-ok", action="store_true",
                    help="allow a bit-width the checkpoint was not trained for, up to its storage precision (untested: measure it first; default: an error)")
     p.add_argument("--prompt", default="\n", help="the text to continue; every character must be in the model's vocabulary (default: a newline)")
