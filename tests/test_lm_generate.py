@@ -170,10 +170,15 @@ def test_cli_per_layer_config_matches_the_python_call(trained, tmp_path, capsys)
     assert out == "=== mixed (subnet.json) ===\n" + generate(model, info.vocab, "ROMEO:", 12, context=CONTEXT, precision=spec, greedy=True) + "\n"
 
 
-def test_cli_untrained_bit_width_needs_the_flag(trained, capsys) -> None:
-    _, path = trained
+def test_cli_untrained_bit_width_needs_the_flag(trained, tmp_path, capsys) -> None:
+    model, path = trained
     assert main(["generate", str(path), "--bits", "6", "--tokens", "5", "--untrained-ok"]) == 0
     assert ", not trained ===" in capsys.readouterr().out
+    spec = {n: (6, None if m.weight_only else 6) for n, m in bitswitch.quantized_layers(model).items()}
+    config = str(write_precision_file(tmp_path / "six.json", spec))
+    assert main(["generate", str(path), "--config", config, "--tokens", "5"]) == 2
+    assert "bit-width 6 is not one this checkpoint was trained for" in capsys.readouterr().err
+    assert main(["generate", str(path), "--config", config, "--tokens", "5", "--untrained-ok"]) == 0
 
 
 @pytest.fixture(scope="module")

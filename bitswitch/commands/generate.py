@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="a per-layer precision JSON file (as bitswitch search writes): one sample of that configuration (default: none)")
     p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep the precision the checkpoint was saved at (default: an error)")
     p.add_argument("--untrained-ok", action="store_true",
-                   help="allow a bit-width the checkpoint was not trained for, up to its storage precision (untested: measure it first; default: an error)")
+                   help="allow a bit-width the checkpoint was not trained for (in --bits or --config), up to its storage precision (untested: measure it first; default: an error)")
     p.add_argument("--prompt", default="\n", help="the text to continue; every character must be in the model's vocabulary (default: a newline)")
     p.add_argument("--tokens", type=COUNT, default=200, help="characters to generate per sample (default: 200)")
     p.add_argument("--temperature", type=float_in(0.0, lo_open=True), default=0.8, help="divides the logits before sampling; lower is more conservative (default: 0.8)")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..lm import generate_ids, read_lm_info
     from ..nn.convert import add_bit_width
-    from ..nn.precision_file import apply_precision_file
+    from ..nn.precision_file import apply_precision_file, read_precision_file
 
     path = Path(args.checkpoint)
     info = read_lm_info(path)  # refuses any other checkpoint before a model is built
@@ -72,23 +72,29 @@ def run(args: argparse.Namespace) -> int:
     if "ptq" in meta and args.bits:
         raise ValueError(f"{path} is a bitswitch ptq result: one mixed configuration, sampled as saved; --bits does not apply")
 
+    trained = [] if qc is None else sorted({*qc["bits"], *qc["act_bits"]}, reverse=True)
+
+    def allow(b: int) -> None:
+        if b not in trained:
+            if not args.untrained_ok:
+                raise ValueError(f"bit-width {b} is not one this checkpoint was trained for (trained: {trained}); "
+                                 f"pass --untrained-ok to switch to it anyway (up to the storage precision {qc['storage_bits']}, untested)")
+            add_bit_width(model, b)
+
     samples: list[tuple[str, object]] = []  # (header, precision for generate_ids)
     if qc is None:
         samples.append(("FP32", None))
     elif args.config:
+        for b in {b for wa in read_precision_file(args.config).values() for b in wa if b is not None}:
+            allow(b)
         apply_precision_file(model, args.config, others_stay=args.others_stay)
         samples.append((f"mixed ({Path(args.config).name})", None))
     elif "ptq" in meta:
         samples.append(("PTQ (mixed, as saved)", None))
     else:
-        trained = list(qc["bits"])
         weight_only = set(qc["weight_only"]) >= set(qc["quantized"])
-        for b in bit_list(args.bits) if args.bits else trained:
-            if b not in trained:
-                if not args.untrained_ok:
-                    raise ValueError(f"bit-width {b} is not one this checkpoint was trained for (trained: {trained}); "
-                                     f"pass --untrained-ok to switch to it anyway (up to the storage precision {qc['storage_bits']}, untested)")
-                add_bit_width(model, b)
+        for b in bit_list(args.bits) if args.bits else list(qc["bits"]):
+            allow(b)
             label = f"W{b} (weight-only)" if weight_only else f"W{b}A{b}"
             samples.append((label + ("" if b in trained else ", not trained"), b))
 
