@@ -46,6 +46,17 @@ def float_in(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Calla
     return parse
 
 
+def bit_list(text: str, option: str = "--bits") -> list[int]:
+    """A comma-separated list of bit-widths, e.g. ``8,4,2`` (range checks are the model's)."""
+    try:
+        bits = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, e.g. 8,4,2; got {text!r}") from None
+    if not bits:
+        raise ValueError(f"{option} must name at least one bit-width")
+    return bits
+
+
 BITS = int_in(MIN_BITS, MAX_BITS)
 COUNT = int_in(1)
 NON_NEGATIVE = int_in(0)

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._args import COUNT, NON_NEGATIVE
+from ._args import COUNT, NON_NEGATIVE, bit_list
 from ._data import labelled_batches, resolve_data
 from ._model import add_model_args, load_model
 
@@ -37,16 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     add_model_args(p)
     p.set_defaults(func=run)
-
-
-def _parse_bits(text: str) -> list[int]:
-    try:
-        bits = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"--bits must be comma-separated integers, e.g. 8,6,4,2; got {text!r}") from None
-    if not bits:
-        raise ValueError("--bits must name at least one bit-width")
-    return bits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     elif "ptq" in meta:
         rows.append(row("PTQ (mixed, as saved)"))
     else:
-        bits = _parse_bits(args.bits) if args.bits else avail
+        bits = bit_list(args.bits) if args.bits else avail
         for b in bits:
             if b not in avail:
                 raise ValueError(f"bit-width {b} is not one this checkpoint supports; valid: {avail}")

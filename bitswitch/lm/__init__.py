@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..data.text import CharVocab, eval_windows
 from ..nn.convert import get_precision, set_precision
 
-__all__ = ["LMInfo", "NotALanguageModel", "lm_loss", "lm_losses", "lm_metadata", "logits_of", "perplexity", "read_lm_info"]
+__all__ = ["LMInfo", "NotALanguageModel", "generate", "generate_ids", "lm_loss", "lm_losses", "lm_metadata", "logits_of", "open_lm", "perplexity", "read_lm_info"]
 
 
 class NotALanguageModel(ValueError):
@@ -107,3 +107,6 @@ def lm_losses(model: nn.Module, ids: Tensor, context: int, bits: Sequence[int] |
 
 def perplexity(loss: float) -> float:
     return math.exp(loss)
+
+
+from .generate import generate, generate_ids, open_lm  # noqa: E402  (generate.py uses the names above)

@@ -308,6 +308,31 @@ def set_precision(model: nn.Module, spec: PrecisionSpec) -> None:
     _sync_batchnorms(model, layers)
 
 
+def add_bit_width(model: nn.Module, bits: int) -> None:
+    """Let a quantized model switch to a bit-width it was not trained for (at most its storage precision).
+
+    Double Rounding makes the weights of any ``bits`` <= ``h`` a slice of the stored codes, so
+    switching is possible; activations take the nearest trained bit-width's range on the finer or
+    coarser grid (:meth:`~bitswitch.quant.activation.ActivationQuantizer.add_bits`). Nothing trained
+    that precision: measure it before trusting it. Afterwards :func:`set_precision` accepts ``bits``
+    and :func:`~bitswitch.train.optim.model_bits` lists it; the checkpoint's recorded bit list does not
+    change. Per-bit BatchNorms have no statistics for it, so such models refuse.
+    """
+    layers = _require_quantized(model)
+    if any(isinstance(m, SwitchableBatchNorm) for m in model.modules()):
+        raise ValueError(f"the model has per-bit-width BatchNorms with no statistics for {bits} bits; it cannot switch to an untrained bit-width")
+    unshared = [n for n, m in layers.items() if not getattr(m.weight_quant, "shared_scale", False)]
+    if unshared:
+        raise ValueError(f"layer {unshared[0]!r} has a separate weight scale per trained bit-width (variant 'unshared'): none for {bits} bits")
+    h = min(m.weight_quant.storage_bits for m in layers.values())
+    if check_bits(bits) > h:  # checked before anything changes
+        raise ValueError(f"bit-width {bits} is above the storage precision h={h}: the stored codes hold at most {h} bits")
+    for m in layers.values():
+        m.weight_quant.add_bits(bits)
+        if not m.weight_only:
+            m.act_quant.add_bits(bits)
+
+
 def _sync_batchnorms(model: nn.Module, layers: Mapping[str, QuantLayer]) -> None:
     for m in model.modules():
         if isinstance(m, SwitchableBatchNorm):
@@ -479,4 +504,4 @@ def calibrate(
     return report
 
 
-__all__ = ["QuantConfig", "calibrate", "conversion_report", "convert", "get_precision", "quantize", "quantized_layers", "set_precision", "to_integer"]
+__all__ = ["QuantConfig", "add_bit_width", "calibrate", "conversion_report", "convert", "get_precision", "quantize", "quantized_layers", "set_precision", "to_integer"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .functional import LsqActivationFn, fake_quant
-from .grid import check_bit_list, int_range
+from .grid import check_bit_list, check_bits, int_range
 from .ranges import act_scale
 
 
@@ -56,6 +56,20 @@ class ActivationQuantizer(nn.Module):
     def check(self, bits: int) -> None:
         if bits not in self.bits:
             raise ValueError(f"activation bit-width {bits} is not one this model was built for; valid: {list(self.bits)}")
+
+    @torch.no_grad()
+    def add_bits(self, bits: int) -> None:
+        """A scale for an untrained ``bits``: the nearest trained bit-width's clipping range (the one above
+        if any), split into the ``bits``-bit grid's steps. An approximation: nothing trained it."""
+        if check_bits(bits, what="activation bit-width") in self.bits:
+            return
+        if self.asymmetric:
+            raise ValueError("asymmetric (post-training) activation grids have a zero point per bit-width and take no new bit-width")
+        above = [b for b in self.bits if b > bits]
+        ref = min(above) if above else max(self.bits)
+        ratio = int_range(ref, self.signed)[1] / int_range(bits, self.signed)[1]
+        self.scales[str(bits)] = nn.Parameter(self.scales[str(ref)].detach() * ratio)
+        self.bits = check_bit_list(tuple({*self.bits, bits}), what="act_bits")
 
     @torch.no_grad()
     def init_scales(self, samples: torch.Tensor, method: str = "mse", signed: bool | None = None) -> None:

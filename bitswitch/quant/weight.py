@@ -44,6 +44,12 @@ class DoubleRoundingWeight(nn.Module):
     def check(self, bits: int) -> None:
         _allowed(bits, self.bits, self.storage_bits)
 
+    def add_bits(self, bits: int) -> None:
+        """Allow switching to an untrained ``bits`` <= ``h``: its codes derive from ``W_h`` like every other precision's."""
+        if check_bits(bits) > self.storage_bits:
+            raise ValueError(f"weight bit-width {bits} is above the storage precision h={self.storage_bits}: the file holds no such codes")
+        self.bits = check_bit_list(tuple({*self.bits, bits}))
+
     @torch.no_grad()
     def init_scale(self, weight: torch.Tensor, method: str = "mse") -> None:
         self.scale.copy_(init_weight_scale(weight, self.storage_bits, self.bits, self.rounding, method))
