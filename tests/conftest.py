@@ -75,3 +75,26 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield  # a module-level importorskip skips the whole module at collection
     _fail_skips_under_ci(outcome.get_result())
+
+
+@pytest.fixture
+def press_ctrl_c(monkeypatch):
+    """``press_ctrl_c(n)``: a real SIGINT to this process right after the ``n``-th training step returns
+    (Ctrl-C at a known step, so an interrupted run can be compared with an uninterrupted one)."""
+    import signal
+
+    from bitswitch.train import loop
+
+    def press(n: int) -> None:
+        real, calls = loop.train_step, []
+
+        def step(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        monkeypatch.setattr(loop, "train_step", step)
+
+    return press

@@ -18,6 +18,7 @@ A run (:func:`train`) is driven entirely by a :class:`~bitswitch.train.config.Tr
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from .data import Data, load_data, make_loader
 from .evaluate import evaluate, evaluate_checkpoint, select_metric
 from .fit import check_model_fits_data
 from .hasb import RouletteSampler, SwitchSchedule, latent_from_checkpoint, supernet_plan
+from .interrupt import StopRequest, TrainingInterrupted
 from .lock import RunLock
 from .model import build_float_model, load_fp32_weights, quantize_model
 from .optim import build_optimizer, describe_groups, schedule_factor
@@ -185,37 +187,47 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
                  f", {dist.world_size} processes" if dist.enabled else "")
         log.info("optimizer groups: %s", describe_groups(optimizer))
         if resume:
-            log.info("resuming after epoch %d (step %d)", info["epoch"], info["step"])
+            partial = info.get("partial") or {}
+            log.info("resuming at step %d (epoch %d, after batch %d of %d)", info["step"], info["epoch"] + 1, partial.get("batches", 0), steps_per_epoch)
         # metrics.jsonl always matches the state: rewrite it from the stored history
         text = "".join(json.dumps(h) + "\n" for h in history)
         atomic_write_bytes(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
     show = cfg.progress and dist.master and sys.stderr.isatty()
     step = int(info["step"])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, int(info["epoch"]) + stop_after)
-    for epoch in range(int(info["epoch"]), last):
-        model.train()
-        train_loader.set_epoch(epoch)
-        t_epoch = time.perf_counter()
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
-        losses, timer, step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar)
-        bar.close()
-        train_time = time.perf_counter() - t_epoch
-        ddp.average_buffers(model, dist)
-        val = evaluate(model, val_loader, bits)
-        metric = select_metric(val, cfg.best_metric)
-        improved = info["best"] is None or metric > info["best"]
-        if improved:
-            info["best"], info["best_epoch"] = metric, epoch + 1
-        record = {
-            "epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0)),
-            "train_loss": losses, "val_acc": val, "val_metric": metric,
-            "best": improved, "train_time_s": train_time, "bit_time_s": timer,
-        }
-        history.append(record)
-        info.update(epoch=epoch + 1, step=step, history=history)
-        if dist.master:
-            write_epoch(cfg, data, model, optimizer, info, record)
-        ddp.barrier(dist)
+    tally = EpochTally.resumed(info.pop("partial", None), steps_per_epoch, out / STATE_FILE)
+    with StopRequest(enabled=not dist.enabled) as stop:
+        for epoch in range(int(info["epoch"]), last):
+            model.train()
+            train_loader.set_epoch(epoch)
+            t_epoch = time.perf_counter()
+            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show, initial=tally.batches)
+            step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar, tally, stop)
+            bar.close()
+            tally.train_time_s += time.perf_counter() - t_epoch
+            if tally.batches < steps_per_epoch:  # stopped by Ctrl-C between two steps
+                info.update(step=step, partial=tally.as_dict())
+                save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
+                raise TrainingInterrupted(out, out / STATE_FILE, step, epoch, tally.batches, steps_per_epoch)
+            ddp.average_buffers(model, dist)
+            val = evaluate(model, val_loader, bits)
+            metric = select_metric(val, cfg.best_metric)
+            improved = info["best"] is None or metric > info["best"]
+            if improved:
+                info["best"], info["best_epoch"] = metric, epoch + 1
+            record = {
+                "epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0)),
+                "train_loss": tally.mean_losses(), "val_acc": val, "val_metric": metric,
+                "best": improved, "train_time_s": tally.train_time_s, "bit_time_s": tally.bit_time_s,
+            }
+            history.append(record)
+            info.update(epoch=epoch + 1, step=step, history=history)
+            if dist.master:
+                write_epoch(cfg, data, model, optimizer, info, record)
+            ddp.barrier(dist)
+            tally = EpochTally()
+            if stop.requested and epoch + 1 < cfg.epochs:  # Ctrl-C during the evaluation: the epoch's state is written
+                raise TrainingInterrupted(out, out / STATE_FILE, step, epoch + 1, 0, steps_per_epoch)
 
     best_val = next((h["val_acc"] for h in history if h["epoch"] == info["best_epoch"]), {})
     test_acc: dict[str, float] = {}
@@ -241,25 +253,55 @@ def hasb_planner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Ca
     return lambda step: supernet_plan(sampler, schedule, step, cfg.bits, seed=cfg.seed)
 
 
+@dataclass
+class EpochTally:
+    """What an epoch has done so far: batches, loss sums and seconds (kept in the state of an interrupted epoch)."""
+
+    batches: int = 0
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    bit_time_s: dict[str, float] = field(default_factory=dict)
+    train_time_s: float = 0.0
+
+    def mean_losses(self) -> dict[str, float]:
+        return {k: v / max(self.batches, 1) for k, v in self.loss_sums.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "loss_sums": self.loss_sums, "bit_time_s": self.bit_time_s, "train_time_s": self.train_time_s}
+
+    @classmethod
+    def resumed(cls, partial: dict[str, Any] | None, steps_per_epoch: int, where: Path) -> EpochTally:
+        """The tally of the epoch an interrupted run stopped in (an empty one at an epoch boundary)."""
+        if partial is None:
+            return cls()
+        try:
+            tally = cls(int(partial["batches"]), {str(k): float(v) for k, v in partial["loss_sums"].items()},
+                        {str(k): float(v) for k, v in partial["bit_time_s"].items()}, float(partial["train_time_s"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StateError(f"{where}: metadata info.partial is malformed ({type(e).__name__}: {e})") from None
+        if not 0 < tally.batches < steps_per_epoch:
+            raise StateError(f"{where}: the interrupted epoch had done {tally.batches} batches; this run's epochs have {steps_per_epoch}")
+        return tally
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TensorLoader, cfg: TrainConfig, dist: ddp.DistInfo,
                 step: int, lr_factor: Callable[[int], float], plan_at: Callable[[int], list | None],
-                bar: Progress) -> tuple[dict[str, float], dict[str, float], int]:
-    """One pass over the training batches: (mean loss and seconds per bit label, the next step number)."""
-    timer: dict[str, float] = {}
-    sums: dict[str, float] = {}
-    n = 0
-    for x, y in ddp.shard_batches(batches, dist):
-        losses = train_step(model, optimizer, x, y, cfg, lr_factor(step), dist, timer, plan_at(step))
+                bar: Progress, tally: EpochTally, stop: StopRequest) -> int:
+    """The epoch's batches after the ``tally.batches`` already done, until its end or a requested stop;
+    returns the next step number (``tally`` accumulates the losses and times)."""
+    for x, y in itertools.islice(ddp.shard_batches(batches, dist), tally.batches, None):
+        losses = train_step(model, optimizer, x, y, cfg, lr_factor(step), dist, tally.bit_time_s, plan_at(step))
         for k, v in losses.items():
             if not math.isfinite(v):
                 raise FloatingPointError(f"loss became {v} at step {step} ({k}); lower the learning rate")
-            sums[k] = sums.get(k, 0.0) + v
+            tally.loss_sums[k] = tally.loss_sums.get(k, 0.0) + v
         step += 1
-        n += 1
+        tally.batches += 1
         bar.update(losses)
         if dist.master and cfg.log_every and step % cfg.log_every == 0:
             log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-    return {k: v / max(n, 1) for k, v in sums.items()}, timer, step
+        if stop.requested:
+            break
+    return step
 
 
 def write_epoch(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
@@ -276,5 +318,5 @@ def write_epoch(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch
     log.info("validation accuracy (%%):\n%s", epoch_table(record, cfg.epochs))
 
 
-__all__ = ["RunResult", "build_run_model", "checkpoint_extra", "hasb_planner", "read_resumable_state", "run_epochs", "setup_run", "train",
+__all__ = ["EpochTally", "RunResult", "build_run_model", "checkpoint_extra", "hasb_planner", "read_resumable_state", "run_epochs", "setup_run", "train",
            "train_epoch", "write_epoch"]

@@ -15,12 +15,12 @@ from .data import Data
 class Progress:
     """A tqdm bar over one epoch's steps showing the last losses; does nothing when disabled."""
 
-    def __init__(self, total: int, desc: str, enabled: bool):
+    def __init__(self, total: int, desc: str, enabled: bool, initial: int = 0):
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
     def update(self, losses: dict[str, float]) -> None:
         if self.bar is not None:
