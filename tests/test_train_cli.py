@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 import torch
@@ -89,3 +90,18 @@ def test_train_help_lists_every_config_key_with_its_default(capsys):
         default = field_default(key)
         shown = default if isinstance(default, str) else json.dumps(default)
         assert f"\n    {key}: {shown}  # {comment}\n" in out, key
+
+
+def test_eval_limit_uses_a_subset_and_says_so_with_progress_on_a_terminal(joint_run, monkeypatch, capsys):
+    ckpt = joint_run / "run" / "best.safetensors"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # capsys's stream, as a terminal would be
+    assert main(["eval", str(ckpt), "--bits", "8,2", "--limit", "100", "--batch-size", "40", "--json", str(joint_run / "lim.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "on digits test (100 images, --limit 100: a subset, omit it for the whole split)" in out
+    assert "eval:" in err and "/6 [00:00<" in err  # a bar over 2 bit-widths x 3 batches, with elapsed<left
+    monkeypatch.undo()
+    assert main(["eval", str(ckpt), "--bits", "8", "--limit", "100", "--batch-size", "40"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # no bar when stderr is not a terminal
+    shown = float(out.split("W8A8")[1].split()[0])  # the same 100 images again, at 8 bits
+    assert json.loads((joint_run / "lim.json").read_text())[0]["accuracy %"] == pytest.approx(shown, abs=0.005)

@@ -36,6 +36,7 @@ from ..data import TensorLoader
 from ..export.checkpoint import atomic_write_bytes, save
 from ..models.factory import is_factory
 from ..nn.convert import calibrate, quantized_layers, set_precision
+from ..progress import Progress
 from . import ddp
 from .config import TrainConfig
 from .data import Data, load_data, make_loader
@@ -46,7 +47,7 @@ from .interrupt import StopRequest, TrainingInterrupted
 from .lock import RunLock
 from .model import build_float_model, load_fp32_weights, quantize_model
 from .optim import build_optimizer, describe_groups, schedule_factor
-from .report import Progress, epoch_table, summarize, summary_table, write_report
+from .report import epoch_table, summarize, summary_table, write_report
 from .state import StateError, read_state, restore_state, save_state
 from .step import bit_labels, train_step
 
