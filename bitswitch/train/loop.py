@@ -14,6 +14,10 @@ A run (:func:`train`) is driven entirely by a :class:`~bitswitch.train.config.Tr
    metrics line is appended;
 4. at the end the best checkpoint is reloaded *from its file* and evaluated once on the test split;
    a plot and a summary are written (:mod:`.report`).
+
+Ctrl-C (:mod:`.interrupt`) ends the current step; the state is saved at that step, with the
+epoch's tally (:class:`EpochTally`), and a resumed run skips the batches of that epoch already done
+(the loader's order depends on ``(seed, epoch)`` only), so it ends with the same weights.
 """
 
 from __future__ import annotations
