@@ -105,3 +105,37 @@ def test_eval_limit_uses_a_subset_and_says_so_with_progress_on_a_terminal(joint_
     assert err == ""  # no bar when stderr is not a terminal
     shown = float(out.split("W8A8")[1].split()[0])  # the same 100 images again, at 8 bits
     assert json.loads((joint_run / "lim.json").read_text())[0]["accuracy %"] == pytest.approx(shown, abs=0.005)
+
+
+def test_a_hard_interrupt_is_one_line_naming_the_last_saved_state(joint_run, monkeypatch, capsys):
+    """A second Ctrl-C (a KeyboardInterrupt inside a step) or one before the first step: no traceback either."""
+    from bitswitch.train import loop
+
+    cfg, run = str(joint_run / "c.yaml"), joint_run / "hard"
+    monkeypatch.setattr(loop, "load_data", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["train", cfg, "train_subset=300", "--out", str(run), "--no-progress"]) == 130
+    assert capsys.readouterr().err == "bitswitch train: interrupted; nothing was saved\n"
+    monkeypatch.undo()
+    real, calls = loop.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # 270 images / 128: 2 steps per epoch, so in the third epoch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    assert main(["train", cfg, "epochs=3", "train_subset=300", "--out", str(run), "--no-progress"]) == 130
+    assert capsys.readouterr().err == (f"bitswitch train: interrupted; the last saved training state is {run}/state.safetensors; "
+                                       f"resume with: bitswitch train --resume {run}\n")
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_ctrl_c_in_any_command_is_one_line(joint_run, monkeypatch, capsys):
+    from bitswitch.commands import eval as eval_command
+
+    monkeypatch.setattr(eval_command, "labelled_batches", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["eval", str(joint_run / "run" / "best.safetensors")]) == 130
+    assert capsys.readouterr().err == "bitswitch eval: interrupted\n"

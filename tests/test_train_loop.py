@@ -83,9 +83,9 @@ def test_best_checkpoint_is_chosen_on_validation(tmp_path):
 def test_resume_refuses_other_config_corrupted_and_foreign_state(tmp_path):
     cfg = tiny(tmp_path, mode="joint", bits=[8, 4], epochs=2)
     train(cfg, stop_after=1)
-    with pytest.raises(StateError, match=r"another config; differing keys: lr"):
+    with pytest.raises(StateError, match=r"another config; differing keys: lr: .*To continue it as it was started: bitswitch train --resume "):
         train(cfg.apply_overrides(["lr=0.5"]), resume=True)
-    with pytest.raises(ValueError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a run .* continue it with `bitswitch train --resume "):
         train(cfg)
     with pytest.raises(FileNotFoundError, match="no training state"):
         train(tiny(tmp_path, "nothing", mode="joint", bits=[8, 4], epochs=2), resume=True)

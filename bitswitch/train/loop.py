@@ -47,7 +47,7 @@ from .data import Data, load_data, make_loader
 from .evaluate import evaluate, evaluate_checkpoint, select_metric
 from .fit import check_model_fits_data
 from .hasb import RouletteSampler, SwitchSchedule, latent_from_checkpoint, supernet_plan
-from .interrupt import StopRequest, TrainingInterrupted
+from .interrupt import StopRequest, TrainingInterrupted, resume_command
 from .lock import RunLock
 from .model import build_float_model, load_fp32_weights, quantize_model
 from .optim import build_optimizer, describe_groups, schedule_factor
@@ -113,7 +113,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, device: str | None = No
     """Everything before the first step: resume checks, data, model, calibration, optimizer, restored state."""
     state = read_resumable_state(cfg) if resume else None
     if not resume and (Path(cfg.out_dir) / STATE_FILE).exists():
-        raise ValueError(f"{cfg.out_dir} already holds a run ({STATE_FILE}); pass --resume to continue it or choose another out_dir")
+        raise ValueError(f"{cfg.out_dir} already holds a run ({STATE_FILE}); continue it with `{resume_command(cfg.out_dir)}` or choose another out_dir")
     data = load_data(cfg)
     model = build_run_model(cfg, data, resume=resume)
     model.to(device or cfg.device)
@@ -135,7 +135,8 @@ def read_resumable_state(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], dic
     diff = old.diff(cfg)
     if diff:
         lines = ", ".join(f"{k}: {then!r} (run) vs {now!r} (now)" for k, (then, now) in diff.items())
-        raise StateError(f"cannot resume {cfg.out_dir}: the run was started with another config; differing keys: {lines}")
+        raise StateError(f"cannot resume {cfg.out_dir}: the run was started with another config; differing keys: {lines}. "
+                         f"To continue it as it was started: {resume_command(cfg.out_dir)}")
     return tensors, stored
 
 
