@@ -98,7 +98,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             log.addHandler(handler)
             if log.level == logging.NOTSET and logging.getLogger().level > logging.INFO:
                 log.setLevel(logging.INFO)
-        return run_epochs(cfg, data, model, optimizer, info, dist, device, resume, stop_after)
+        with StopRequest(enabled=not dist.enabled) as stop:
+            return run_epochs(cfg, data, model, optimizer, info, dist, device, resume, stop_after, stop)
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -171,8 +172,10 @@ def checkpoint_extra(cfg: TrainConfig, data: Data, epoch: int, val: dict[str, fl
 
 
 def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
-               dist: ddp.DistInfo, device: str, resume: bool, stop_after: int | None) -> RunResult:
-    """The epochs left to train (up to ``stop_after`` of them), then the test evaluation of a finished run."""
+               dist: ddp.DistInfo, device: str, resume: bool, stop_after: int | None, stop: StopRequest | None = None) -> RunResult:
+    """The epochs left to train (up to ``stop_after`` of them, or until ``stop`` is requested), then the
+    test evaluation of a finished run."""
+    stop = stop or StopRequest(enabled=False)
     out = Path(cfg.out_dir)
     train_loader = make_loader(data, "train", cfg, device, train=True)
     val_loader = make_loader(data, "val", cfg, device)
@@ -202,38 +205,37 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
     step = int(info["step"])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, int(info["epoch"]) + stop_after)
     tally = EpochTally.resumed(info.pop("partial", None), steps_per_epoch, out / STATE_FILE)
-    with StopRequest(enabled=not dist.enabled) as stop:
-        for epoch in range(int(info["epoch"]), last):
-            model.train()
-            train_loader.set_epoch(epoch)
-            t_epoch = time.perf_counter()
-            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show, initial=tally.batches)
-            step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar, tally, stop)
-            bar.close()
-            tally.train_time_s += time.perf_counter() - t_epoch
-            if tally.batches < steps_per_epoch:  # stopped by Ctrl-C between two steps
-                info.update(step=step, partial=tally.as_dict())
-                save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
-                raise TrainingInterrupted(out, out / STATE_FILE, step, epoch, tally.batches, steps_per_epoch)
-            ddp.average_buffers(model, dist)
-            val = evaluate(model, val_loader, bits)
-            metric = select_metric(val, cfg.best_metric)
-            improved = info["best"] is None or metric > info["best"]
-            if improved:
-                info["best"], info["best_epoch"] = metric, epoch + 1
-            record = {
-                "epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0)),
-                "train_loss": tally.mean_losses(), "val_acc": val, "val_metric": metric,
-                "best": improved, "train_time_s": tally.train_time_s, "bit_time_s": tally.bit_time_s,
-            }
-            history.append(record)
-            info.update(epoch=epoch + 1, step=step, history=history)
-            if dist.master:
-                write_epoch(cfg, data, model, optimizer, info, record)
-            ddp.barrier(dist)
-            tally = EpochTally()
-            if stop.requested and epoch + 1 < cfg.epochs:  # Ctrl-C during the evaluation: the epoch's state is written
-                raise TrainingInterrupted(out, out / STATE_FILE, step, epoch + 1, 0, steps_per_epoch)
+    for epoch in range(int(info["epoch"]), last):
+        model.train()
+        train_loader.set_epoch(epoch)
+        t_epoch = time.perf_counter()
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show, initial=tally.batches)
+        step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar, tally, stop)
+        bar.close()
+        tally.train_time_s += time.perf_counter() - t_epoch
+        if tally.batches < steps_per_epoch:  # stopped by Ctrl-C between two steps
+            info.update(step=step, partial=tally.as_dict())
+            save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
+            raise TrainingInterrupted(out, out / STATE_FILE, step, epoch, tally.batches, steps_per_epoch)
+        ddp.average_buffers(model, dist)
+        val = evaluate(model, val_loader, bits)
+        metric = select_metric(val, cfg.best_metric)
+        improved = info["best"] is None or metric > info["best"]
+        if improved:
+            info["best"], info["best_epoch"] = metric, epoch + 1
+        record = {
+            "epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0)),
+            "train_loss": tally.mean_losses(), "val_acc": val, "val_metric": metric,
+            "best": improved, "train_time_s": tally.train_time_s, "bit_time_s": tally.bit_time_s,
+        }
+        history.append(record)
+        info.update(epoch=epoch + 1, step=step, history=history)
+        if dist.master:
+            write_epoch(cfg, data, model, optimizer, info, record)
+        ddp.barrier(dist)
+        tally = EpochTally()
+        if stop.requested and epoch + 1 < cfg.epochs:  # Ctrl-C during the evaluation: the epoch's state is written
+            raise TrainingInterrupted(out, out / STATE_FILE, step, epoch + 1, 0, steps_per_epoch)
 
     best_val = next((h["val_acc"] for h in history if h["epoch"] == info["best_epoch"]), {})
     test_acc: dict[str, float] = {}
