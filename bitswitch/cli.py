@@ -5,7 +5,7 @@ Each sub-command lives in its own module under :mod:`bitswitch.commands` and exp
 arguments; returns an exit code). New commands need no change here.
 
 User mistakes never end in a traceback: a bad argument, a bad input file or a busy run folder is one
-line on stderr and exit code 2 (``--debug`` shows the traceback instead).
+line on stderr and exit code 2 (``--debug`` shows the traceback instead); Ctrl-C is one line and exit code 130.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bitswitch {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's exit code for SIGINT (train says what it saved)
+        if args.debug:
+            raise
+        print(f"bitswitch {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # anything else is a bitswitch bug or an unforeseen input: still one line
         if args.debug:
             raise

@@ -30,6 +30,24 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_image_folder(shared_data: Path, tmp_path_factory) -> Path:
+    """12 images of ``imagenet_samples`` relabelled into 4 classes (``byom_models:tiny_cnn``'s outputs):
+    an ImageNet-style folder (``images/`` + ``labels.csv``) that ``bitswitch ptq`` reads in seconds."""
+    import shutil
+
+    src = shared_data / "imagenet_samples"
+    dst = tmp_path_factory.mktemp("imgs")
+    (dst / "images").mkdir()
+    rows = ["filename,wnid,class_index"]
+    for i, line in enumerate((src / "labels.csv").read_text().splitlines()[1:13]):
+        name, wnid, _ = line.split(",")
+        shutil.copy(src / "images" / name, dst / "images" / name)
+        rows.append(f"{name},class{i % 4},{i % 4}")
+    (dst / "labels.csv").write_text("\n".join(rows) + "\n")
+    return dst
+
+
+@pytest.fixture(scope="session")
 def timm():
     """timm with ``tests/stubs/torchvision`` as its torchvision when the real one is absent.
 
@@ -75,3 +93,26 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield  # a module-level importorskip skips the whole module at collection
     _fail_skips_under_ci(outcome.get_result())
+
+
+@pytest.fixture
+def press_ctrl_c(monkeypatch):
+    """``press_ctrl_c(n)``: a real SIGINT to this process right after the ``n``-th training step returns
+    (Ctrl-C at a known step, so an interrupted run can be compared with an uninterrupted one)."""
+    import signal
+
+    from bitswitch.train import loop
+
+    def press(n: int) -> None:
+        real, calls = loop.train_step, []
+
+        def step(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        monkeypatch.setattr(loop, "train_step", step)
+
+    return press

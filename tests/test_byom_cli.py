@@ -3,7 +3,6 @@ custom model (``--model package.module:factory``) and a small ImageNet-style ima
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,52 +11,37 @@ from bitswitch.cli import main
 
 
 @pytest.fixture(scope="module")
-def folder(shared_data: Path, tmp_path_factory) -> Path:
-    """12 images of ``imagenet_samples`` relabelled into 4 classes (the tiny model's outputs)."""
-    src = shared_data / "imagenet_samples"
-    dst = tmp_path_factory.mktemp("imgs")
-    (dst / "images").mkdir()
-    rows = ["filename,wnid,class_index"]
-    for i, line in enumerate((src / "labels.csv").read_text().splitlines()[1:13]):
-        name, wnid, _ = line.split(",")
-        shutil.copy(src / "images" / name, dst / "images" / name)
-        rows.append(f"{name},class{i % 4},{i % 4}")
-    (dst / "labels.csv").write_text("\n".join(rows) + "\n")
-    return dst
-
-
-@pytest.fixture(scope="module")
-def ptq_file(folder: Path, tmp_path_factory) -> Path:
+def ptq_file(tiny_image_folder: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ptq")
-    assert main(["ptq", "--model", "byom_models:tiny_cnn", "--data", str(folder), "--num-calib", "8", "--budget", "0.6",
+    assert main(["ptq", "--model", "byom_models:tiny_cnn", "--data", str(tiny_image_folder), "--num-calib", "8", "--budget", "0.6",
                  "--candidates", "W8A16,W8A8,W4A8", "--out", str(out)]) == 0
     return out / "model.safetensors"
 
 
-def test_ptq_info_eval_export_chain(ptq_file: Path, folder: Path, tmp_path: Path, capsys) -> None:
+def test_ptq_info_eval_export_chain(ptq_file: Path, tiny_image_folder: Path, tmp_path: Path, capsys) -> None:
     assert main(["info", str(ptq_file)]) == 0  # the file alone: no model code needed
     text = capsys.readouterr().out
     assert '"factory": "byom_models:tiny_cnn"' in text and "2 BatchNorms folded" in text and "int8" in text
-    assert main(["eval", str(ptq_file), "--data", str(folder), "--trust-factory"]) == 0
+    assert main(["eval", str(ptq_file), "--data", str(tiny_image_folder), "--trust-factory"]) == 0
     assert "PTQ (mixed, as saved)" in capsys.readouterr().out
     onnx = tmp_path / "m.onnx"
-    assert main(["export", str(ptq_file), "--model", "byom_models:tiny_cnn", "--data", str(folder), "--out", str(onnx)]) == 0
+    assert main(["export", str(ptq_file), "--model", "byom_models:tiny_cnn", "--data", str(tiny_image_folder), "--out", str(onnx)]) == 0
     assert onnx.is_file()
 
 
-def test_recorded_factory_needs_trust_and_must_fit(ptq_file: Path, folder: Path, tmp_path: Path, capsys) -> None:
-    assert main(["eval", str(ptq_file), "--data", str(folder)]) == 2  # importing the recorded factory runs code
+def test_recorded_factory_needs_trust_and_must_fit(ptq_file: Path, tiny_image_folder: Path, tmp_path: Path, capsys) -> None:
+    assert main(["eval", str(ptq_file), "--data", str(tiny_image_folder)]) == 2  # importing the recorded factory runs code
     assert "pass --trust-factory" in capsys.readouterr().err
-    assert main(["hessian", str(ptq_file), "--model", "byom_models:wider_cnn", "--data", str(folder), "--out", str(tmp_path / "h.json")]) == 2
+    assert main(["hessian", str(ptq_file), "--model", "byom_models:wider_cnn", "--data", str(tiny_image_folder), "--out", str(tmp_path / "h.json")]) == 2
     assert "tensor 0.bias: the file declares F32 [8], the model needs F32 [12]" in capsys.readouterr().err  # the first that differs
     assert not (tmp_path / "h.json").exists()  # nothing half-written
-    assert main(["eval", str(ptq_file), "--data", str(folder), "--model", "no_such_module:f"]) == 2
+    assert main(["eval", str(ptq_file), "--data", str(tiny_image_folder), "--model", "no_such_module:f"]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
 
 
-def test_uncapturable_model_fails_clearly_and_writes_nothing(folder: Path, tmp_path: Path, capsys) -> None:
+def test_uncapturable_model_fails_clearly_and_writes_nothing(tiny_image_folder: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(["ptq", "--model", "byom_models:branchy", "--data", str(folder), "--num-calib", "4", "--out", str(out)]) == 2
+    assert main(["ptq", "--model", "byom_models:branchy", "--data", str(tiny_image_folder), "--num-calib", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "cannot capture _Branchy with torch.export at" in err and "byom_models.py" in err and "(if x.mean() > 0:" in err
     assert not out.exists()

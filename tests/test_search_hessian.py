@@ -103,14 +103,42 @@ def test_trace_file_round_trip_and_errors(tmp_path: Path) -> None:
         hessian_traces(model, [])
 
 
-def test_hessian_and_search_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    """A {4,3,2} ResNet-8 calibrated on digits, saved with its input shape."""
     torch.manual_seed(0)
     from bitswitch.search.evaluate import dataset_batches
 
     batches, shape = dataset_batches("digits", None, "train", 64, 32)
     model = bitswitch.quantize(build("preact_resnet8", in_channels=1, width=4), bits=(4, 3, 2))
     bitswitch.calibrate(model, batches)
-    ckpt = bitswitch.save(model, tmp_path / "m.safetensors", extra={"input_shape": list(shape)})
+    return bitswitch.save(model, tmp_path / "m.safetensors", extra={"input_shape": list(shape)})
+
+
+def test_unconverged_traces_are_a_warning_in_hessian_and_in_search(tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Progress says how far the iterations are and the time left; layers above --tol at --max-iter are named with their error."""
+    assert main(["hessian", str(ckpt), "--data", "digits", "--samples", "32", "--max-iter", "12", "--tol", "1e-9"]) == 0
+    out, err = capsys.readouterr()
+    assert "Hessian traces on 32 digits training images (--samples 32)" in out
+    n = len(load_traces(tmp_path / "m.hessian.json"))
+    lines = [x for x in out.splitlines() if x.startswith("hessian: iteration")]
+    assert [x.split(", about")[0] for x in lines] == [f"hessian: iteration 10 of 12, layers left {n}", f"hessian: iteration 12 of 12, layers left {n}"]
+    assert all(x.endswith(" s left") for x in lines)
+    traces = load_traces(tmp_path / "m.hessian.json")
+    worst = max(traces.values(), key=lambda t: t.rel_stderr)
+    assert err.startswith(f"warning: {n} of {n} layers did not converge (relative standard error of the trace): {worst.name} ({worst.rel_stderr:.3f}), ")
+    assert n == 8 and all(f"{t.name} ({t.rel_stderr:.3f})" in err for t in traces.values())
+    assert err.endswith("; raise --max-iter (now 12) or --samples, or accept a looser --tol\n")
+    assert main(["search", str(ckpt), "--budget", "avg-bits=3", "--out", str(tmp_path / "s.json")]) == 0
+    assert capsys.readouterr().err.startswith(f"warning: {tmp_path / 'm.hessian.json'}: {n} of {n} layers did not converge")
+    assert main(["hessian", str(ckpt), "--data", "digits", "--samples", "32", "--max-iter", "12", "--tol", "10"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["search", str(ckpt), "--budget", "avg-bits=3", "--out", str(tmp_path / "s.json")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_hessian_and_search_commands(tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = bitswitch.load(ckpt)
     assert main(["hessian", str(ckpt), "--data", "digits", "--samples", "64", "--max-iter", "3"]) == 0
     trace_file = tmp_path / "m.hessian.json"
     assert trace_file.is_file()

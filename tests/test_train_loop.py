@@ -4,6 +4,7 @@ checkpoints are chosen on the validation split, and damaged or foreign state is 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 import bitswitch
 from bitswitch.train import StateError, TrainConfig, train
+from bitswitch.train.interrupt import TrainingInterrupted
 from bitswitch.train import evaluate, load_data, make_loader
 from bitswitch.train.loop import setup_run
 from bitswitch.train.state import read_state
@@ -81,9 +83,9 @@ def test_best_checkpoint_is_chosen_on_validation(tmp_path):
 def test_resume_refuses_other_config_corrupted_and_foreign_state(tmp_path):
     cfg = tiny(tmp_path, mode="joint", bits=[8, 4], epochs=2)
     train(cfg, stop_after=1)
-    with pytest.raises(StateError, match=r"another config; differing keys: lr"):
+    with pytest.raises(StateError, match=r"another config; differing keys: lr: .*To continue it as it was started: bitswitch train --resume "):
         train(cfg.apply_overrides(["lr=0.5"]), resume=True)
-    with pytest.raises(ValueError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a run .* continue it with `bitswitch train --resume "):
         train(cfg)
     with pytest.raises(FileNotFoundError, match="no training state"):
         train(tiny(tmp_path, "nothing", mode="joint", bits=[8, 4], epochs=2), resume=True)
@@ -123,3 +125,39 @@ def test_alrs_rates_are_the_ones_each_bit_step_uses(tmp_path, monkeypatch):
         assert weights_lr > 0
         assert groups["scale_shared"][0] == pytest.approx(weights_lr * eta[b] * cfg.scale_lr_mult, rel=1e-12)
         assert groups[f"scale_{b}"][0] == pytest.approx(weights_lr * eta[b] * cfg.scale_lr_mult, rel=1e-12)
+
+
+@pytest.mark.parametrize("kw", [
+    {"mode": "joint", "bits": [8, 4, 2], "distill": "inplace", "augment": True},
+    {"mode": "fp32", "optimizer": "sgd", "lr": 0.05, "warmup_epochs": 0.5},
+])
+def test_ctrl_c_mid_epoch_saves_that_step_and_resumes_bit_exactly(tmp_path, monkeypatch, press_ctrl_c, kw):
+    """720 training images in batches of 128: 5 steps per epoch; Ctrl-C after step 7 is batch 2 of epoch 2."""
+    full = train(tiny(tmp_path, "full", epochs=3, **kw))
+    cfg = tiny(tmp_path, "split", epochs=3, **kw)
+    press_ctrl_c(7)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(cfg)
+    monkeypatch.undo()
+    assert (stopped.value.step, stopped.value.epoch, stopped.value.batch) == (7, 1, 2)
+    assert str(stopped.value) == (f"interrupted after step 7 (epoch 2, batch 2 of 5); saved the training state to "
+                                  f"{cfg.out_dir}/state.safetensors; resume with: bitswitch train --resume {cfg.out_dir}")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is gone after the run
+    info = read_state(Path(cfg.out_dir) / "state.safetensors")[1]["info"]
+    assert (info["step"], info["epoch"], info["partial"]["batches"], len(info["history"])) == (7, 1, 2, 1)
+    resumed = train(cfg, resume=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.test_acc == full.test_acc
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("train_time_s", "bit_time_s")} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+
+
+def test_ctrl_c_during_the_last_step_of_an_epoch_stops_at_its_end(tmp_path, press_ctrl_c):
+    cfg = tiny(tmp_path, mode="joint", bits=[8, 2], epochs=2)
+    press_ctrl_c(5)
+    with pytest.raises(TrainingInterrupted, match=r"after step 5 \(the end of epoch 1\)") as stopped:
+        train(cfg)
+    assert stopped.value.batch == 0 and (Path(cfg.out_dir) / "last.safetensors").is_file()
+    assert "partial" not in read_state(Path(cfg.out_dir) / "state.safetensors")[1]["info"]

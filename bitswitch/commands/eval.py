@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..progress import Progress
 from ._args import COUNT, NON_NEGATIVE, bit_list
 from ._data import labelled_batches, resolve_data
 from ._model import add_model_args, load_model
@@ -32,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits, imagenet) when --data is a folder the checkpoint does not name")
     p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
     p.add_argument("--batch-size", type=COUNT, default=1000)
+    p.add_argument("--limit", type=COUNT, default=None, metavar="N",
+                   help="evaluate on N images of the split only (a fixed seeded subset; the first N of an image folder): a quick estimate")
     p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images first (default: 256 with --config, 0 otherwise)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -56,13 +59,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path} is a bitswitch ptq result: one mixed configuration, evaluated as saved; --bits does not apply")
     extra = meta.get("extra") or {}
     name, root = resolve_data(args, extra)
-    batches, _ = labelled_batches(name, root, extra, args.split, None, args.batch_size)
+    batches, _ = labelled_batches(name, root, extra, args.split, args.limit, args.batch_size)
     images = sum(int(y.shape[0]) for _, y in batches)
     avail = [] if meta["quant_config"] is None else list(meta["quant_config"]["bits"])  # []: an FP32 checkpoint
+    runs = len(_parse_bits(args.bits) if args.bits else avail) if avail and not args.config and "ptq" not in meta else 1
+    bar = Progress(runs * len(batches), "eval", unit="batch")  # the accuracy passes: one per row
 
     @torch.no_grad()
     def accuracy() -> float:
-        return 100.0 * sum(int((model(x).argmax(1) == y).sum()) for x, y in batches) / images
+        correct = 0
+        for x, y in batches:
+            correct += int((model(x).argmax(1) == y).sum())
+            bar.update()
+        return 100.0 * correct / images
 
     def row(label: str) -> dict[str, Any]:
         costs = layer_costs(model, batches[0][0])
@@ -95,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
             if n_recal:
                 recalibrate_bn(model, recal)
             rows.append(row(f"W{b}A{b}"))
-    print(f"{path} on {name} {args.split} ({images} images); BOPs per image, quantized layers only")
+    bar.close()
+    subset = f", --limit {args.limit}: a subset, omit it for the whole split" if args.limit else ""
+    print(f"{path} on {name} {args.split} ({images} images{subset}); BOPs per image, quantized layers only")
     print_table(list(rows[0]), rows)
     if args.json:
         atomic_write_json(args.json, rows)

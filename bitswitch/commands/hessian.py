@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..search.hessian import hessian_traces, save_traces, trace_table
+from ..progress import Progress
+from ..search.hessian import convergence_warning, hessian_traces, save_traces, trace_table
 from ._args import COUNT, THREADS, float_in
 from ._data import labelled_batches, resolve_data
 from ._model import add_model_args, load_model
@@ -47,18 +49,23 @@ def run(args: argparse.Namespace) -> int:
     extra = meta.get("extra") or {}
     name, root = resolve_data(args, extra)
     batches, shape = labelled_batches(name, root, extra, "train", args.samples, args.batch_size, seed=args.seed)
+    samples = sum(int(x.shape[0]) for x, _ in batches)
+    print(f"Hessian traces on {samples} {name} training images (--samples {args.samples}), "
+          f"until each layer's relative standard error is below --tol {args.tol} or --max-iter {args.max_iter} iterations", flush=True)
     t0 = time.perf_counter()
-    traces = hessian_traces(
-        model, batches, tol=args.tol, max_iter=args.max_iter, seed=args.seed,
-        progress=lambda it, left: print(f"iteration {it}: {left} layer(s) not converged", flush=True) if it % 10 == 0 else None,
-    )
+    with Progress(args.max_iter, "hessian", unit="iteration", lines_every=10) as bar:
+        traces = hessian_traces(model, batches, tol=args.tol, max_iter=args.max_iter, seed=args.seed,
+                                progress=lambda it, left: bar.update({"layers left": left}))
     seconds = time.perf_counter() - t0
     out = Path(args.out) if args.out else default_trace_path(args.checkpoint)
     save_traces(
-        out, traces, checkpoint=str(args.checkpoint), data=name, samples=sum(int(x.shape[0]) for x, _ in batches),
+        out, traces, checkpoint=str(args.checkpoint), data=name, samples=samples,
         input_shape=list(shape), tol=args.tol, max_iter=args.max_iter, seed=args.seed, seconds=seconds,
         torch_threads=torch.get_num_threads(),
     )
     print(trace_table(traces))
+    warning = convergence_warning(traces)
+    if warning:
+        print(f"warning: {warning}; raise --max-iter (now {args.max_iter}) or --samples, or accept a looser --tol", file=sys.stderr)
     print(f"{seconds:.1f} s; wrote {out}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ..nn.convert import quantized_layers
 from ..nn.precision_file import write_precision_file
 from ..search.baselines import greedy, random_at_cost, uniform
 from ..search.budget import parse_budget
-from ..search.hessian import load_traces, sensitivity
+from ..search.hessian import convergence_warning, load_traces, sensitivity
 from ..search.ilp import SearchProblem, SearchResult, pareto_front
 from ..search.objectives import OBJECTIVES, weight_noise
 from ..table import print_table
@@ -223,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
     trace_path = Path(args.hessian) if args.hessian else default_trace_path(args.checkpoint)
     traces = load_traces(trace_path)
     trace_doc = json.loads(trace_path.read_text())
+    warning = convergence_warning(traces)
+    if warning:
+        print(f"warning: {trace_path}: {warning}; the search uses these estimates as they are "
+              "(for firmer ones rerun bitswitch hessian with a higher --max-iter)", file=sys.stderr)
     model, meta = load_model(args, args.checkpoint)
     costs = layer_costs(model, _shape(args, meta, trace_doc))
     bits = [int(b) for b in args.bits.split(",")] if args.bits else list(meta["quant_config"]["bits"])

@@ -254,6 +254,18 @@ def sensitivity(traces: Mapping[str, LayerTrace]) -> dict[str, float]:
     return {n: t.trace_per_param for n, t in traces.items()}
 
 
+def convergence_warning(traces: Mapping[str, LayerTrace], shown: int = 8) -> str | None:
+    """Which layers' traces did not converge (their relative standard error, worst first), or None.
+
+    Their estimates still enter the search and the HASB roulette as they are, only less certain.
+    """
+    bad = sorted((t for t in traces.values() if not t.converged), key=lambda t: -t.rel_stderr)
+    if not bad:
+        return None
+    listed = ", ".join(f"{t.name} ({t.rel_stderr:.3f})" for t in bad[:shown]) + (f" and {len(bad) - shown} more" if len(bad) > shown else "")
+    return f"{len(bad)} of {len(traces)} layers did not converge (relative standard error of the trace): {listed}"
+
+
 def trace_table(traces: Mapping[str, LayerTrace]) -> str:
     """A plain-text table of the traces, one layer per line."""
     rows = [(t.name, f"{t.n_params:,}", f"{t.trace:.4g}", f"{t.trace_per_param:.4g}", t.iterations, f"{t.rel_stderr:.3f}", "yes" if t.converged else "NO")
@@ -261,7 +273,7 @@ def trace_table(traces: Mapping[str, LayerTrace]) -> str:
     return format_table(["layer", "params", "trace", "trace/param", "iters", "rel.stderr", "converged"], rows)
 
 
-__all__ = ["FORMAT", "LayerTrace", "default_loss", "float_copy", "hessian_traces", "load_traces", "save_traces", "sensitivity", "trace_table"]
+__all__ = ["FORMAT", "LayerTrace", "convergence_warning", "default_loss", "float_copy", "hessian_traces", "load_traces", "save_traces", "sensitivity", "trace_table"]
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:  # used by the benchmark and the CLI

@@ -5,7 +5,8 @@ Typical use::
     from bitswitch.train import TrainConfig, train
     cfg = TrainConfig.from_file("configs/fashion_mnist_joint.yaml").apply_overrides(["epochs=3"])
     result = train(cfg)            # writes config, metrics, last/best checkpoints, plot
-    train(cfg, resume=True)        # continues an interrupted run bit-exactly
+                                   # Ctrl-C: the state at that step is saved, then TrainingInterrupted
+    train(cfg, resume=True)        # continues an interrupted run bit-exactly (mid-epoch too)
 
 Your own model and loop (no config)::
 
@@ -18,13 +19,14 @@ Your own model and loop (no config)::
 from .config import CONFIG_VERSION, TrainConfig, check_train_bits
 from .data import Data, load_data, make_loader
 from .evaluate import evaluate, evaluate_checkpoint
+from .interrupt import TrainingInterrupted
 from .loop import RunResult, train
 from .optim import alrs_factor, alrs_factors, alrs_param_groups, build_optimizer, model_bits, param_groups
 from .state import StateError
 from .step import call_model, cross_entropy_loss, joint_step
 
 __all__ = [
-    "CONFIG_VERSION", "Data", "RunResult", "StateError", "TrainConfig", "alrs_factor", "alrs_factors", "alrs_param_groups", "build_optimizer",
+    "CONFIG_VERSION", "Data", "RunResult", "StateError", "TrainConfig", "TrainingInterrupted", "alrs_factor", "alrs_factors", "alrs_param_groups", "build_optimizer",
     "call_model", "check_train_bits", "cross_entropy_loss", "evaluate", "evaluate_checkpoint", "joint_step", "load_data", "make_loader",
     "model_bits", "param_groups", "train",
 ]

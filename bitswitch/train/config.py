@@ -9,11 +9,17 @@ reproduced or resumed from its files alone.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import json
 import math
 import os
 import re
+import textwrap
+import tokenize
 import tomllib
 import types
 import typing
@@ -38,8 +44,8 @@ DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?)")
 FORCE_THREADS_ENV = "BITSWITCH_FORCE_THREADS"
 
 #: Keys that may differ between an interrupted run and its resume: they change how the run is
-#: displayed or where it runs, never what it computes.
-RESUME_FREE_KEYS = ("progress", "device", "num_threads", "log_every", "compile_kernels", "compile")
+#: displayed or where it runs (out_dir: the run folder may have moved), never what it computes.
+RESUME_FREE_KEYS = ("progress", "device", "num_threads", "log_every", "compile_kernels", "compile", "out_dir")
 
 
 @dataclass
@@ -270,6 +276,31 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+@functools.cache
+def field_docs() -> list[tuple[str, str, str]]:
+    """``(section, key, comment)`` of every :class:`TrainConfig` field, in order.
+
+    The comments in the class body are the options' documentation; they are read from its source
+    once, so ``bitswitch train --help`` and the class cannot drift apart.
+    """
+    source = textwrap.dedent(inspect.getsource(TrainConfig))
+    comments = {tok.start[0]: tok.string.lstrip("#").strip() for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    headings = {line: text.strip("- ") for line, text in comments.items() if text.startswith("---")}
+    out = []
+    for node in ast.parse(source).body[0].body:  # type: ignore[attr-defined]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            section = max(((line, h) for line, h in headings.items() if line < node.lineno), default=(0, "general"))[1]
+            out.append((section, node.target.id, comments.get(node.lineno, "")))
+    return out
+
+
+def field_default(name: str) -> Any:
+    """The default value of a :class:`TrainConfig` field."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def check_train_bits(bits: Any, storage_bits: int | None = None) -> tuple[int, ...]:
     """A training bit list must be non-empty, strictly decreasing, unique and <= storage precision.
 
@@ -352,4 +383,4 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint).replace("typing.", ""))
 
 
-__all__ = ["TrainConfig", "CONFIG_VERSION", "check_train_bits", "RESUME_FREE_KEYS"]
+__all__ = ["TrainConfig", "CONFIG_VERSION", "check_train_bits", "field_default", "field_docs", "RESUME_FREE_KEYS"]

@@ -14,10 +14,15 @@ A run (:func:`train`) is driven entirely by a :class:`~bitswitch.train.config.Tr
    metrics line is appended;
 4. at the end the best checkpoint is reloaded *from its file* and evaluated once on the test split;
    a plot and a summary are written (:mod:`.report`).
+
+Ctrl-C (:mod:`.interrupt`) ends the current step; the state is saved at that step, with the
+epoch's tally (:class:`EpochTally`), and a resumed run skips the batches of that epoch already done
+(the loader's order depends on ``(seed, epoch)`` only), so it ends with the same weights.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -35,16 +40,18 @@ from ..data import TensorLoader
 from ..export.checkpoint import atomic_write_bytes, save
 from ..models.factory import is_factory
 from ..nn.convert import calibrate, quantized_layers, set_precision
+from ..progress import Progress
 from . import ddp
 from .config import TrainConfig
 from .data import Data, load_data, make_loader
 from .evaluate import evaluate, evaluate_checkpoint, select_metric
 from .fit import check_model_fits_data
 from .hasb import RouletteSampler, SwitchSchedule, latent_from_checkpoint, supernet_plan
+from .interrupt import StopRequest, TrainingInterrupted, resume_command
 from .lock import RunLock
 from .model import build_float_model, load_fp32_weights, quantize_model
 from .optim import build_optimizer, describe_groups, schedule_factor
-from .report import Progress, epoch_table, summarize, summary_table, write_report
+from .report import epoch_table, summarize, summary_table, write_report
 from .state import StateError, read_state, restore_state, save_state
 from .step import bit_labels, train_step
 
@@ -91,7 +98,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             log.addHandler(handler)
             if log.level == logging.NOTSET and logging.getLogger().level > logging.INFO:
                 log.setLevel(logging.INFO)
-        return run_epochs(cfg, data, model, optimizer, info, dist, device, resume, stop_after)
+        with StopRequest(enabled=not dist.enabled) as stop:
+            return run_epochs(cfg, data, model, optimizer, info, dist, device, resume, stop_after, stop)
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -106,7 +114,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, device: str | None = No
     """Everything before the first step: resume checks, data, model, calibration, optimizer, restored state."""
     state = read_resumable_state(cfg) if resume else None
     if not resume and (Path(cfg.out_dir) / STATE_FILE).exists():
-        raise ValueError(f"{cfg.out_dir} already holds a run ({STATE_FILE}); pass --resume to continue it or choose another out_dir")
+        raise ValueError(f"{cfg.out_dir} already holds a run ({STATE_FILE}); continue it with `{resume_command(cfg.out_dir)}` or choose another out_dir")
     data = load_data(cfg)
     model = build_run_model(cfg, data, resume=resume)
     model.to(device or cfg.device)
@@ -128,7 +136,8 @@ def read_resumable_state(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], dic
     diff = old.diff(cfg)
     if diff:
         lines = ", ".join(f"{k}: {then!r} (run) vs {now!r} (now)" for k, (then, now) in diff.items())
-        raise StateError(f"cannot resume {cfg.out_dir}: the run was started with another config; differing keys: {lines}")
+        raise StateError(f"cannot resume {cfg.out_dir}: the run was started with another config; differing keys: {lines}. "
+                         f"To continue it as it was started: {resume_command(cfg.out_dir)}")
     return tensors, stored
 
 
@@ -163,8 +172,10 @@ def checkpoint_extra(cfg: TrainConfig, data: Data, epoch: int, val: dict[str, fl
 
 
 def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
-               dist: ddp.DistInfo, device: str, resume: bool, stop_after: int | None) -> RunResult:
-    """The epochs left to train (up to ``stop_after`` of them), then the test evaluation of a finished run."""
+               dist: ddp.DistInfo, device: str, resume: bool, stop_after: int | None, stop: StopRequest | None = None) -> RunResult:
+    """The epochs left to train (up to ``stop_after`` of them, or until ``stop`` is requested), then the
+    test evaluation of a finished run."""
+    stop = stop or StopRequest(enabled=False)
     out = Path(cfg.out_dir)
     train_loader = make_loader(data, "train", cfg, device, train=True)
     val_loader = make_loader(data, "val", cfg, device)
@@ -185,21 +196,27 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
                  f", {dist.world_size} processes" if dist.enabled else "")
         log.info("optimizer groups: %s", describe_groups(optimizer))
         if resume:
-            log.info("resuming after epoch %d (step %d)", info["epoch"], info["step"])
+            partial = info.get("partial") or {}
+            log.info("resuming at step %d (epoch %d, after batch %d of %d)", info["step"], info["epoch"] + 1, partial.get("batches", 0), steps_per_epoch)
         # metrics.jsonl always matches the state: rewrite it from the stored history
         text = "".join(json.dumps(h) + "\n" for h in history)
         atomic_write_bytes(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
     show = cfg.progress and dist.master and sys.stderr.isatty()
     step = int(info["step"])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, int(info["epoch"]) + stop_after)
+    tally = EpochTally.resumed(info.pop("partial", None), steps_per_epoch, out / STATE_FILE)
     for epoch in range(int(info["epoch"]), last):
         model.train()
         train_loader.set_epoch(epoch)
         t_epoch = time.perf_counter()
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show)
-        losses, timer, step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar)
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", show, initial=tally.batches)
+        step = train_epoch(step_model, optimizer, train_loader, cfg, dist, step, lr_factor, plan_at, bar, tally, stop)
         bar.close()
-        train_time = time.perf_counter() - t_epoch
+        tally.train_time_s += time.perf_counter() - t_epoch
+        if tally.batches < steps_per_epoch:  # stopped by Ctrl-C between two steps
+            info.update(step=step, partial=tally.as_dict())
+            save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
+            raise TrainingInterrupted(out, out / STATE_FILE, step, epoch, tally.batches, steps_per_epoch)
         ddp.average_buffers(model, dist)
         val = evaluate(model, val_loader, bits)
         metric = select_metric(val, cfg.best_metric)
@@ -208,14 +225,17 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
             info["best"], info["best_epoch"] = metric, epoch + 1
         record = {
             "epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0)),
-            "train_loss": losses, "val_acc": val, "val_metric": metric,
-            "best": improved, "train_time_s": train_time, "bit_time_s": timer,
+            "train_loss": tally.mean_losses(), "val_acc": val, "val_metric": metric,
+            "best": improved, "train_time_s": tally.train_time_s, "bit_time_s": tally.bit_time_s,
         }
         history.append(record)
         info.update(epoch=epoch + 1, step=step, history=history)
         if dist.master:
             write_epoch(cfg, data, model, optimizer, info, record)
         ddp.barrier(dist)
+        tally = EpochTally()
+        if stop.requested and epoch + 1 < cfg.epochs:  # Ctrl-C during the evaluation: the epoch's state is written
+            raise TrainingInterrupted(out, out / STATE_FILE, step, epoch + 1, 0, steps_per_epoch)
 
     best_val = next((h["val_acc"] for h in history if h["epoch"] == info["best_epoch"]), {})
     test_acc: dict[str, float] = {}
@@ -241,25 +261,55 @@ def hasb_planner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Ca
     return lambda step: supernet_plan(sampler, schedule, step, cfg.bits, seed=cfg.seed)
 
 
+@dataclass
+class EpochTally:
+    """What an epoch has done so far: batches, loss sums and seconds (kept in the state of an interrupted epoch)."""
+
+    batches: int = 0
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    bit_time_s: dict[str, float] = field(default_factory=dict)
+    train_time_s: float = 0.0
+
+    def mean_losses(self) -> dict[str, float]:
+        return {k: v / max(self.batches, 1) for k, v in self.loss_sums.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "loss_sums": self.loss_sums, "bit_time_s": self.bit_time_s, "train_time_s": self.train_time_s}
+
+    @classmethod
+    def resumed(cls, partial: dict[str, Any] | None, steps_per_epoch: int, where: Path) -> EpochTally:
+        """The tally of the epoch an interrupted run stopped in (an empty one at an epoch boundary)."""
+        if partial is None:
+            return cls()
+        try:
+            tally = cls(int(partial["batches"]), {str(k): float(v) for k, v in partial["loss_sums"].items()},
+                        {str(k): float(v) for k, v in partial["bit_time_s"].items()}, float(partial["train_time_s"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StateError(f"{where}: metadata info.partial is malformed ({type(e).__name__}: {e})") from None
+        if not 0 < tally.batches < steps_per_epoch:
+            raise StateError(f"{where}: the interrupted epoch had done {tally.batches} batches; this run's epochs have {steps_per_epoch}")
+        return tally
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TensorLoader, cfg: TrainConfig, dist: ddp.DistInfo,
                 step: int, lr_factor: Callable[[int], float], plan_at: Callable[[int], list | None],
-                bar: Progress) -> tuple[dict[str, float], dict[str, float], int]:
-    """One pass over the training batches: (mean loss and seconds per bit label, the next step number)."""
-    timer: dict[str, float] = {}
-    sums: dict[str, float] = {}
-    n = 0
-    for x, y in ddp.shard_batches(batches, dist):
-        losses = train_step(model, optimizer, x, y, cfg, lr_factor(step), dist, timer, plan_at(step))
+                bar: Progress, tally: EpochTally, stop: StopRequest) -> int:
+    """The epoch's batches after the ``tally.batches`` already done, until its end or a requested stop;
+    returns the next step number (``tally`` accumulates the losses and times)."""
+    for x, y in itertools.islice(ddp.shard_batches(batches, dist), tally.batches, None):
+        losses = train_step(model, optimizer, x, y, cfg, lr_factor(step), dist, tally.bit_time_s, plan_at(step))
         for k, v in losses.items():
             if not math.isfinite(v):
                 raise FloatingPointError(f"loss became {v} at step {step} ({k}); lower the learning rate")
-            sums[k] = sums.get(k, 0.0) + v
+            tally.loss_sums[k] = tally.loss_sums.get(k, 0.0) + v
         step += 1
-        n += 1
+        tally.batches += 1
         bar.update(losses)
         if dist.master and cfg.log_every and step % cfg.log_every == 0:
             log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-    return {k: v / max(n, 1) for k, v in sums.items()}, timer, step
+        if stop.requested:
+            break
+    return step
 
 
 def write_epoch(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
@@ -276,5 +326,5 @@ def write_epoch(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch
     log.info("validation accuracy (%%):\n%s", epoch_table(record, cfg.epochs))
 
 
-__all__ = ["RunResult", "build_run_model", "checkpoint_extra", "hasb_planner", "read_resumable_state", "run_epochs", "setup_run", "train",
+__all__ = ["EpochTally", "RunResult", "build_run_model", "checkpoint_extra", "hasb_planner", "read_resumable_state", "run_epochs", "setup_run", "train",
            "train_epoch", "write_epoch"]

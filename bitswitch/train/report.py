@@ -1,4 +1,4 @@
-"""What a run shows and leaves behind besides checkpoints: progress bars, per-epoch and summary tables,
+"""What a run shows and leaves behind besides checkpoints: per-epoch and summary tables,
 ``summary.json`` and the accuracy plot."""
 
 from __future__ import annotations
@@ -10,26 +10,6 @@ from ..export.checkpoint import atomic_write_bytes, atomic_write_json
 from ..table import format_table
 from .config import TrainConfig
 from .data import Data
-
-
-class Progress:
-    """A tqdm bar over one epoch's steps showing the last losses; does nothing when disabled."""
-
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-    def update(self, losses: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def epoch_table(record: dict[str, Any], epochs: int) -> str:
@@ -89,4 +69,4 @@ def plot_history(history: list[dict[str, Any]], labels: list[str], path: Path, t
     return path
 
 
-__all__ = ["Progress", "epoch_table", "plot_history", "summarize", "summary_table", "write_report"]
+__all__ = ["epoch_table", "plot_history", "summarize", "summary_table", "write_report"]
