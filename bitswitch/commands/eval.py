@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     batches, _ = labelled_batches(name, root, extra, args.split, args.limit, args.batch_size)
     images = sum(int(y.shape[0]) for _, y in batches)
     avail = [] if meta["quant_config"] is None else list(meta["quant_config"]["bits"])  # []: an FP32 checkpoint
-    runs = len(_parse_bits(args.bits) if args.bits else avail) if avail and not args.config and "ptq" not in meta else 1
+    runs = len(bit_list(args.bits) if args.bits else avail) if avail and not args.config and "ptq" not in meta else 1
     bar = Progress(runs * len(batches), "eval", unit="batch")  # the accuracy passes: one per row
 
     @torch.no_grad()
