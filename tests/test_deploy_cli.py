@@ -1,0 +1,68 @@
+"""What a command measures is what it ships: ``search -> eval --config -> export --config`` on a
+small joint digits supernet, and the export defaults that must pass their own verification."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bitswitch.cli import main
+from bitswitch.commands._data import labelled_batches
+from bitswitch.export.checkpoint import read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A joint {8,4,2} digits_cnn (about 85 % at W8A8) and a mixed subnet searched for avg-bits=3."""
+    root = tmp_path_factory.mktemp("deploy")
+    cfg = root / "c.yaml"
+    cfg.write_text("mode: joint\nbits: [8, 4, 2]\nmodel: digits_cnn\ndataset: digits\ntrain_subset: 1000\nepochs: 3\nlr: 0.01\nnum_threads: 1\n")
+    assert main(["train", str(cfg), "--out", str(root / "run"), "--no-progress"]) == 0
+    ckpt = str(root / "run" / "best.safetensors")
+    assert main(["hessian", ckpt, "--samples", "128", "--max-iter", "5", "--out", str(root / "h.json")]) == 0
+    assert main(["search", ckpt, "--hessian", str(root / "h.json"), "--budget", "avg-bits=3", "--out", str(root / "subnet.json")]) == 0
+    return root
+
+
+def _onnx_top1(path: Path, ckpt: Path) -> float:
+    """The ONNX file's top-1 accuracy (%) on every digits test image, run in onnxruntime."""
+    from bitswitch.export.onnx_runtime import run_onnx
+
+    batches, _ = labelled_batches("digits", None, read_checkpoint(ckpt)[1]["extra"], "test", None, 100)
+    correct = sum(int((run_onnx(path, x).argmax(1) == y.numpy()).sum()) for x, y in batches)
+    return 100.0 * correct / sum(len(y) for _, y in batches)
+
+
+def test_export_config_ships_the_model_eval_config_scored(searched: Path, capsys) -> None:
+    ckpt, subnet = searched / "run" / "best.safetensors", searched / "subnet.json"
+    doc = json.loads(subnet.read_text())
+    assert doc["bn_recalibration"] == {"images": 256, "batch_size": 128, "seed": 0, "split": "train"}  # the recipe travels
+    assert len(set(map(tuple, doc["layers"].values()))) > 1  # a mixed configuration
+    rows = searched / "rows.json"
+    assert main(["eval", str(ckpt), "--config", str(subnet), "--json", str(rows)]) == 0
+    scored = json.loads(rows.read_text())[0]["accuracy %"]
+    onnx, report = searched / "subnet.onnx", searched / "report.json"
+    assert main(["export", str(ckpt), "--config", str(subnet), "--out", str(onnx), "--verify-images", "10000", "--json", str(report)]) == 0
+    assert "subnet.json: BN re-estimated on 256 train images (seed 0)" in capsys.readouterr().out
+    assert _onnx_top1(onnx, ckpt) == scored  # the file is the model eval scored, on the same 359 images
+    assert json.loads(report.read_text())["verification"]["file_accuracy"] == scored
+    # the supernet's own statistics are another, weaker model: eval and export agree on that one too
+    assert main(["eval", str(ckpt), "--config", str(subnet), "--recalibrate-bn", "0", "--json", str(rows)]) == 0
+    as_trained = json.loads(rows.read_text())[0]["accuracy %"]
+    assert as_trained < scored - 10
+    assert main(["export", str(ckpt), "--config", str(subnet), "--recalibrate-bn", "0", "--out", str(onnx), "--no-verify"]) == 0
+    assert _onnx_top1(onnx, ckpt) == as_trained
+
+
+def test_export_config_without_data_says_how_to_go_on(searched: Path, tmp_path: Path, capsys) -> None:
+    ckpt, subnet = searched / "run" / "best.safetensors", searched / "subnet.json"
+    assert main(["export", str(ckpt), "--config", str(subnet), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "neither a dataset name" in err and "--recalibrate-bn 0 keeps the supernet's" in err
+    assert not list(tmp_path.iterdir())
+    assert main(["export", str(ckpt), "--bits", "4", "--recalibrate-bn", "8", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--config subnets only" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--config", str(subnet), "--bits", "4,2"]) == 2
+    assert "--bits and --config exclude each other" in capsys.readouterr().err
