@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or a dataset name (digits); default: the one the checkpoint was trained on")
     p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits, imagenet) when --data is a folder the checkpoint does not name")
     p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=COUNT, default=1000)
+    p.add_argument("--batch-size", type=COUNT, default=1000, help="images per forward pass (default 1000)")
     p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images first (default: with --config, the precision "
                         "file's recipe, 256 images; otherwise 0). export --config takes the same option and ships the same model")
