@@ -82,3 +82,34 @@ def test_default_export_verifies_what_the_integer_kernels_compute(searched: Path
 
     assert steps("--bits", "4") < 0.01 and steps("--bits", "2") < 0.01
     assert steps("--bits", "4", "--no-snap-bias") > 0.1
+
+
+def test_sweep_writes_pareto_json_and_plot_into_out_dir(searched: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing lands in the current folder
+    ckpt, out = searched / "run" / "best.safetensors", tmp_path / "sweep"
+    assert main(["search", str(ckpt), "--hessian", str(searched / "h.json"), "--sweep", "bops=0.07:0.5:4", "--out-dir", str(out)]) == 0
+    doc = json.loads((out / "pareto.json").read_text())
+    assert [u["method"] for u in doc["uniform"]] == ["uniform-8", "uniform-4", "uniform-2"]
+    assert (out / "pareto.png").stat().st_size > 10_000 and len(list(out.glob("subnet_*.json"))) == len(doc["points"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+    assert "reference" in capsys.readouterr().out  # the uniform rows in the table
+
+    from bitswitch.search.ilp import SearchResult
+    from bitswitch.search.plots import sweep_figure
+
+    def res(method: str, bops: float, objective: float) -> SearchResult:
+        return SearchResult({}, objective, {"rel_bops_w8a8": bops}, method=method)
+
+    fig = sweep_figure([res("ilp", 0.2, 1e-3), res("ilp", 0.4, 1e-4)], [res("uniform-8", 1.0, 1e-6), res("uniform-4", 0.25, 5e-3)], "noise")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["W8", "W4"]  # the uniform points are marked and named
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mixed precision (ILP)", "uniform"]
+
+
+def test_info_prints_quantization_settings_as_a_table(searched: Path, capsys) -> None:
+    assert main(["info", str(searched / "run" / "best.safetensors")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("quantization:")
+    assert lines[start + 1].split() == ["setting", "value"]
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in lines[start + 3:start + 14]}
+    assert rows["bits"] == "8, 4, 2" and rows["full_precision"] == "conv1, fc" and rows["batchnorms"] == "bn2 -> conv2, bn3 -> conv3"

@@ -77,3 +77,15 @@ def test_ptq_uses_packaged_weights_unless_told_otherwise(caplog) -> None:
     built = model("--model", "efficientnet_lite0").state_dict()
     assert all(torch.equal(built[k], v) for k, v in packaged.items())  # no flag needed
     assert not torch.equal(model("--model", "efficientnet_lite0", "--random-init").state_dict()["_conv_stem.weight"], packaged["_conv_stem.weight"])
+
+
+def test_sensitivity_plot_is_readable_most_sensitive_on_top() -> None:
+    from bitswitch.ptq.plots import sensitivity_figure
+
+    rows = [{"group": f"g{i}", "candidate": "W4A8", "sqnr_db": float(30 - i)} for i in range(20)]  # g19 is the most sensitive
+    fig = sensitivity_figure(rows)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    labels = sorted(ax.get_yticklabels(), key=lambda t: -t.get_window_extent().y0)  # top of the figure first
+    assert [t.get_text() for t in labels[:3]] == ["g19 W4A8", "g18 W4A8", "g17 W4A8"]
+    assert min(t.get_fontsize() for t in labels) >= 9 and fig.get_size_inches()[1] >= 0.3 * len(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .ilp import SearchResult
 
@@ -18,6 +19,16 @@ LOWER_IS_BETTER = {"noise": True, "loss": True, "bits": False}
 def plot_sweep(front: Sequence[SearchResult], uniform: Sequence[SearchResult], path: str | Path, objective: str) -> Path:
     """PNG of ``front`` (the ILP's Pareto points) and ``uniform`` (one marker per uniform precision),
     objective against BOPs relative to all-W8A8."""
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(front, uniform, objective)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def sweep_figure(front: Sequence[SearchResult], uniform: Sequence[SearchResult], objective: str) -> Any:
+    """The matplotlib figure :func:`plot_sweep` saves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,9 +50,7 @@ def plot_sweep(front: Sequence[SearchResult], uniform: Sequence[SearchResult], p
     ax.legend()
     ax.set_title("search sweep: Pareto front")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
-__all__ = ["plot_sweep"]
+__all__ = ["plot_sweep", "sweep_figure"]
