@@ -49,8 +49,8 @@ def labelled_batches(name: str, root: str | None, extra: dict[str, Any], split: 
         from ..search.evaluate import dataset_batches
 
         if root is None and canonical_name(name) != "digits" and default_data_root() is None:  # the library's message names root=, not a flag
-            raise DataError(f"no folder for dataset {name!r}: pass --data FOLDER (the folder holding its files, e.g. "
-                            f"../shared/data/{name}) or set BITSWITCH_DATA to a folder with a '{name}/' sub-folder")
+            raise DataError(f"no folder for dataset {name!r}: pass --data FOLDER (the folder holding its files) "
+                            f"or set BITSWITCH_DATA to a folder with a '{name}/' sub-folder")
         return dataset_batches(name, root, split, samples, batch_size, seed=seed, skip=skip,
                                mean=extra.get("mean"), std=extra.get("std"))
     from ..data import batches, efficientnet_lite_preprocess, imagenet_preprocess, load_imagenet_samples
