@@ -78,6 +78,7 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     from ..nn.precision_file import write_precision_file
     from ..search import SearchProblem, hessian_traces, sensitivity, weight_noise
     from ..search.evaluate import accuracy, at_config, dataset_batches
+    from ..search.subnet import RECIPE_KEY, BNRecipe
     from ..train import TrainConfig, train
     from ..train.step import label
 
@@ -108,7 +109,8 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
 
     say(4, "reloading it and switching its precision at run time")
     test, _ = dataset_batches("digits", None, "test", None, 512)
-    calib, _ = dataset_batches("digits", None, "train", 256, 128, seed=args.seed)
+    recipe = BNRecipe(seed=args.seed)  # subnet.json carries it: eval/export --config rebuild this very subnet
+    calib, _ = dataset_batches("digits", None, recipe.split, recipe.images, recipe.batch_size, seed=recipe.seed)
     model = bitswitch.load(ckpt)
     reloaded = {}
     for b in bits:
@@ -122,7 +124,8 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     chosen = problem.solve(f"avg-bits={args.budget:g}")
     mixed = at_config(model, chosen.config, calib)  # a copy, BatchNorm statistics re-estimated on 256 training images
     mixed_acc = accuracy(mixed, test)
-    write_precision_file(out / "subnet.json", chosen.config, budget=chosen.budgets, objective="noise", test_acc=mixed_acc)
+    write_precision_file(out / "subnet.json", chosen.config, budget=chosen.budgets, objective="noise", test_acc=mixed_acc,
+                         **{RECIPE_KEY: recipe.as_dict()})
 
     onnx_path = out / "mixed.onnx"
     say(6, f"exporting the mixed configuration to {onnx_path} and verifying it in onnxruntime")
