@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", default="W8A16,W8A8,W4A8",
                    help="comma-separated precisions a quantizer group may take, WnAm = n-bit weights, m-bit activations (default: W8A16,W8A8,W4A8)")
     p.add_argument("--budget", type=float_in(0.0, lo_open=True), default=None,
-                   help="relative BOPs budget, all-W8A16 = 1 (e.g. 0.5; default: none, then --accuracy-target or --pareto decides)")
+                   help="relative BOPs budget, all-W8A16 = 1 (e.g. 0.5; default: none, every group keeps its costliest candidate "
+                        "unless --accuracy-target lowers them)")
     p.add_argument("--accuracy-target", type=float_in(0.0, 100.0), default=None, help="top-1 %% to keep (needs held-out images; default: none)")
     p.add_argument("--pareto", action="store_true", help="evaluate the full Pareto curve")
     p.add_argument("--pareto-every", type=COUNT, default=1,
