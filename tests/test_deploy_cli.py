@@ -113,3 +113,31 @@ def test_info_prints_quantization_settings_as_a_table(searched: Path, capsys) ->
     assert lines[start + 1].split() == ["setting", "value"]
     rows = {line.split()[0]: line.split(None, 1)[1] for line in lines[start + 3:start + 14]}
     assert rows["bits"] == "8, 4, 2" and rows["full_precision"] == "conv1, fc" and rows["batchnorms"] == "bn2 -> conv2, bn3 -> conv3"
+
+
+def test_recipe_is_checked_and_a_model_without_batchnorm_needs_no_data(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    import bitswitch
+    from bitswitch.nn.precision_file import write_precision_file
+    from bitswitch.search.subnet import RECIPE_KEY, BNRecipe, build_subnet, read_recipe
+
+    q = bitswitch.quantize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)), bits=(8, 4), full_precision=())
+    config = {name: (4, 4) for name in bitswitch.quantized_layers(q)}
+    plain = write_precision_file(tmp_path / "plain.json", config)
+    assert read_recipe(plain) == BNRecipe()  # a file without a recipe: the default one
+    assert build_subnet(q, plain, None) == 0  # no BatchNorm: nothing to re-estimate, no data needed
+    assert bitswitch.get_precision(q) == config
+    bad = write_precision_file(tmp_path / "bad.json", config, **{RECIPE_KEY: {"images": 256, "sead": 0}})
+    with pytest.raises(ValueError, match="bn_recalibration must be an object with keys"):
+        read_recipe(bad)
+    with pytest.raises(ValueError, match="images must be an integer >= 0"):
+        BNRecipe(images=-1)
+    with_bn = bitswitch.quantize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3)), bits=(8, 4), full_precision=())
+    bitswitch.calibrate(with_bn, [torch.randn(16, 1, 8, 8)])
+    bn_file = write_precision_file(tmp_path / "bn.json", {name: (4, 4) for name in bitswitch.quantized_layers(with_bn)})
+    with pytest.raises(ValueError, match="re-estimated on 256 train images, but no data was given"):
+        build_subnet(with_bn, bn_file, None)
+    seen = build_subnet(with_bn, bn_file, lambda r: [torch.randn(r.batch_size, 1, 8, 8)], recipe=BNRecipe(images=16, batch_size=16))
+    assert seen == 16
