@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # torch.onnx's graph passes log each step at INFO: noise around export's own report
+        logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

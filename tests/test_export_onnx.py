@@ -134,14 +134,17 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path, capsys):
     bitswitch.save(q, ckpt, extra={"input_shape": list(SHAPE)})
     cfg = write_precision_file(tmp_path / "subnet.json", config)
     out = tmp_path / "cli.onnx"
-    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--container", "int8", "--snap-bias"]) == 0
+    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--container", "int8"]) == 2
+    assert "the subnet's BatchNorm statistics are re-estimated on 256 train images (--recalibrate-bn 0" in capsys.readouterr().err  # no data named
+    keep = ["--recalibrate-bn", "0"]  # the checkpoint names no data: ship the supernet's BatchNorm statistics
+    assert main(["export", str(ckpt), "--config", str(cfg), *keep, "--out", str(out), "--verify-images", "64", "--container", "int8"]) == 0
     printed = capsys.readouterr().out
     assert "onnxruntime kernels of the quantized layers: " in printed and "QLinearConv x" in printed and "float x" in printed
     reloaded = bitswitch.load(ckpt)
     bitswitch.set_precision(reloaded, config)
     np.testing.assert_allclose(run_onnx(out, x), run_onnx(path, x), rtol=0, atol=0)
     report = tmp_path / "report.json"
-    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(out), "--verify-images", "64", "--reference", "float64",
+    assert main(["export", str(ckpt), "--config", str(cfg), *keep, "--out", str(out), "--verify-images", "64", "--reference", "float64",
                  "--json", str(report), "--layerwise", "16"]) == 0
     written = json.loads(report.read_text())
     assert written["verification"]["reference"] == "float64"
@@ -150,7 +153,7 @@ def test_mixed_config_round_trip_via_cli(resnet8, tmp_path, capsys):
     assert "input codes of each quantized layer" in capsys.readouterr().out
     # a failed verification leaves nothing at --out, only NAME.failed.onnx
     bad = tmp_path / "bad.onnx"
-    assert main(["export", str(ckpt), "--config", str(cfg), "--out", str(bad), "--verify-images", "16", "--max-steps", "0"]) == 1
+    assert main(["export", str(ckpt), "--config", str(cfg), *keep, "--out", str(bad), "--verify-images", "16", "--max-steps", "0", "--no-snap-bias"]) == 1
     assert not bad.exists() and (tmp_path / "bad.failed.onnx").exists()
     assert "kept as" in capsys.readouterr().err
 

@@ -82,10 +82,12 @@ def test_mixed_configuration_spends_the_budget_and_keeps_accuracy(quickstart):
 
 @pytest.mark.slow
 def test_the_suggested_next_command_runs_on_the_files(quickstart, capsys):
-    path, _, out = quickstart
+    path, s, out = quickstart
     assert f"bitswitch eval {path / 'model.safetensors'} --config {path / 'subnet.json'}" in out
-    assert main(["eval", str(path / "model.safetensors"), "--config", str(path / "subnet.json")]) == 0
+    rows = path / "rows.json"
+    assert main(["eval", str(path / "model.safetensors"), "--config", str(path / "subnet.json"), "--json", str(rows)]) == 0
     assert "mixed (subnet.json)" in capsys.readouterr().out
+    assert json.loads(rows.read_text())[0]["accuracy %"] == s["mixed_acc"]  # the subnet's recipe rebuilds the quickstart's model
 
 
 @pytest.mark.slow

@@ -45,8 +45,12 @@ def labelled_batches(name: str, root: str | None, extra: dict[str, Any], split: 
     ImageNet-style folder (its images in sorted order, ``split`` ignored, preprocessed as the
     checkpoint's ``extra.preprocess`` says: ``imagenet`` or ``efficientnet_lite``)."""
     if not is_image_folder(name, root):
+        from ..data import DataError, canonical_name, default_data_root
         from ..search.evaluate import dataset_batches
 
+        if root is None and canonical_name(name) != "digits" and default_data_root() is None:  # the library's message names root=, not a flag
+            raise DataError(f"no folder for dataset {name!r}: pass --data FOLDER (the folder holding its files) "
+                            f"or set BITSWITCH_DATA to a folder with a '{name}/' sub-folder")
         return dataset_batches(name, root, split, samples, batch_size, seed=seed, skip=skip,
                                mean=extra.get("mean"), std=extra.get("std"))
     from ..data import batches, efficientnet_lite_preprocess, imagenet_preprocess, load_imagenet_samples
@@ -63,3 +67,23 @@ def labelled_batches(name: str, root: str | None, extra: dict[str, Any], split: 
         raise ValueError(f"{root} has no images left to use (skip={skip})")
     out = list(batches(ds, batch_size, indices=order, num_threads=2))
     return out, tuple(out[0][0].shape[1:])
+
+
+def subnet_from_args(args: argparse.Namespace, model: Any, extra: dict[str, Any]) -> str:
+    """Set ``model`` to ``args.config``'s subnet exactly as ``eval --config`` scores it and ``export
+    --config`` ships it (:func:`bitswitch.search.subnet.build_subnet`: the file's BatchNorm recipe, or
+    ``--recalibrate-bn N`` images, of the data ``--data`` or the checkpoint names); returns how."""
+    from ..search.subnet import BNRecipe, build_subnet, read_recipe
+
+    recipe = read_recipe(args.config).with_images(args.recalibrate_bn)
+
+    def load(r: BNRecipe) -> list[tuple[Any, Any]]:
+        try:
+            name, root = resolve_data(args, extra)
+        except ValueError as e:
+            raise ValueError(f"{e}; the subnet's BatchNorm statistics are re-estimated on {r.images} {r.split} images "
+                             "(--recalibrate-bn 0 keeps the supernet's)") from None
+        return labelled_batches(name, root, extra, r.split, r.images, r.batch_size, seed=r.seed)[0]
+
+    n = build_subnet(model, args.config, load, recipe=recipe, others_stay=args.others_stay)
+    return f"BN re-estimated on {n} {recipe.split} images (seed {recipe.seed})" if n else "BN statistics as trained"

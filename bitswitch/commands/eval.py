@@ -17,7 +17,7 @@ from typing import Any
 
 from ..progress import Progress
 from ._args import COUNT, NON_NEGATIVE, bit_list
-from ._data import labelled_batches, resolve_data
+from ._data import labelled_batches, resolve_data, subnet_from_args
 from ._model import add_model_args, load_model
 
 
@@ -32,11 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or a dataset name (digits); default: the one the checkpoint was trained on")
     p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits, imagenet) when --data is a folder the checkpoint does not name")
     p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=COUNT, default=1000)
+    p.add_argument("--batch-size", type=COUNT, default=1000, help="images per forward pass (default 1000)")
     p.add_argument("--limit", type=COUNT, default=None, metavar="N",
-                   help="evaluate on N images of the split only (a fixed seeded subset; the first N of an image folder): a quick estimate")
+                   help="evaluate on N images of the split only (a fixed seeded subset; the first N of an image folder): a quick estimate (default: all)")
     p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
-                   help="re-estimate BatchNorm statistics on N training images first (default: 256 with --config, 0 otherwise)")
+                   help="re-estimate BatchNorm statistics on N training images first (default: with --config, the precision "
+                        "file's recipe, 256 images; otherwise 0). export --config takes the same option and ships the same model")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -48,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from ..cost import bops, layer_costs, model_bytes
     from ..export.checkpoint import atomic_write_json
     from ..nn.convert import set_precision
-    from ..nn.precision_file import apply_precision_file
     from ..table import print_table
 
     path = Path(args.checkpoint)
     model, meta = load_model(args, path)
     if meta["quant_config"] is None and (args.bits or args.config):  # before any data is loaded
         raise ValueError(f"{path} is an FP32 checkpoint: --bits and --config apply to quantized checkpoints only")
+    if args.config and args.bits:
+        raise ValueError("--bits and --config exclude each other: --config evaluates the file's one mixed configuration")
     if "ptq" in meta and args.bits:
         raise ValueError(f"{path} is a bitswitch ptq result: one mixed configuration, evaluated as saved; --bits does not apply")
     extra = meta.get("extra") or {}
@@ -78,20 +80,20 @@ def run(args: argparse.Namespace) -> int:
         return {"precision": label, "accuracy %": accuracy(), "model KB": model_bytes(costs) / 1024, "MBOPs": bops(costs) / 1e6}
 
     rows = []
-    n_recal = args.recalibrate_bn if args.recalibrate_bn is not None else (256 if args.config else 0)
+    n_recal = 0 if args.config else (args.recalibrate_bn or 0)
     if n_recal:
         from ..nn.recalibrate import recalibrate_bn
+        from ..search.subnet import BNRecipe
 
-        recal, _ = labelled_batches(name, root, extra, "train", n_recal, 128, seed=0)
+        r = BNRecipe(images=n_recal)
+        recal, _ = labelled_batches(name, root, extra, r.split, r.images, r.batch_size, seed=r.seed)
     if not avail:
         if n_recal:
             recalibrate_bn(model, recal)
         rows.append(row("FP32"))
-    elif args.config:
-        apply_precision_file(model, args.config, others_stay=args.others_stay)
-        if n_recal:  # measured: mixed configurations lose up to ~10 points with the per-bit BNs as trained
-            recalibrate_bn(model, recal)
-        rows.append(row(f"mixed ({Path(args.config).name})" + (f", BN re-estimated on {n_recal} images" if n_recal else "")))
+    elif args.config:  # the subnet export --config ships: the file's BN recipe (search/subnet.py)
+        how = subnet_from_args(args, model, extra)
+        rows.append(row(f"mixed ({Path(args.config).name}), {how}"))
     elif "ptq" in meta:
         rows.append(row("PTQ (mixed, as saved)"))
     else:

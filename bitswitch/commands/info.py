@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 from ..cost import layer_costs, layer_table, model_bytes
 from ..export.checkpoint import read_checkpoint
@@ -23,6 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", default=None, help="one sample's shape for MAC counts, e.g. 3,32,32 (default: from the checkpoint's metadata)")
     add_model_args(p)
     p.set_defaults(func=run)
+
+
+SHOWN = 8  # list entries of a setting shown before "(+N more)"; the layer table below names every layer
+
+
+def settings_table(config: dict[str, Any]) -> str:
+    """One row per quantization setting; lists and mappings as short comma-separated text."""
+    def text(v: Any) -> str:
+        items = [f"{k} -> {w}" for k, w in v.items()] if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is None:
+            return json.dumps(v) if v is None or isinstance(v, bool) else str(v)
+        more = f", ... (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+        return (", ".join(map(str, items[:SHOWN])) + more) or "-"
+
+    return format_table(["setting", "value"], [(k, text(v)) for k, v in config.items()])
 
 
 def stored_layers(tensors: dict, meta: dict) -> str:
@@ -40,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
     tensors, meta = read_checkpoint(args.checkpoint)
     print(f"file: {args.checkpoint} ({os.path.getsize(args.checkpoint):,} bytes, {len(tensors)} tensors)")
     print(f"architecture: {json.dumps(meta['arch'])}")
-    print(f"quantization: {'none (FP32 checkpoint)' if meta['quant_config'] is None else json.dumps(meta['quant_config'])}")
+    if meta["quant_config"] is None:
+        print("quantization: none (FP32 checkpoint)")
+    else:
+        print("quantization:")
+        print(settings_table(meta["quant_config"]))
     if "ptq" in meta:
         print(f"post-training: {len(meta['ptq']['folded_bn'])} BatchNorms folded, biases added to {len(meta['ptq']['added_bias'])} layers")
     buildable = (meta["arch"] or {}).get("name") is not None or args.model or (args.trust_factory and (meta["arch"] or {}).get("factory"))

@@ -40,26 +40,55 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "calibration data, and flip groups greedily to a relative-BOPs budget or accuracy target.")
     p.add_argument("--model", required=True, help="built-in model name, e.g. efficientnet_lite0, resnet18, mobilenet_v2; or a custom "
                    "model's factory, package.module:function (imports and runs that code)")
-    p.add_argument("--pretrained", action="store_true", help="load the model's packaged pretrained weights (efficientnet_lite0)")
-    p.add_argument("--weights", default=None, help="state dict file (.pt/.safetensors) to load strictly")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", default=None, help="state dict file (.pt/.safetensors) to load strictly (default: the model's packaged "
+                   "pretrained weights, e.g. efficientnet_lite0's; a built-in model without them needs --weights or --random-init)")
+    w.add_argument("--random-init", action="store_true", help="quantize the model as built, with random weights where it has no others "
+                   "(a smoke test: its accuracy means nothing; warns)")
     p.add_argument("--data", required=True, help="data root: ImageNet-style folder (imagenet_samples) or cifar10 root")
-    p.add_argument("--dataset", default="imagenet", choices=["imagenet", "cifar10"])
-    p.add_argument("--num-calib", type=COUNT, default=256, help="calibration images (first N in sorted order)")
+    p.add_argument("--dataset", default="imagenet", choices=["imagenet", "cifar10"], help="what --data holds (default: imagenet)")
+    p.add_argument("--num-calib", type=COUNT, default=256, help="calibration images, the first N in sorted order (default 256)")
     p.add_argument("--num-eval", type=NON_NEGATIVE, default=None,
                    help="held-out evaluation images after the calibration ones (default: all of them; 0: no accuracy)")
-    p.add_argument("--candidates", default="W8A16,W8A8,W4A8")
-    p.add_argument("--budget", type=float_in(0.0, lo_open=True), default=None, help="relative BOPs budget (all-W8A16 = 1)")
-    p.add_argument("--accuracy-target", type=float_in(0.0, 100.0), default=None, help="top-1 %% to keep (needs --num-eval)")
+    p.add_argument("--candidates", default="W8A16,W8A8,W4A8",
+                   help="comma-separated precisions a quantizer group may take, WnAm = n-bit weights, m-bit activations (default: W8A16,W8A8,W4A8)")
+    p.add_argument("--budget", type=float_in(0.0, lo_open=True), default=None,
+                   help="relative BOPs budget, all-W8A16 = 1 (e.g. 0.5; default: none, every group keeps its costliest candidate "
+                        "unless --accuracy-target lowers them)")
+    p.add_argument("--accuracy-target", type=float_in(0.0, 100.0), default=None, help="top-1 %% to keep (needs held-out images; default: none)")
     p.add_argument("--pareto", action="store_true", help="evaluate the full Pareto curve")
-    p.add_argument("--pareto-every", type=COUNT, default=1)
-    p.add_argument("--priority", default="sqnr", choices=["sqnr", "noise_per_bops"])
+    p.add_argument("--pareto-every", type=COUNT, default=1,
+                   help="with --pareto or --accuracy-target: evaluate every K-th step of the greedy flip sequence (default 1: every step)")
+    p.add_argument("--priority", default="sqnr", choices=["sqnr", "noise_per_bops"],
+                   help="order in which groups are lowered: sqnr (least sensitive first, Qualcomm's) or noise_per_bops "
+                        "(least added noise per BOPs saved) (default: sqnr)")
     p.add_argument("--adaround", action="store_true", help="AdaRound the <8-bit weights (once per layer and bit-width, reused in both phases)")
-    p.add_argument("--adaround-iters", type=NON_NEGATIVE, default=300)
+    p.add_argument("--adaround-iters", type=NON_NEGATIVE, default=300, help="--adaround: optimisation steps per layer (default 300)")
     p.add_argument("--bias-correct", action="store_true", help="empirical bias correction of the quantized weights")
-    p.add_argument("--weight-ranges", default="mse", choices=["mse", "output"], help="per-channel weight clipping by weight or layer-output MSE")
+    p.add_argument("--weight-ranges", default="mse", choices=["mse", "output"],
+                   help="per-channel weight clipping by weight MSE or layer-output MSE (default: mse)")
     p.add_argument("--phase1-samples", type=COUNT, default=None, help="calibration samples for phase 1 (default: all)")
-    p.add_argument("--out", default="ptq_out", help="output folder (JSON, plots, cache, checkpoint)")
+    p.add_argument("--out", default="ptq_out", help="output folder: JSON, plots, cache, checkpoint (default: ptq_out)")
     p.set_defaults(func=run)
+
+
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    """The FP32 model to quantize: ``--weights``, else the packaged pretrained weights where the built-in
+    model has them; random weights only when asked (``--random-init``), never by accident. A custom
+    factory's model is taken as its code builds it."""
+    from ..models import accepted_kwargs, build, load_weights
+    from ..models.factory import is_factory
+
+    packaged = not is_factory(args.model) and "pretrained" in (accepted_kwargs(args.model) or [])
+    if not (is_factory(args.model) or packaged or args.weights or args.random_init):
+        raise ValueError(f"model {args.model!r} has no packaged weights: pass --weights FILE (a state dict), "
+                         "or --random-init to quantize random weights (a smoke test)")
+    if args.random_init and not is_factory(args.model):
+        log.warning("--random-init: quantizing random weights; the accuracy of the result means nothing")
+    model = build(args.model, **({"pretrained": True} if packaged and not (args.weights or args.random_init) else {}))
+    if args.weights:
+        load_weights(model, args.weights)
+    return model.eval()  # a factory string records itself
 
 
 def _num_images(args: argparse.Namespace) -> int | None:
@@ -92,17 +121,12 @@ def _load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     from ..export.checkpoint import atomic_write_json, save
-    from ..models import build, load_weights
     from ..ptq import PTQConfig, start_session
     from ..ptq.plots import plot_pareto, plot_sensitivity
 
     if args.accuracy_target is not None and args.num_eval == 0:
         raise ValueError("--accuracy-target needs held-out evaluation images (--num-eval > 0)")
-    if ":" in args.model and args.pretrained:
-        raise ValueError("--pretrained applies to built-in models; load a custom model's weights with --weights")
-    model = build(args.model, **({"pretrained": True} if args.pretrained else {})).eval()  # a factory string records itself
-    if args.weights:
-        load_weights(model, args.weights)
+    model = _model(args)
     x, y = _load_data(args)
     xc, xe, ye = x[: args.num_calib], x[args.num_calib:], y[args.num_calib:]
     if args.accuracy_target is not None and not len(xe):
@@ -138,13 +162,19 @@ def run(args: argparse.Namespace) -> int:
 def _summary_rows(session: PTQSession, res: PTQResult,
                   eval_fn: Callable[[torch.nn.Module], float] | None) -> list[tuple[str, float | None, float, float]]:
     """``(name, top-1 or None, model bytes, relative BOPs)`` of FP32, uniform W8A8 (where every group
-    supports it) and the chosen configuration."""
+    supports it), the costliest other uniform precision within the chosen configuration's BOPs (what
+    mixed precision must beat at its cost) and the chosen configuration."""
     from ..cost import model_bytes, relative_bops
+    from ..ptq.sensitivity import pair_key
 
     costs = session.costs
     configs: list[tuple[str, dict[str, tuple[int, int]] | None]] = [("FP32", None)]
-    if all((8, 8) in g.candidates for g in session.groups):
+    shared = sorted(set.intersection(*(set(g.candidates) for g in session.groups)), key=lambda p: session.relative_bops(session.uniform(p)))
+    if (8, 8) in shared:
         configs.append(("uniform W8A8", session.uniform((8, 8))))
+    within = [p for p in shared if p != (8, 8) and session.relative_bops(session.uniform(p)) <= res.relative_bops + 1e-12]
+    if within:
+        configs.append((f"uniform {pair_key(within[-1])}", session.uniform(within[-1])))
     configs.append(("chosen", res.group_config))
     fp32 = {c.name: (32, 32) for c in costs if c.quantized}
     rows = []

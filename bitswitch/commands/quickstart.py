@@ -30,14 +30,14 @@ SAMPLE_SHAPE = (1, 8, 8)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="FP32 -> joint {8,6,4,2} -> one integer file -> switch -> mixed search -> ONNX, on bundled digits",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/quickstart", help="folder for the runs, the integer file, the subnet and the ONNX file (runs in it are restarted)")
-    p.add_argument("--bits", default="8,6,4,2", help="bit-widths to train jointly, highest first")
-    p.add_argument("--fp32-epochs", type=NON_NEGATIVE, default=10)
-    p.add_argument("--joint-epochs", type=COUNT, default=3)
-    p.add_argument("--budget", type=float, default=5.0, help="average weight/activation bits of the mixed configuration (between the lowest and highest of --bits)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=THREADS, default=1, help="torch threads (1 is fastest for this tiny model, and robust on a busy machine)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="runs/quickstart", help="folder for the runs, the integer file, the subnet and the ONNX file (runs in it are restarted; default: runs/quickstart)")
+    p.add_argument("--bits", default="8,6,4,2", help="bit-widths to train jointly, highest first (default: 8,6,4,2)")
+    p.add_argument("--fp32-epochs", type=NON_NEGATIVE, default=10, help="epochs of the FP32 run the joint run starts from (default 10; 0: from scratch)")
+    p.add_argument("--joint-epochs", type=COUNT, default=3, help="epochs of the joint multi-precision run (default 3)")
+    p.add_argument("--budget", type=float, default=5.0, help="average weight/activation bits of the mixed configuration (between the lowest and highest of --bits; default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of both runs (default 0)")
+    p.add_argument("--threads", type=THREADS, default=1, help="torch threads (default 1: fastest for this tiny model, and robust on a busy machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch)")
     p.set_defaults(func=run)
 
 
@@ -78,6 +78,7 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     from ..nn.precision_file import write_precision_file
     from ..search import SearchProblem, hessian_traces, sensitivity, weight_noise
     from ..search.evaluate import accuracy, at_config, dataset_batches
+    from ..search.subnet import RECIPE_KEY, BNRecipe
     from ..train import TrainConfig, train
     from ..train.step import label
 
@@ -108,7 +109,8 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
 
     say(4, "reloading it and switching its precision at run time")
     test, _ = dataset_batches("digits", None, "test", None, 512)
-    calib, _ = dataset_batches("digits", None, "train", 256, 128, seed=args.seed)
+    recipe = BNRecipe(seed=args.seed)  # subnet.json carries it: eval/export --config rebuild this very subnet
+    calib, _ = dataset_batches("digits", None, recipe.split, recipe.images, recipe.batch_size, seed=recipe.seed)
     model = bitswitch.load(ckpt)
     reloaded = {}
     for b in bits:
@@ -122,7 +124,8 @@ def quickstart(out: Path, bits: list[int], args: argparse.Namespace) -> Summary:
     chosen = problem.solve(f"avg-bits={args.budget:g}")
     mixed = at_config(model, chosen.config, calib)  # a copy, BatchNorm statistics re-estimated on 256 training images
     mixed_acc = accuracy(mixed, test)
-    write_precision_file(out / "subnet.json", chosen.config, budget=chosen.budgets, objective="noise", test_acc=mixed_acc)
+    write_precision_file(out / "subnet.json", chosen.config, budget=chosen.budgets, objective="noise", test_acc=mixed_acc,
+                         **{RECIPE_KEY: recipe.as_dict()})
 
     onnx_path = out / "mixed.onnx"
     say(6, f"exporting the mixed configuration to {onnx_path} and verifying it in onnxruntime")

@@ -19,6 +19,8 @@ from ..search.budget import parse_budget
 from ..search.hessian import convergence_warning, load_traces, sensitivity
 from ..search.ilp import SearchProblem, SearchResult, pareto_front
 from ..search.objectives import OBJECTIVES, weight_noise
+from ..search.plots import plot_sweep
+from ..search.subnet import RECIPE_KEY, BNRecipe
 from ..table import print_table
 from ._args import BITS, COUNT, NON_NEGATIVE, THREADS
 from ._data import labelled_batches, resolve_data
@@ -78,13 +80,9 @@ def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem:
     chosen, losses = rerank(model, props, batches, recal_batches=recal)
     for rank, (r, loss) in enumerate(zip(props, losses), 1):
         print(f"  #{rank:<3} objective {r.objective:>11.5g}  measured loss {loss:.5f}  BOPs/W8A8 {r.summary['rel_bops_w8a8']:.4f}", flush=True)
-    for w in sorted({p[0] for c in problem.candidates for p in c}, reverse=True):  # for reference: would uniform do better?
-        try:
-            u = uniform(problem, w)
-        except ValueError:
-            continue
+    for u in _uniforms(problem):  # for reference: would uniform do better?
         if all(problem.fits(u.config, b) for b in budgets):
-            print(f"  uniform W{w} (reference, not a proposal): measured loss {config_losses(model, [u.config], batches, recal_batches=recal)[0]:.5f}", flush=True)
+            print(f"  {u.method.replace('uniform-', 'uniform W')} (reference, not a proposal): measured loss {config_losses(model, [u.config], batches, recal_batches=recal)[0]:.5f}", flush=True)
             break
     best = next(i for i, r in enumerate(props) if r is chosen)
     chosen.method = f"ilp-rerank{len(props)}"
@@ -135,8 +133,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", default=None, help="one sample's shape for MACs, e.g. 3,32,32 (default: from the checkpoint or trace file)")
     p.add_argument("--baselines", action="store_true", help="also report uniform, greedy and random configurations at the same budget")
     p.add_argument("--random", type=NON_NEGATIVE, default=20, help="random configurations per budget for --baselines (default 20)")
-    p.add_argument("--out", default=None, help="precision file for a single budget (default: subnet.json); JSON of all points for --sweep")
-    p.add_argument("--out-dir", default=None, help="--sweep: also write one precision file per Pareto point here")
+    p.add_argument("--out", default=None, help="precision file for a single budget (default: subnet.json); JSON of all points for --sweep "
+                   "(default: pareto.json in --out-dir, or in the current folder)")
+    p.add_argument("--out-dir", default=None, help="--sweep: write pareto.json, the Pareto plot pareto.png and one precision file per "
+                   "Pareto point here (default: pareto.json and pareto.png in the current folder, no precision files)")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -202,6 +202,17 @@ def _pins(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _uniforms(problem: SearchProblem) -> list[SearchResult]:
+    """Every uniform precision all layers support, from the highest weight bits down."""
+    out = []
+    for w in sorted({p[0] for c in problem.candidates for p in c}, reverse=True):
+        try:
+            out.append(uniform(problem, w))
+        except ValueError:
+            continue
+    return out
+
+
 COLUMNS = ["method", "objective", "avg-bits", "wavg-bits", "bytes", "BOPs/W8A8", "BOPs/W8A16", "note"]
 
 
@@ -236,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         noise=weight_noise(model, bits) if args.objective == "noise" else None, pinned=_pins(args.pin),
         loss_delta=_loss_deltas(args, model, meta, bits, args.act) if args.objective == "loss" else None,
     )
-    extra = {"checkpoint": str(args.checkpoint), "hessian": str(trace_path), "objective": args.objective}
+    # the recipe eval --config and export --config follow to re-estimate the subnet's BatchNorms
+    extra = {"checkpoint": str(args.checkpoint), "hessian": str(trace_path), "objective": args.objective, RECIPE_KEY: BNRecipe().as_dict()}
     if args.sweep:
         kind, values = sweep
         results = problem.sweep(kind, values)
@@ -244,14 +256,19 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no value of the sweep {args.sweep} is feasible; the smallest feasible is "
                              f"{parse_budget(f'{kind}={values[0]}').describe(problem.smallest_feasible(parse_budget(f'{kind}={values[0]}')))}")
         front = pareto_front(results)
-        print_table(COLUMNS, [_row(r, f"{r.budgets[0]}  ({r.solve_seconds * 1e3:.1f} ms)") for r in front])
-        out = Path(args.out or "pareto.json")
-        doc = {**extra, "sweep": args.sweep, "points": [r.as_dict() for r in front]}
+        uniforms = _uniforms(problem)
+        print_table(COLUMNS, [_row(r, f"{r.budgets[0]}  ({r.solve_seconds * 1e3:.1f} ms)") for r in front]
+                    + [_row(u, "reference") for u in uniforms])
+        folder = Path(args.out_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        out = Path(args.out) if args.out else folder / "pareto.json"
+        doc = {**extra, "sweep": args.sweep, "points": [r.as_dict() for r in front], "uniform": [u.as_dict() for u in uniforms]}
         atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
+        plot = plot_sweep(front, uniforms, out.with_suffix(".png"), args.objective)
         if args.out_dir:
             for i, r in enumerate(front):
-                write_precision_file(Path(args.out_dir) / f"subnet_{i:02d}.json", r.config, budget=r.budgets, **extra, **r.summary)
-        print(f"wrote {out}" + (f" and {len(front)} precision files in {args.out_dir}" if args.out_dir else ""))
+                write_precision_file(folder / f"subnet_{i:02d}.json", r.config, budget=r.budgets, **extra, **r.summary)
+        print(f"wrote {out}, {plot}" + (f" and {len(front)} precision files in {args.out_dir}" if args.out_dir else ""))
         return 0
     budgets = [parse_budget(b) for b in args.budget]
     if args.rerank:
@@ -261,13 +278,7 @@ def run(args: argparse.Namespace) -> int:
         best = problem.solve(budgets)
     rows = [_row(best, f"({best.solve_seconds * 1e3:.1f} ms)")]
     if args.baselines:
-        for w in sorted({p[0] for c in problem.candidates for p in c}, reverse=True):
-            try:
-                u = uniform(problem, w)
-            except ValueError:
-                continue
-            if all(problem.fits(u.config, b) for b in budgets):
-                rows.append(_row(u))
+        rows += [_row(u) for u in _uniforms(problem) if all(problem.fits(u.config, b) for b in budgets)]
         for b in budgets:
             rows.append(_row(greedy(problem, b), f"({b})"))
             rs = random_at_cost(problem, b, args.random)

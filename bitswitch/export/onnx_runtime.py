@@ -176,6 +176,9 @@ class Agreement:
     reference: str = "float32"
     #: distinct top-1 answers of the reference: agreement on inputs that all get one answer says little
     distinct_top1: int = 0
+    #: with labelled batches ``(x, y)``: top-1 accuracy (%) of the file and of the PyTorch reference
+    file_accuracy: float | None = None
+    model_accuracy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,7 +187,8 @@ class Agreement:
         verdict = "OK" if self.passed else "FAILED"
         return (f"{verdict}: onnxruntime vs PyTorch ({self.reference}) on {self.images} inputs: top-1 agreement {100 * self.top1_agreement:.2f} % "
                 f"(need >= {100 * self.min_top1:.2f} %; {self.distinct_top1} distinct answers), max |diff| {self.max_abs_diff:.3g} = {self.max_diff_steps:.2f} output steps "
-                f"(need <= {self.max_steps:g}; step = max|y|/127 = {self.output_step:.3g})")
+                f"(need <= {self.max_steps:g}; step = max|y|/127 = {self.output_step:.3g})"
+                + ("" if self.file_accuracy is None else f"; top-1 accuracy: file {self.file_accuracy:.2f} %, PyTorch {self.model_accuracy:.2f} %"))
 
 
 def reference_model(model: nn.Module, reference: str) -> tuple[nn.Module, torch.dtype]:
@@ -202,6 +206,13 @@ def model_input(batch: Any) -> Any:
     """The model input of one verification batch: a data loader's ``(x, y)`` pair gives ``x``; a tensor
     or a dict of keyword inputs is itself."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def labels(batch: Any) -> torch.Tensor | None:
+    """The integer labels of an ``(x, y)`` batch, else ``None``."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point():
+        return batch[1]
+    return None
 
 
 def run_reference(model: nn.Module, x: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -235,7 +246,8 @@ def verify_onnx(
 ) -> Agreement:
     """Run the exported file in onnxruntime on real inputs and compare with the PyTorch model.
 
-    ``batches`` yields tensors, ``(x, y)`` pairs or dicts of keyword inputs. Differences are measured
+    ``batches`` yields tensors, ``(x, y)`` pairs or dicts of keyword inputs; with integer labels ``y``
+    the result also has both top-1 accuracies (what a user compares: the file's and the model's). Differences are measured
     in units of the output step ``max|y_ref| / 127`` (the step an INT8 quantizer of the outputs would
     have), so the tolerance means the same for any model scale; the default ``max_steps=2`` allows an
     activation code at a rounding tie to land one step away (integer kernels requantize with a float
@@ -254,6 +266,7 @@ def verify_onnx(
     agree = predictions = total = 0
     max_diff, sum_diff, n_vals, ymax = 0.0, 0.0, 0, 0.0
     answers: set[int] = set()
+    correct: list[int] | None = [0, 0]  # file, reference; None once a batch has no labels
     for batch in batches:
         x = model_input(batch)
         ref = run_reference(ref_model, x, dtype)
@@ -270,12 +283,19 @@ def verify_onnx(
             agree += int((got.argmax(-1) == top).sum())
             predictions += top.numel()
             answers.update(top.unique().tolist())
+            y = labels(batch)
+            if correct is not None and y is not None and y.shape == top.shape:
+                correct = [correct[0] + int((got.argmax(-1) == y).sum()), correct[1] + int((top == y).sum())]
+            else:
+                correct = None
         total += batch_size(x)
     if total == 0:
         raise ValueError("verification needs at least one input batch")
     step = ymax / 127 if ymax > 0 else 1.0
     res = Agreement(total, agree / predictions if predictions else 1.0, max_diff, step, max_diff / step, sum_diff / max(n_vals, 1) / step, False,
                     min_top1, max_steps, reference, len(answers))
+    if correct is not None and predictions:
+        res.file_accuracy, res.model_accuracy = 100.0 * correct[0] / predictions, 100.0 * correct[1] / predictions
     res.passed = res.top1_agreement >= min_top1 and res.max_diff_steps <= max_steps and math.isfinite(max_diff)
     if raise_on_failure and not res.passed:
         raise VerificationError(res.summary())

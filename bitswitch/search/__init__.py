@@ -6,13 +6,16 @@ from .hessian import LayerTrace, hessian_traces, load_traces, save_traces, sensi
 from .ilp import SearchProblem, SearchResult, candidate_pairs, pareto_front
 from .measured import config_losses, loss_deltas, rerank
 from .objectives import OBJECTIVES, weight_noise
+from .subnet import BNRecipe, build_subnet, read_recipe
 
 __all__ = [
+    "BNRecipe",
     "Budget",
     "LayerTrace",
     "OBJECTIVES",
     "SearchProblem",
     "SearchResult",
+    "build_subnet",
     "candidate_pairs",
     "config_losses",
     "greedy",
@@ -23,6 +26,7 @@ __all__ = [
     "pareto_front",
     "parse_budget",
     "random_at_cost",
+    "read_recipe",
     "rerank",
     "save_traces",
     "sensitivity",
