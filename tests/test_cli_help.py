@@ -25,7 +25,7 @@ def _shows_default(action: argparse.Action) -> bool:
     if isinstance(action.default, bool):  # --x/--no-x switches on by default
         return "default" in text
     value = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
-    return "default" in text and value in text
+    return "default" in text and (value in text or repr(action.default) in text)  # repr: defaults such as a newline
 
 
 def test_every_option_has_help_and_shows_its_default() -> None:

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--others-stay", action="store_true", help="with --config: layers the file does not list keep the precision the checkpoint was saved at (default: an error)")
     p.add_argument("--untrained-ok", action="store_true",
                    help="allow a bit-width the checkpoint was not trained for (in --bits or --config), up to its storage precision (untested: measure it first; default: an error)")
-    p.add_argument("--prompt", default="\n", help="the text to continue; every character must be in the model's vocabulary (default: a newline)")
+    p.add_argument("--prompt", default="\n", help="the text to continue; every character must be in the model's vocabulary (default: '\\n', a newline)")
     p.add_argument("--tokens", type=COUNT, default=200, help="characters to generate per sample (default: 200)")
     p.add_argument("--temperature", type=float_in(0.0, lo_open=True), default=0.8, help="divides the logits before sampling; lower is more conservative (default: 0.8)")
     p.add_argument("--top-k", type=COUNT, default=None, help="sample among the k likeliest characters only (default: all)")
