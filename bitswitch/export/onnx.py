@@ -230,7 +230,7 @@ def _to_onnx(cap: Capture, opset: int):
     """The captured program as an ONNX ``ModelProto`` with placeholders for the opaque nodes."""
     from torch.onnx._internal.exporter import _core
 
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)  # "torchvision is not installed", the optimizer's constant-folding notes
