@@ -131,7 +131,8 @@ def decode_speed(files: dict[str, Path], prompt: torch.Tensor, windows: tuple[in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default=None, help="a weight-only joint char_llama checkpoint (default: random init, calibrated)")
+    ap.add_argument("--checkpoint", default=None, help="a weight-only joint char_llama checkpoint, or an FP32 one (then quantized by round to "
+                                                       "nearest); default: random init, calibrated")
     ap.add_argument("--wide-dim", type=int, default=1024)
     ap.add_argument("--wide-layers", type=int, default=8)
     ap.add_argument("--wide-hidden", type=int, default=2816)
@@ -147,11 +148,17 @@ def main() -> int:
     data: dict = {"models": {}}
     md = ["# Language-model deployment: MatMulNBits 8/4/2-bit files from one int8 checkpoint vs FP32 ONNX", ""]
     if args.checkpoint:
-        small = bitswitch.load(args.checkpoint)
         from bitswitch.lm import read_lm_info
+        from bitswitch.nn.convert import quantized_layers
 
+        small = bitswitch.load(args.checkpoint)
         context = read_lm_info(args.checkpoint).context
         small_label = f"trained weight-only joint checkpoint {args.checkpoint}"
+        if not quantized_layers(small):  # an FP32 run: its trained weights on the joint 8/4/2 grid, round to nearest
+            small = bitswitch.quantize(small, BITS, weight_only=["model.layers.*"])
+            calibrate(small, [text.train[: 8 * context].reshape(8, context)])
+            small_label = (f"trained FP32 checkpoint {args.checkpoint}, weight-only quantized at 8/4/2 bits by round to nearest "
+                           "(int8 codes, MSE scales, Double Rounding below; no quantization-aware training)")
     else:
         small, context = weight_only_model({}, text), 64
         small_label = "char_llama (0.79 M parameters), RANDOM init (no trained checkpoint was available), calibrated"
