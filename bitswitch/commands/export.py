@@ -25,7 +25,7 @@ from collections import Counter
 
 from pathlib import Path
 
-from ..export.nbits import ACCURACY_LEVELS, DEFAULT_ACCURACY_LEVEL
+from ..export.nbits import ACCURACY_LEVELS, DEFAULT_ACCURACY_LEVEL, INT8_COMPUTE_MAX_STEPS, INT8_COMPUTE_MIN_TOP1
 from ..export.onnx_runtime import MAX_STEPS
 from ._args import BITS, COUNT, NON_NEGATIVE, float_in
 from ._model import add_model_args
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "differ from PyTorch by a code near rounding ties")
     p.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=DEFAULT_ACCURACY_LEVEL,
                    help="MatMulNBits accuracy_level of weight-only linear layers: 4 (default) lets onnxruntime quantize their inputs to "
-                        f"int8 per block and compute in integers (fast, not exact); 0 computes in float32 (exact maths, fast only for 4 bits)")
+                        "int8 per block and compute in integers (fast, not exact); 0 computes in float32 (exact maths, fast only for 4 bits)")
     p.add_argument("--graph", default=None, metavar="FILE.onnx",
                    help="an earlier MatMulNBits export of this checkpoint (any precision): re-write only its weight-only layers at the "
                         "requested precision instead of exporting anew (the rest of the graph does not depend on the bit-width)")
@@ -66,10 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="dataset name when --data is a folder the checkpoint does not name")
     p.add_argument("--verify-images", type=COUNT, default=1000, help="number of test images to verify on (default 1000)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--min-top1", type=float_in(0.0, 1.0), default=0.995, help="required top-1 agreement with PyTorch (default 0.995)")
-    p.add_argument("--max-steps", type=float_in(0.0, 1e9), default=MAX_STEPS,
+    p.add_argument("--min-top1", type=float_in(0.0, 1.0), default=None,
+                   help=f"required top-1 agreement with PyTorch (default 0.995; {INT8_COMPUTE_MIN_TOP1:g} for MatMulNBits layers at accuracy level 4)")
+    p.add_argument("--max-steps", type=float_in(0.0, 1e9), default=None,
                    help=f"largest allowed output difference in output-quantization steps, max|y|/127 (default {MAX_STEPS:g}: a code at "
-                        "a rounding tie; a file at another precision than the model's is 10-20 steps off)")
+                        f"a rounding tie; a file at another precision than the model's is 10-20 steps off; {INT8_COMPUTE_MAX_STEPS:g} "
+                        "for MatMulNBits layers at accuracy level 4, whose inputs onnxruntime rounds to int8)")
     p.add_argument("--reference", choices=("float32", "float64"), default="float32",
                    help="how PyTorch computes the outputs the file is compared with: float32 (default) or float64 (a near-exact "
                         "copy, so only the file's own rounding counts; for models whose float32 result changes with the summation order)")
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         kinds = sorted({f"uint{b}" for b in rewritten.values()})
         print(f"wrote {written} ({written.stat().st_size:,} bytes): {len(rewritten)} MatMulNBits layers of {args.graph} re-written ({', '.join(kinds)})")
         out: dict = {"export": {"path": str(written), "graph": args.graph, "file_bytes": written.stat().st_size, "layers": rewritten}}
-        return _verify_and_move(args, model, written, out_path, out, inputs, source, shape, lm, chunk)
+        return _verify_and_move(args, model, written, out_path, out, inputs, source, shape, lm, chunk, int8_compute=args.accuracy_level == 4)
     example = None
     if lm:
         import torch
@@ -209,13 +211,15 @@ def run(args: argparse.Namespace) -> int:
               f"{cpu_int8_path()}, so the verification below {'does not need it' if cpu_int8_path() == 'vnni' else 'sets it'})")
     if report.unfolded_bn:
         print(f"BatchNorms kept as ops (not directly after a convolution): {len(report.unfolded_bn)} ({', '.join(report.unfolded_bn[:4])}{', ...' if len(report.unfolded_bn) > 4 else ''})")
-    return _verify_and_move(args, model, written, out_path, {"export": report.as_dict()}, inputs, source, shape, lm, chunk, report)
+    int8_compute = args.accuracy_level == 4 and any(lt.kernel == "MatMulNBits" for lt in report.layers)
+    return _verify_and_move(args, model, written, out_path, {"export": report.as_dict()}, inputs, source, shape, lm, chunk, int8_compute, report)
 
 
 def _verify_and_move(args: argparse.Namespace, model, written: Path, out_path: Path, out: dict, inputs, source: str | None,
-                     shape: list[int], lm: bool, chunk: int, report=None) -> int:
+                     shape: list[int], lm: bool, chunk: int, int8_compute: bool, report=None) -> int:
     """Verify the written file against ``model`` in onnxruntime (unless ``--no-verify``) and move it
-    to ``--out`` when it agrees; the command's exit status."""
+    to ``--out`` when it agrees; the command's exit status. ``int8_compute``: the file has
+    ``MatMulNBits`` layers at accuracy level 4 (not exact), which sets the looser default tolerances."""
     from ..export.checkpoint import atomic_write_json
     from ..export.onnx_runtime import VerificationError, verify_onnx
 
@@ -234,8 +238,10 @@ def _verify_and_move(args: argparse.Namespace, model, written: Path, out_path: P
                 print("warning: no dataset found for verification (pass --data); verifying on 256 random normal inputs", file=sys.stderr)
                 inputs, source = torch.randn(256, *shape, generator=gen), "random normal (256)"
         try:
-            res = verify_onnx(model, written, inputs.split(chunk), min_top1=args.min_top1 if not args.fp32 else 0.0,
-                              max_steps=args.max_steps if not args.fp32 else float("inf"), reference=args.reference)
+            min_top1 = args.min_top1 if args.min_top1 is not None else INT8_COMPUTE_MIN_TOP1 if int8_compute else 0.995
+            max_steps = args.max_steps if args.max_steps is not None else INT8_COMPUTE_MAX_STEPS if int8_compute else MAX_STEPS
+            res = verify_onnx(model, written, inputs.split(chunk), min_top1=min_top1 if not args.fp32 else 0.0,
+                              max_steps=max_steps if not args.fp32 else float("inf"), reference=args.reference)
             print(f"verification on {source}: {res.summary()}")
             out["verification"] = res.as_dict()
         except VerificationError as e:
