@@ -138,7 +138,8 @@ def main() -> int:
     ap.add_argument("--wide-hidden", type=int, default=2816)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--verify-windows", type=int, default=256)
-    ap.add_argument("--w8a8", action="store_true", help="also the W8A8 QDQ file of a weights+activations model")
+    ap.add_argument("--w8a8", action="store_true", help="also the W8A8 QDQ file of a weights+activations model (random init, calibrated)")
+    ap.add_argument("--wa-checkpoint", default=None, help="with --w8a8: a trained W+A joint checkpoint for the small model's W8A8 file")
     ap.add_argument("--skip-wide", action="store_true")
     ap.add_argument("--name", default="lm_deploy")
     ap.add_argument("--out", default=None)
@@ -176,14 +177,18 @@ def main() -> int:
     for key, label, model, arch, steps in models:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            wa = weight_only_model(arch, text, wa=True, weight_init="mse" if key == "small" else "max") if args.w8a8 else None
+            wa = None
+            if args.w8a8:
+                trained_wa = key == "small" and args.wa_checkpoint
+                wa = bitswitch.load(args.wa_checkpoint) if trained_wa else weight_only_model(arch, text, wa=True, weight_init="mse" if key == "small" else "max")
+                data.setdefault("w8a8_model", {})[key] = args.wa_checkpoint if trained_wa else "random init, calibrated"
             files, seconds = write_files(model, context, folder, wa)
             print(f"{key}: files written {seconds}", flush=True)
             sizes = {k: p.stat().st_size for k, p in files.items()}
             checks = verify(model, files, windows, folder) if key == "small" else []
             if key == "small" and wa is not None:
                 res = verify_onnx(wa, files["w8a8 qdq"], windows, raise_on_failure=False)
-                checks.append({"file": "w8a8 qdq (W+A model)", "accuracy_level": "-", "next_token_agreement_%": 100 * res.top1_agreement,
+                checks.append({"file": f"w8a8 qdq ({data['w8a8_model'][key]})", "accuracy_level": "-", "next_token_agreement_%": 100 * res.top1_agreement,
                                "max_diff_steps": res.max_diff_steps, "mean_diff_steps": res.mean_diff_steps, "windows": res.images,
                                "distinct_answers": res.distinct_top1})
             prompt = ids[:64].reshape(1, 64)
