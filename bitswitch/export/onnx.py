@@ -57,6 +57,7 @@ from ..nn.fold import check_running_stats, fold_bn
 from ..nn.layers import QuantLayer
 from ..nn.transitional_bn import TransitionalBatchNorm
 from .atomic import atomic_write_bytes
+from .nbits import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, LAYER_KEY, NBITS_DOMAIN, NBITS_OP, check_nbits_options, nbits_attrs, nbits_weight
 from .onnx_graph import GraphBuilder, container_for, container_types, require_onnx
 from .onnx_runtime import (
     EXACT_U8S8_OPTION,
@@ -229,7 +230,7 @@ def _to_onnx(cap: Capture, opset: int):
     """The captured program as an ONNX ``ModelProto`` with placeholders for the opaque nodes."""
     from torch.onnx._internal.exporter import _core
 
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)  # "torchvision is not installed", the optimizer's constant-folding notes
@@ -267,8 +268,10 @@ class _Translator:
     """Replaces the placeholders of one ``torch.onnx`` graph by the layers' Q/DQ nodes, then decides
     per layer how onnxruntime will run it (:meth:`finalize_weights`)."""
 
-    def __init__(self, cap: Capture, model: nn.Module, builder: GraphBuilder, report: ExportReport, snap_bias: bool = False):
+    def __init__(self, cap: Capture, model: nn.Module, builder: GraphBuilder, report: ExportReport, snap_bias: bool = False,
+                 accuracy_level: int = DEFAULT_ACCURACY_LEVEL, block_size: int = DEFAULT_BLOCK_SIZE):
         self.cap, self.builder, self.report, self.snap_bias = cap, builder, report, snap_bias
+        self.accuracy_level, self.block_size = accuracy_level, block_size
         self.modules = dict(model.named_modules())
 
     def placeholder(self, node: Any) -> tuple[str, nn.Module] | None:
@@ -412,6 +415,9 @@ class _Translator:
         w_bits, a_bits = m.w_bits, m.a_bits  # type: ignore[attr-defined]
         if w_bits is None and m.is_integer:  # type: ignore[attr-defined]
             raise ValueError(f"layer {name!r} has no precision set")
+        if w_bits is not None and a_bits is None and isinstance(m, nn.Linear) and not fp32:
+            self.nbits_layer(name, m, x, out, w_bits, folded, bn)
+            return
         act_type, clipped, s_x, act_q = None, False, None, None
         if a_bits is not None and not fp32:
             scale, zp, lo, hi = m.act_quant.qparams(a_bits)  # type: ignore[attr-defined]
@@ -496,6 +502,25 @@ class _Translator:
         if wtype != "float":
             builder.pending.append({"entry": entry, "out": out, "dq": [w], "ndim": codes.dim(), "s_x": s_x, "step": step.float().numpy(),
                                     "max_code": int(codes.abs().max())})
+
+    def nbits_layer(self, name: str, m: nn.Module, x: str, out: str, bits: int, folded: str | None,
+                    bn: nn.modules.batchnorm._BatchNorm | None) -> None:
+        """A weight-only linear layer as one ``MatMulNBits`` node: onnxruntime's 2/4/8-bit kernels on the
+        model's own codes and per-channel steps (:mod:`bitswitch.export.nbits`); a folded BN scales the steps."""
+        builder = self.builder
+        codes, step = m.weight_qparams(bits)  # type: ignore[attr-defined]
+        bias = m.bias.detach().double() if m.bias is not None else None
+        if bn is not None:
+            _check_bn(bn)
+            factor, bias = fold_bn(bn, bias, torch.float64)
+            step = step.double() * factor
+        w = nbits_weight(codes, step, bits, self.block_size)
+        inputs = [x, builder.init(f"{name}.weight_nbits", w.packed), builder.init(f"{name}.weight_scales", w.scales)]
+        if bias is not None:  # after the optional zero_points and g_idx inputs
+            inputs += ["", "", builder.init(f"{name}.bias", bias.float().numpy())]
+        builder.node(NBITS_OP, inputs, name, out=out, domain=NBITS_DOMAIN, **nbits_attrs(w, self.accuracy_level))
+        builder.nodes[-1].metadata_props.add(key=LAYER_KEY, value=name)  # what rewrite_nbits re-writes it from
+        self.report.layers.append(LayerExport(name, NBITS_OP, bits, None, f"uint{w.bits}", None, False, folded, kernel=NBITS_OP))
 
     def finalize_weights(self) -> None:
         """Keep ``DequantizeLinear`` on weights only where onnxruntime fuses the layer into an integer kernel.
@@ -738,12 +763,15 @@ def _example_inputs(model: nn.Module, example_inputs: Any, input_shape: Sequence
     return torch.zeros((2, *[int(d) for d in input_shape]))
 
 
-def _batch_dims(inputs: Any) -> Any:
-    """``dynamic_shapes`` for ``torch.export``: dimension 0 of every tensor input may vary."""
+def _batch_dims(inputs: Any, length: bool = False) -> Any:
+    """``dynamic_shapes`` for ``torch.export``: dimension 0 of every tensor input may vary, and
+    dimension 1 too with ``length`` (the token count of a language model)."""
     auto = torch.export.Dim.AUTO
 
     def spec(v: Any) -> Any:
-        return {0: auto} if isinstance(v, torch.Tensor) and v.dim() > 0 else None
+        if not isinstance(v, torch.Tensor) or v.dim() == 0:
+            return None
+        return {0: auto, 1: auto} if length and v.dim() > 1 else {0: auto}
 
     if isinstance(inputs, Mapping):
         return {k: spec(v) for k, v in inputs.items()}
@@ -776,7 +804,10 @@ def export_onnx(
     container: str = "int8",
     fp32: bool = False,
     dynamic_batch: bool = True,
+    dynamic_length: bool = False,
     snap_bias: bool = False,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> ExportReport:
     """Write ``model`` at its current precision (uniform or mixed) as a QDQ ONNX file.
 
@@ -785,7 +816,8 @@ def export_onnx(
         example_inputs: instead, an example input: a tensor, a tuple of positional inputs, or a dict of
             keyword inputs (``{"input_ids": ids}``); the file's inputs take their names (a single
             tensor input is named ``input``, the first output ``output``). Only the batch dimension
-            stays dynamic (``dynamic_batch``); other dimensions (a sequence length) are those of the example.
+            stays dynamic (``dynamic_batch``), and dimension 1 with ``dynamic_length`` (a language model's
+            token count); other dimensions are those of the example.
         container: integer type of <= 4-bit grids. ``"int8"`` (default) stores them in int8 (weights)
             and uint8 (activations) with the narrower grid kept by clipping the codes, so onnxruntime
             runs them with its integer kernels; ``"int4"`` stores int4/uint4 (opset 21): half the
@@ -799,6 +831,8 @@ def export_onnx(
             same; PyTorch then computes what the integer kernel computes, instead of differing by
             up to half a bias step, which flips activation codes near rounding ties (it matters at
             <= 4-bit activations). It changes the model in place: use it on a deployment copy.
+        accuracy_level, block_size: of the ``com.microsoft::MatMulNBits`` nodes weight-only linear layers
+            become (:mod:`bitswitch.export.nbits`): 4 computes with int8 inputs (fast), 0 in float32.
     Returns an :class:`ExportReport` (per-layer containers, folded/unfolded BNs, op counts). Raises
     :class:`~bitswitch.capture.CaptureError` for a model ``torch.export`` cannot capture and
     :class:`UnsupportedOpError` for a layer or op without a translation; nothing is written then.
@@ -811,11 +845,12 @@ def export_onnx(
     if container == "int4" and opset < 21:
         raise ValueError(f"int4 containers need opset >= 21 (got opset {opset}); use container='int8'")
     int4 = container == "int4"
+    check_nbits_options(accuracy_level, block_size)
     was_training = model.training
     model.eval()
     try:
         inputs = _example_inputs(model, example_inputs, input_shape)
-        cap = capture(model, inputs, opaque=_opaque, dynamic_shapes=_batch_dims(inputs) if dynamic_batch else None)
+        cap = capture(model, inputs, opaque=_opaque, dynamic_shapes=_batch_dims(inputs, dynamic_length) if dynamic_batch else None)
         proto = _to_onnx(cap, opset)
         if isinstance(inputs, torch.Tensor):  # keyword inputs keep their names (input_ids, ...)
             _rename(proto, proto.graph.input[0].name, INPUT_NAME)
@@ -824,7 +859,7 @@ def export_onnx(
         builder = GraphBuilder(opset, int4, fp32, inits=list(graph.initializer), outputs=[o.name for o in graph.output])
         builder.reserve([t for n in graph.node for t in (*n.input, *n.output, n.name)] + [i.name for i in graph.input])
         report = ExportReport(str(path), opset, 0, fp32, {i.name: _shape(i) for i in graph.input}, container)
-        tr = _Translator(cap, model, builder, report, snap_bias)
+        tr = _Translator(cap, model, builder, report, snap_bias, accuracy_level, block_size)
         tr.run(list(graph.node))
         builder.activation_bounds()
         builder.hoist_quantize()
@@ -843,9 +878,14 @@ def export_onnx(
     graph.node.extend(builder.nodes)
     for n in graph.node:  # torch.onnx's per-node stack traces and FX names: bytes nobody deploys
         n.doc_string = ""
+        kept_props = [(p.key, p.value) for p in n.metadata_props if p.key == LAYER_KEY]
         del n.metadata_props[:]
+        for key, value in kept_props:
+            n.metadata_props.add(key=key, value=value)
     graph.initializer.extend(builder.inits)
-    kept = [o for o in proto.opset_import if o.domain != PLACEHOLDER_DOMAIN]
+    kept = [o for o in proto.opset_import if o.domain not in (PLACEHOLDER_DOMAIN, NBITS_DOMAIN)]
+    if any(n.domain == NBITS_DOMAIN for n in graph.node):
+        kept.append(onnx.helper.make_opsetid(NBITS_DOMAIN, 1))
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
     proto.producer_name = "bitswitch"
