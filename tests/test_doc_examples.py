@@ -2,7 +2,7 @@
 
 * ``bash``: each line is a ``bitswitch ...`` (or ``python -m bitswitch.cli ...``) command, run
   in-process in a folder holding the files the docs name (``model.safetensors``, ``ckpt.safetensors``:
-  a tiny Fashion-MNIST supernet; ``subnet.json``), with ``$BITSWITCH_DATA`` pointing at the offline
+  a tiny Fashion-MNIST supernet; ``subnet.json``; ``lm.safetensors``: a tiny character language model), with ``$BITSWITCH_DATA`` pointing at the offline
   data. Long commands run on a tiny budget: the options in :data:`TINY` are appended (argparse keeps
   the last value), so the command itself is the one the doc shows.
 * ``python``: executed with the names the prose around it takes as given (``model``, ``loader``,
@@ -115,7 +115,22 @@ def workspace(shared_data: Path, tmp_path_factory) -> Path:
         (ws / name).write_bytes(best.read_bytes())
     layers = list(bitswitch.quantized_layers(bitswitch.load(best)))
     write_precision_file(ws / "subnet.json", {n: (4 if i % 2 else 8, 4 if i % 2 else 8) for i, n in enumerate(layers)})
+    tiny_lm_checkpoint(shared_data, ws / "lm.safetensors")
     return ws
+
+
+def tiny_lm_checkpoint(shared_data: Path, path: Path) -> None:
+    """lm.safetensors: a one-layer character Llama, weight-only {8,4,2}, calibrated (untrained) on Shakespeare."""
+    import bitswitch
+    from bitswitch.data.text import load_shakespeare, random_windows
+    from bitswitch.lm import lm_metadata
+    from bitswitch.models import build
+
+    text = load_shakespeare(shared_data / "shakespeare")
+    model = build("char_llama", vocab_size=len(text.vocab), dim=32, layers=1, heads=2, hidden=64, context=16)
+    q = bitswitch.quantize(model, (8, 4, 2), weight_only=["model.layers.*"])
+    bitswitch.calibrate(q, [random_windows(text.train, 8, 16, torch.Generator().manual_seed(0))[0]])
+    bitswitch.save(q, path, extra=lm_metadata(text.vocab, 16))
 
 
 def given_names(code: str) -> dict[str, Any]:
@@ -154,7 +169,8 @@ def test_example_runs(block: Block, request, monkeypatch, shared_data: Path, tmp
             code = main(args + TINY.get(args[0], []))
             assert code == 0, f"{block.id}: `{shlex.join(argv)}` exited with {code}: {capsys.readouterr().err}"
         return
-    monkeypatch.chdir(tmp_path)  # what a Python example saves stays out of the commands' workspace
+    # what a Python example saves stays out of the commands' workspace, unless it reads a file from there
+    monkeypatch.chdir(request.getfixturevalue("workspace") if "lm.safetensors" in block.code else tmp_path)
     if "import timm" in block.code:
         request.getfixturevalue("timm")  # its torchvision stand-in
     torch.manual_seed(0)
