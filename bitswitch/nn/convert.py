@@ -232,6 +232,39 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
+def add_weight_bits(model: nn.Module, bits: Sequence[int]) -> None:
+    """Let a weight-only model switch to weight bit-widths it was not built (trained) for.
+
+    Double Rounding derives every ``b <= h`` from the stored ``h``-bit codes with the one shared
+    scale, so a bit-width between (or below) the trained ones needs no new parameter: this only
+    widens the list :func:`set_precision` accepts (and the checkpoint records). It serves
+    interpolation studies (evaluate 5 and 3 bits of an {8,6,4,2} model) and the Matryoshka-style
+    slice of a post-training int8 model. Layers that quantize their inputs are refused: their
+    activation scales exist only for the bit-widths they were calibrated or trained for, as do the
+    statistics of switchable BatchNorms.
+    """
+    layers = _require_quantized(model)
+    config: QuantConfig = model.bitswitch_config  # type: ignore[assignment]
+    activations = [n for n, m in layers.items() if not m.weight_only]
+    if activations:
+        raise ValueError(f"add_weight_bits needs a weight-only model: {_short_list(activations)} quantize their inputs, "
+                         "whose scales exist only for the bit-widths they were built for")
+    if config.variant != "shared":
+        raise ValueError(f"add_weight_bits needs the shared (Double Rounding) variant, got variant={config.variant!r}: "
+                         "the unshared one has a scale per bit-width")
+    if config.batchnorms:
+        raise ValueError(f"add_weight_bits cannot add bit-widths to a model with switchable BatchNorms ({_short_list(list(config.batchnorms))}): "
+                         "they hold statistics per trained bit-width")
+    new = tuple(check_bits(b) for b in bits)
+    high = [b for b in new if b > config.storage_bits]
+    if high:
+        raise ValueError(f"bits {high} are above the storage precision h={config.storage_bits}; valid: 2..{config.storage_bits}")
+    merged = tuple(sorted({*config.bits, *new}, reverse=True))
+    for m in layers.values():
+        m.weight_quant.bits = merged
+    model.bitswitch_config = dataclasses.replace(config, bits=merged)  # type: ignore[assignment]
+
+
 def _require_quantized(model: nn.Module) -> dict[str, QuantLayer]:
     layers = quantized_layers(model)
     if not layers:
@@ -479,4 +512,4 @@ def calibrate(
     return report
 
 
-__all__ = ["QuantConfig", "calibrate", "conversion_report", "convert", "get_precision", "quantize", "quantized_layers", "set_precision", "to_integer"]
+__all__ = ["QuantConfig", "add_weight_bits", "calibrate", "conversion_report", "convert", "get_precision", "quantize", "quantized_layers", "set_precision", "to_integer"]
