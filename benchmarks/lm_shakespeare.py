@@ -276,6 +276,9 @@ def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[Pa
         ("rtn_wa", bench.rtn(b4, False, ())),
         ("joint_alrs_wa", bench.joint(b4, False, (), alrs=True, distill=False)),
         ("joint_alrs_w_8432", bench.joint(b3, True, (), alrs=True, distill=False)),
+        ("separate_wa", bench.separate(b4, False)),
+        ("joint_noalrs_wa", bench.joint(b4, False, (), alrs=False, distill=False)),
+        ("joint_alrs_kd_wa", bench.joint(b4, False, (), alrs=True, distill=True)),
     ]
 
 
@@ -292,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp32-steps", type=int, default=2000)
     p.add_argument("--fp32-lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--steps", type=int, default=250, help="fine-tuning steps of every quantized training (a joint step = one pass per bit-width)")
-    p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (warmup 5 %%, cosine)")
+    p.add_argument("--steps", type=int, default=60, help="fine-tuning steps of every quantized training (a joint step = one pass per bit-width)")
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (warmup 5 %%, cosine)")
     p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=250, help="FP32 steps between validations (checkpoint selection)")
     p.add_argument("--select-chars", type=int, default=32768, help="validation characters for FP32 checkpoint selection")
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny model, few steps, few characters: checks the pipeline in seconds")
+    p.add_argument("--note", default="", help="a paragraph put under the title of the results")
     p.add_argument("--name", default="lm_shakespeare")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -341,7 +345,10 @@ METHODS = {  # stage -> (mode, label), table order
     "joint_alrs_kd_w": ("weight-only", "joint + ALRS + distillation"),
     "joint_alrs_w_8432": ("weight-only {8,4,3,2}", "joint + ALRS"),
     "rtn_wa": ("W+A", "round-to-nearest PTQ, one model per bit"),
+    "separate_wa": ("W+A", "separate QAT per bit"),
+    "joint_noalrs_wa": ("W+A", "joint, no ALRS"),
     "joint_alrs_wa": ("W+A", "joint + ALRS"),
+    "joint_alrs_kd_wa": ("W+A", "joint + ALRS + distillation"),
 }
 
 
@@ -378,15 +385,18 @@ def goals(results: dict[str, Any], split: str = "val") -> list[str]:
                          + ", ".join(f"{g:+.4f}" for g in gaps.values())
                          + (" (goal <= 0.01: met)" if worst <= 0.01 else f" (goal <= 0.01: missed by {worst - 0.01:.4f})")
                          + ("; minus FP32 + the fine-tuning steps: " + ", ".join(f"{g + fp32 - more:+.4f}" for g in gaps.values()) if more else ""))
-    j2 = v("joint_alrs_w", "w2")
-    for name in ("separate_w", "rtn_w", "slice_w"):
-        other = v(name, "w2")
-        if j2 is not None and other is not None:
-            lines.append(f"weight-only 2-bit, joint + ALRS {j2:.4f} vs {METHODS[name][1]} {other:.4f}: {other - j2:+.4f} in favour of joint")
-    for a, b, what in (("joint_alrs_w", "joint_noalrs_w", "ALRS (on minus off)"), ("joint_alrs_kd_w", "joint_alrs_w", "distillation (on minus off)")):
-        if a in results and b in results:
-            keys = [k for k in results[a]["losses"] if k in results[b]["losses"]]
-            lines.append(f"weight-only {what}: " + ", ".join(f"{k.upper()} {v(a, k) - v(b, k):+.4f}" for k in keys))
+    for mode in ("w", "wa"):
+        j2 = v(f"joint_alrs_{mode}", "w2")
+        for name in (f"separate_{mode}", f"rtn_{mode}", f"slice_{mode}"):
+            other = v(name, "w2")
+            if j2 is not None and other is not None:
+                lines.append(f"{METHODS[name][0]} 2-bit, joint + ALRS {j2:.4f} vs {METHODS[name][1]} {other:.4f}: {other - j2:+.4f} in favour of joint")
+    for mode in ("w", "wa"):
+        for a, b, what in (("joint_alrs", "joint_noalrs", "ALRS (on minus off)"), ("joint_alrs_kd", "joint_alrs", "distillation (on minus off)")):
+            a, b = f"{a}_{mode}", f"{b}_{mode}"
+            if a in results and b in results:
+                keys = [k for k in results[a]["losses"] if k in results[b]["losses"]]
+                lines.append(f"{METHODS[a][0]} {what}: " + ", ".join(f"{k.upper()} {v(a, k) - v(b, k):+.4f}" for k in keys))
     return lines
 
 
@@ -398,6 +408,8 @@ def plot(results: dict[str, Any], path: Path, bits: list[int]) -> None:
 
     fp32 = results["fp32"]["losses"]["fp32"]["val"]
     modes = [m for m in ("weight-only", "W+A") if any(METHODS[n][0].startswith(m) for n in results)]
+    if not modes:
+        return
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.5), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for name, r in results.items():
@@ -439,6 +451,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
     shape = ", ".join(f"{k} {v}" for k, v in (args.model or {"layers": 4, "dim": 128, "heads": 4, "hidden": 336}).items())
     chars = f"the first {args.eval_chars:,} characters" if args.eval_chars else "all characters"
     md = (f"# Bit-switchable char_llama on Shakespeare: every method on the same model, data and compute\n\n"
+          + (f"{args.note}\n\n" if args.note else "")
           f"Model: `char_llama` ({f['params']:,} parameters, {shape}, context {args.context}); data: the fixed "
           f"per-play split of `shakespeare/plays` (82 characters). Loss in nats per character on {chars} of each split "
           f"(perplexity in brackets); `*`: a bit-width the model was not trained for (interpolation: Double Rounding of the "
