@@ -450,8 +450,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
     plot(results, png, bits)
     shape = ", ".join(f"{k} {v}" for k, v in (args.model or {"layers": 4, "dim": 128, "heads": 4, "hidden": 336}).items())
     chars = f"the first {args.eval_chars:,} characters" if args.eval_chars else "all characters"
-    md = (f"# Bit-switchable char_llama on Shakespeare: every method on the same model, data and compute\n\n"
-          + (f"{args.note}\n\n" if args.note else "")
+    md = ("# Bit-switchable char_llama on Shakespeare: every method on the same model, data and compute\n\n"
+          + (f"{args.note}\n\n" if args.note else "") +
           f"Model: `char_llama` ({f['params']:,} parameters, {shape}, context {args.context}); data: the fixed "
           f"per-play split of `shakespeare/plays` (82 characters). Loss in nats per character on {chars} of each split "
           f"(perplexity in brackets); `*`: a bit-width the model was not trained for (interpolation: Double Rounding of the "
