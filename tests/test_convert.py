@@ -9,6 +9,7 @@ from torch import nn
 import bitswitch
 from bitswitch.models import build
 from bitswitch.nn import QuantConv2d, QuantLinear, SwitchableBatchNorm
+from bitswitch.nn.convert import add_bit_width
 
 
 def _calibrated(name: str = "preact_resnet8", bits=(8, 6, 4, 2), shape=(3, 32, 32), **kw) -> tuple[nn.Module, torch.Tensor]:
@@ -190,3 +191,49 @@ def test_layer_costs_count_macs_and_params() -> None:
     total = sum(c.macs for c in costs.values())
     assert 295e6 < total < 305e6  # MobileNetV2 is ~300M MACs
     assert "features.18.0" in bitswitch.layer_table(list(costs.values()))
+
+
+def _weight_only_mlp(bits=(8, 4)) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(16, 64)
+    q = bitswitch.quantize(build("mlp"), bits=bits, full_precision=(), weight_only=["*"], switchable_bn=False)
+    bitswitch.calibrate(q, [x])
+    return q.eval(), x
+
+
+def test_add_bit_width_gives_the_double_rounding_of_the_stored_codes(tmp_path) -> None:
+    q, x = _weight_only_mlp()
+    with pytest.raises(ValueError, match="not one this model was built for"):
+        bitswitch.set_precision(q, 6)
+    wide = bitswitch.quantize(build("mlp"), bits=(8, 6, 4), act_bits=(8, 4), full_precision=(), weight_only=["*"], switchable_bn=False)
+    wide.load_state_dict(q.state_dict())  # the same latent weights and shared scales: only the bit list differs
+    add_bit_width(q, [6, 3])
+    assert q.fc1.weight_quant.bits == (8, 6, 4, 3)
+    bitswitch.set_precision(q, 6)
+    bitswitch.set_precision(wide, 6)
+    assert torch.equal(q.fc1.effective_weight(), wide.fc1.effective_weight())
+    bitswitch.set_precision(q, 3)
+    out3 = q(x)
+    with pytest.raises(ValueError, match=r"untrained weight bit-width\(s\) \[3\]"):
+        bitswitch.save(q, tmp_path / "m.safetensors")  # the file could not load at that precision
+    bitswitch.set_precision(q, 8)
+    reloaded = bitswitch.load(bitswitch.save(q, tmp_path / "m.safetensors"))
+    with pytest.raises(ValueError, match="not one this model was built for"):
+        bitswitch.set_precision(reloaded, 3)  # the file lists the trained bit-widths only
+    add_bit_width(reloaded, 3)
+    bitswitch.set_precision(reloaded, 3)
+    assert torch.equal(reloaded(x), out3)
+
+
+def test_add_bit_width_refusals() -> None:
+    q, _ = _weight_only_mlp()
+    with pytest.raises(ValueError, match="above the storage precision h=8"):
+        add_bit_width(q, [10])
+    with pytest.raises(ValueError, match="must be an integer"):
+        add_bit_width(q, [4.5])
+    bn = bitswitch.quantize(build("mlp"), bits=(8, 4), full_precision=(), weight_only=["*"])
+    with pytest.raises(ValueError, match="per-bit-width BatchNorms"):
+        add_bit_width(bn, [5])
+    unshared = bitswitch.quantize(build("mlp"), bits=(8, 4), full_precision=(), weight_only=["*"], variant="unshared", switchable_bn=False)
+    with pytest.raises(ValueError, match="variant 'unshared'"):
+        add_bit_width(unshared, [5])

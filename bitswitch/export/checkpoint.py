@@ -107,6 +107,11 @@ def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | N
     """Write ``model`` as a checkpoint (see the module docstring for the layout): integer codes for a
     quantized model, the float state dict (``storage="float"``) for a model :func:`quantize` never saw."""
     config: QuantConfig | None = getattr(model, "bitswitch_config", None)
+    if config is not None:
+        untrained = sorted({w for w, _ in get_precision(model).values() if w is not None and w not in config.bits}, reverse=True)
+        if untrained:  # added by add_bit_width: the file lists the trained bit-widths only, and loads at its recorded precision
+            raise ValueError(f"the model is at untrained weight bit-width(s) {untrained} (add_bit_width); switch to one of {list(config.bits)} "
+                             "before saving: the stored codes are the same, and add_bit_width after loading restores the others")
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),

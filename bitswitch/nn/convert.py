@@ -308,16 +308,22 @@ def set_precision(model: nn.Module, spec: PrecisionSpec) -> None:
     _sync_batchnorms(model, layers)
 
 
-def add_bit_width(model: nn.Module, bits: int) -> None:
-    """Let a quantized model switch to a bit-width it was not trained for (at most its storage precision).
+def add_bit_width(model: nn.Module, bits: int | Sequence[int]) -> None:
+    """Let a quantized model switch to bit-width(s) it was not trained for (at most its storage precision).
 
     Double Rounding makes the weights of any ``bits`` <= ``h`` a slice of the stored codes, so
     switching is possible; activations take the nearest trained bit-width's range on the finer or
     coarser grid (:meth:`~bitswitch.quant.activation.ActivationQuantizer.add_bits`). Nothing trained
     that precision: measure it before trusting it. Afterwards :func:`set_precision` accepts ``bits``
     and :func:`~bitswitch.train.optim.model_bits` lists it; the checkpoint's recorded bit list does not
-    change. Per-bit BatchNorms have no statistics for it, so such models refuse.
+    change (a reloaded file needs this call again). Per-bit BatchNorms have no statistics for it, so
+    such models refuse. Uses: interpolation (5 and 3 bits of an {8,6,4,2} model), the
+    Matryoshka-style slice of a post-training int8 model, ``bitswitch generate --untrained-ok``.
     """
+    if isinstance(bits, (list, tuple)):
+        for b in bits:
+            add_bit_width(model, b)
+        return
     layers = _require_quantized(model)
     if any(isinstance(m, SwitchableBatchNorm) for m in model.modules()):
         raise ValueError(f"the model has per-bit-width BatchNorms with no statistics for {bits} bits; it cannot switch to an untrained bit-width")
