@@ -95,3 +95,39 @@ def test_hessian_traces_and_the_ilp_at_a_byte_budget_on_a_llama(tiny_lm) -> None
     assert best.objective >= uniform(problem, 2).objective
     for r in random_at_cost(problem, budget, 5):
         assert r.objective <= best.objective + 1e-12 and problem.fits(r.config, budget)
+
+
+def test_cli_hessian_and_search_run_on_a_language_model_checkpoint(tmp_path, capsys) -> None:
+    """`bitswitch hessian` reads windows of the checkpoint's text; `bitswitch search` counts costs on token
+    ids and measures loss increases on text windows; a text with another vocabulary is refused."""
+    import json
+
+    from bitswitch.cli import main
+    from bitswitch.data.text import load_shakespeare, random_windows
+    from bitswitch.lm import lm_metadata
+
+    plays = tmp_path / "text" / "plays"
+    plays.mkdir(parents=True)
+    (plays / "a.txt").write_text("ROMEO: to be or not to be, that is the question.\n" * 40)
+    text = load_shakespeare(tmp_path / "text")
+    torch.manual_seed(0)
+    model = bitswitch.models.build("char_llama", vocab_size=len(text.vocab), dim=16, layers=1, heads=2, hidden=24, context=CONTEXT)
+    q = bitswitch.quantize(model, BITS, weight_only=["model.layers.*"])
+    bitswitch.calibrate(q, [random_windows(text.train, 8, CONTEXT, torch.Generator().manual_seed(0))])
+    ckpt = tmp_path / "lm.safetensors"
+    bitswitch.save(q, ckpt, extra=lm_metadata(text.vocab, CONTEXT))
+    data = str(tmp_path / "text")
+    assert main(["hessian", str(ckpt), "--data", data, "--samples", "16", "--batch-size", "8", "--max-iter", "2", "--threads", "1"]) == 0
+    traces = json.loads((tmp_path / "lm.hessian.json").read_text())
+    assert len(traces["layers"]) == 7 and traces["input_shape"] == [CONTEXT] and traces["samples"] == 16
+    out = tmp_path / "subnet.json"
+    assert main(["search", str(ckpt), "--budget", "wavg-bits=3", "--objective", "loss", "--samples", "16", "--data", data,
+                 "--out", str(out)]) == 0
+    layers = json.loads(out.read_text())["layers"]
+    assert len(layers) == 7
+    per_layer = [c.params for c in layer_costs(q, torch.zeros(1, CONTEXT, dtype=torch.long)) if c.quantized]
+    assert sum(n * layers[name][0] for n, name in zip(per_layer, bitswitch.quantized_layers(q))) <= 3 * sum(per_layer)
+    (plays / "a.txt").write_text("other text\n" * 50)
+    capsys.readouterr()
+    assert main(["hessian", str(ckpt), "--data", data, "--samples", "8"]) == 2
+    assert "has another vocabulary (8 characters) than the checkpoint's (21)" in capsys.readouterr().err
