@@ -23,6 +23,7 @@ configurations costing 95-100 % of the budget, by paired per-window differences
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import time
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Total wall time {total:.0f} s, {torch.get_num_threads()} torch thread(s).",
     ])
-    data = {"checkpoint": args.checkpoint, "bits": bits, "weight_only": weight_only, "context": ctx, "quantized_params": n_quant,
+    data = {"checkpoint": args.checkpoint, "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(), "bits": bits, "weight_only": weight_only, "context": ctx, "quantized_params": n_quant,
             "uniform_test": {str(b): v for b, v in uniform_test.items()}, "budgets": results,
             "hessian": {n: t.as_dict() for n, t in traces.items()}, "hessian_seconds": t_hessian,
             "measured_deltas": {n: {f"w{w}": v for (w, _), v in d.items()} for n, d in deltas.items()}, "deltas_seconds": t_deltas,
