@@ -87,3 +87,44 @@ def subnet_from_args(args: argparse.Namespace, model: Any, extra: dict[str, Any]
 
     n = build_subnet(model, args.config, load, recipe=recipe, others_stay=args.others_stay)
     return f"BN re-estimated on {n} {recipe.split} images (seed {recipe.seed})" if n else "BN statistics as trained"
+
+
+def language_model(extra: dict[str, Any]) -> Any:
+    """The checkpoint's :class:`bitswitch.lm.LMInfo`, or None for a model that is not a language model."""
+    from ..lm import NotALanguageModel, read_lm_info
+
+    try:
+        return read_lm_info(extra)
+    except NotALanguageModel:
+        return None
+
+
+def lm_text(args: argparse.Namespace, info: Any) -> Any:
+    """The Shakespeare splits of a language model (``--data FOLDER``, else ``--data-root``, else
+    ``$BITSWITCH_DATA``), refused when their vocabulary is not the checkpoint's."""
+    from ..data.text import load_shakespeare
+
+    data = getattr(args, "data", None)
+    root = data if data and Path(data).is_dir() else getattr(args, "data_root", None)
+    splits = load_shakespeare(root)
+    if splits.vocab.chars != info.vocab.chars:
+        raise ValueError(f"the text in {root or '$BITSWITCH_DATA'} has another vocabulary ({len(splits.vocab)} characters) "
+                         f"than the checkpoint's ({len(info.vocab)}): pass the data it was trained on with --data FOLDER")
+    return splits
+
+
+def text_batches(args: argparse.Namespace, info: Any, split: str, samples: int, batch_size: int, *,
+                 seed: int = 0, skip: int = 0) -> list[tuple[Any, Any]]:
+    """``samples`` windows of a language model's context at seeded random offsets of a Shakespeare
+    split (``--data FOLDER``, else ``--data-root``, else ``$BITSWITCH_DATA``), as ``(inputs, next
+    characters)`` batches; ``skip`` drops the first ``skip`` windows of the same seeded draw, so
+    ``(samples=a)`` and ``(samples=b, skip=a)`` never share a draw."""
+    import torch
+
+    ids = lm_text(args, info).split(split)
+    if ids.numel() <= info.context:
+        raise ValueError(f"the {split} split has {ids.numel()} characters, fewer than one window of {info.context} + 1")
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, ids.numel() - info.context, (skip + samples,), generator=gen)[skip:]
+    rows = torch.stack([ids[s: s + info.context + 1] for s in start.tolist()])
+    return [(rows[i: i + batch_size, :-1], rows[i: i + batch_size, 1:]) for i in range(0, samples, batch_size)]

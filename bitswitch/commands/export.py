@@ -119,18 +119,15 @@ def _lm_windows(args: argparse.Namespace, extra: dict):
     import torch
 
     from ..data.errors import DataError
-    from ..data.text import eval_windows, load_shakespeare
+    from ..data.text import eval_windows
     from ..lm import read_lm_info
-    from ._data import resolve_data
+    from ._data import lm_text
 
     info = read_lm_info(extra)
     try:
-        _, root = resolve_data(args, {"dataset": "shakespeare", **extra})
-        splits = load_shakespeare(root)
-    except (DataError, ValueError):
+        splits = lm_text(args, info)
+    except DataError:
         return None, None
-    if splits.vocab != info.vocab:
-        raise ValueError(f"the text at {root} has another vocabulary ({len(splits.vocab)} characters) than the checkpoint ({len(info.vocab)})")
     xs = [x for x, _ in eval_windows(splits.test, info.context, 250, limit=args.verify_images * info.context + 1) if x.shape[1] == info.context]
     x = torch.cat(xs)[: args.verify_images]
     return x, f"shakespeare test ({x.shape[0]} windows of {info.context} characters)"

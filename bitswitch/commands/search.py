@@ -23,7 +23,7 @@ from ..search.plots import plot_sweep
 from ..search.subnet import RECIPE_KEY, BNRecipe
 from ..table import print_table
 from ._args import BITS, COUNT, NON_NEGATIVE, THREADS
-from ._data import labelled_batches, resolve_data
+from ._data import labelled_batches, language_model, resolve_data, text_batches
 from ._model import add_model_args, load_model
 from .hessian import default_trace_path
 
@@ -40,7 +40,7 @@ def _calibration(args: argparse.Namespace, meta: dict[str, Any], why: str) -> tu
 
 
 def _recal_batches(args: argparse.Namespace, name: str, root: Any, extra: dict[str, Any]) -> Any:
-    if not args.recal_samples:
+    if not args.recal_samples or language_model(extra) is not None:  # no BatchNorm to re-estimate in a language model
         return None
     return labelled_batches(name, root, extra, "train", args.recal_samples, 128, seed=2)[0]
 
@@ -50,8 +50,12 @@ def _loss_deltas(args: argparse.Namespace, model: Any, meta: dict[str, Any], bit
     from ..search.ilp import candidate_pairs
     from ..search.measured import loss_deltas
 
-    name, root, extra = _calibration(args, meta, "--objective loss measures each layer's loss increase")
-    batches, _ = labelled_batches(name, root, extra, "train", args.samples, 128, seed=1)
+    batches = _text_batches(args, meta, args.samples, skip=0)
+    if batches is None:
+        name, root, extra = _calibration(args, meta, "--objective loss measures each layer's loss increase")
+        batches, _ = labelled_batches(name, root, extra, "train", args.samples, 128, seed=1)
+    else:
+        name, root, extra = "shakespeare", None, meta["extra"]
     recal = _recal_batches(args, name, root, extra)
     pairs = candidate_pairs(bits, act)
     weights = sorted({w for w, _ in pairs}, reverse=True)
@@ -68,10 +72,14 @@ def _rerank(args: argparse.Namespace, model: Any, meta: dict[str, Any], problem:
     """``--rerank K``: the K best ILP configurations, each measured as a whole; the lowest loss wins."""
     from ..search.measured import config_losses, rerank
 
-    name, root, extra = _calibration(args, meta, "--rerank measures each proposal's loss")
     # the same seeded permutation as the loss deltas, after their images: disjoint from them
     skip = args.samples if args.objective == "loss" else 0
-    batches, _ = labelled_batches(name, root, extra, "train", args.rerank_samples, 128, seed=1, skip=skip)
+    batches = _text_batches(args, meta, args.rerank_samples, skip=skip)
+    if batches is None:
+        name, root, extra = _calibration(args, meta, "--rerank measures each proposal's loss")
+        batches, _ = labelled_batches(name, root, extra, "train", args.rerank_samples, 128, seed=1, skip=skip)
+    else:
+        name, root, extra = "shakespeare", None, meta["extra"]
     recal = _recal_batches(args, name, root, extra)
     props = problem.solve_k_best(budgets, args.rerank)
     n_img = sum(int(x.shape[0]) for x, _ in batches)
@@ -139,6 +147,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "Pareto point here (default: pareto.json and pareto.png in the current folder, no precision files)")
     add_model_args(p)
     p.set_defaults(func=run)
+
+
+def _text_batches(args: argparse.Namespace, meta: dict[str, Any], samples: int, skip: int) -> Any:
+    """A language model's training windows (seeded, disjoint for disjoint ``skip``), or None for other models."""
+    info = language_model(meta.get("extra") or {})
+    return None if info is None else text_batches(args, info, "train", samples, 64, seed=1, skip=skip)
+
+
+def _example(args: argparse.Namespace, meta: dict[str, Any], trace_doc: dict[str, Any]) -> Any:
+    """What the model runs on to count MACs: a window of token ids for a language model, else an input shape."""
+    info = language_model(meta.get("extra") or {})
+    if info is not None:
+        import torch
+
+        return torch.zeros(1, info.context, dtype=torch.long)
+    return _shape(args, meta, trace_doc)
 
 
 def _shape(args: argparse.Namespace, meta: dict[str, Any], trace_doc: dict[str, Any]) -> list[int]:
@@ -240,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {trace_path}: {warning}; the search uses these estimates as they are "
               "(for firmer ones rerun bitswitch hessian with a higher --max-iter)", file=sys.stderr)
     model, meta = load_model(args, args.checkpoint)
-    costs = layer_costs(model, _shape(args, meta, trace_doc))
+    costs = layer_costs(model, _example(args, meta, trace_doc))
     bits = [int(b) for b in args.bits.split(",")] if args.bits else list(meta["quant_config"]["bits"])
     problem = SearchProblem(
         costs, sensitivity(traces), bits, act=args.act, objective=args.objective,

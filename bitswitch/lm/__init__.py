@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from ..data.text import CharVocab, eval_windows
 from ..nn.convert import get_precision, set_precision
 
-__all__ = ["LMInfo", "NotALanguageModel", "generate", "generate_ids", "lm_loss", "lm_losses", "lm_metadata", "logits_of", "open_lm", "perplexity", "read_lm_info"]
+__all__ = ["LMInfo", "NotALanguageModel", "generate", "generate_ids", "lm_loss", "lm_losses", "lm_metadata", "logits_of", "open_lm", "perplexity", "read_lm_info",
+           "window_losses"]
 
 
 class NotALanguageModel(ValueError):
@@ -74,20 +75,32 @@ def logits_of(output: Any) -> Tensor:
 
 
 @torch.no_grad()
-def lm_loss(model: nn.Module, ids: Tensor, context: int, *, batch_size: int = 64, limit: int = 0) -> float:
-    """Mean next-character cross-entropy (nats per character) of ``model`` on ``ids`` at its current precision."""
+def window_losses(model: nn.Module, ids: Tensor, context: int, *, batch_size: int = 64, limit: int = 0) -> tuple[Tensor, Tensor]:
+    """Summed next-character cross-entropy (nats) and target count of every evaluation window, in order.
+
+    The windows are :func:`bitswitch.data.text.eval_windows`'s, so ``sums.sum() / counts.sum()`` is
+    :func:`lm_loss`; per window, two precisions of one model form paired samples
+    (:func:`bitswitch.search.evaluate.paired_loss_difference`). Sums are float64, counts int64.
+    """
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    total, count = 0.0, 0
+    sums, counts = [], []
     try:
         for x, y in eval_windows(ids, context, batch_size, limit):
             logits = logits_of(model(x.to(device))).float()
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum"))
-            count += y.numel()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="none")
+            sums.append(nll.view(y.shape).double().sum(1).cpu())
+            counts.append(torch.full((y.shape[0],), y.shape[1], dtype=torch.int64))
     finally:
         model.train(was_training)
-    return total / count
+    return torch.cat(sums), torch.cat(counts)
+
+
+def lm_loss(model: nn.Module, ids: Tensor, context: int, *, batch_size: int = 64, limit: int = 0) -> float:
+    """Mean next-character cross-entropy (nats per character) of ``model`` on ``ids`` at its current precision."""
+    sums, counts = window_losses(model, ids, context, batch_size=batch_size, limit=limit)
+    return float(sums.sum() / counts.sum())
 
 
 def lm_losses(model: nn.Module, ids: Tensor, context: int, bits: Sequence[int] | None, **kwargs: Any) -> dict[str, float]:

@@ -92,6 +92,26 @@ def paired_difference(correct: torch.Tensor, baseline: torch.Tensor) -> tuple[fl
     return 100.0 * diff / n, 100.0 * ((gained + lost) - diff**2 / n) ** 0.5 / n
 
 
+def paired_loss_difference(losses: torch.Tensor, baseline: torch.Tensor, counts: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean loss difference of ``losses`` over ``baseline`` on the same units, and its standard error
+    from the spread of the per-unit differences (paired: what both share cancels).
+
+    Units are e.g. a language model's evaluation windows (:func:`bitswitch.lm.window_losses`).
+    Without ``counts`` each entry is one unit's loss and the difference is their plain mean; with
+    ``counts`` each entry is a unit's summed loss over ``counts`` targets and the difference is per
+    target (``Σ d_i / Σ n_i``, e.g. nats per character, exactly the difference of two pooled means),
+    its error that of a sum of independent unit differences: ``sqrt(k · var(d_i)) / Σ n_i``.
+    """
+    a, b = losses.double().flatten(), baseline.double().flatten()
+    n = torch.ones_like(b) if counts is None else counts.double().flatten()
+    if b.numel() < 2 or a.shape != b.shape or n.shape != b.shape:
+        raise ValueError(f"need two equal per-unit results of at least 2 units (and counts of the same length), "
+                         f"got {tuple(losses.shape)}, {tuple(baseline.shape)}" + ("" if counts is None else f" and {tuple(counts.shape)}"))
+    d = a - b
+    total = float(n.sum())
+    return float(d.sum()) / total, float((d.numel() * d.var()) ** 0.5) / total
+
+
 def dataset_batches(
     name: str, root: str | Path | None, split: str, samples: int | None, batch_size: int, *, seed: int = 0,
     mean: Sequence[float] | None = None, std: Sequence[float] | None = None, skip: int = 0,
@@ -119,4 +139,4 @@ def dataset_batches(
     return list(loader), tuple(ds.images.shape[1:])
 
 
-__all__ = ["BN_MODES", "accuracy", "dataset_batches", "evaluate_config"]
+__all__ = ["BN_MODES", "accuracy", "dataset_batches", "evaluate_config", "paired_loss_difference"]

@@ -94,13 +94,13 @@ class TwiceDifferentiableHardsigmoid(nn.Module):
         return F.relu6(x + 3.0) / 6.0
 
 
-def default_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the model's logits (a Hugging Face output's ``.logits``; a sequence
-    model's ``[batch, tokens, classes]`` logits against ``[batch, tokens]`` targets)."""
+def default_loss(output: Any, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the model's logits (a Hugging Face output's ``.logits``; a sequence
+    model's ``[batch, tokens, classes]`` logits against ``[batch, tokens]`` targets, per token)."""
     logits = output_tensor(output)
     if logits.dim() > 2:
-        return F.cross_entropy(logits.flatten(0, -2), target.flatten())
-    return F.cross_entropy(logits, target)
+        return F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction=reduction)
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 def _double_backward_error(e: RuntimeError) -> Exception:

@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn.convert import quantized_layers
 from .evaluate import at_config
+from .hessian import default_loss
 
 Pair = tuple[int, int]
 
@@ -39,7 +39,7 @@ def _mean_loss(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Ten
     total = n = 0.0
     for x, y in batches:
         total += float(loss_fn(model(x), y, reduction="sum"))
-        n += int(y.shape[0])
+        n += int(y.numel())  # one per image; one per token of a sequence model
     return total / n
 
 
@@ -66,7 +66,9 @@ def loss_deltas(
             budget makes the additive model local to where the search operates.
         recal_batches: if given, BatchNorm statistics are re-estimated on them for every measured
             configuration (on a copy; the model is left unchanged).
-        loss_fn: ``loss_fn(logits, targets, reduction="sum")`` (default cross-entropy).
+        loss_fn: ``loss_fn(output, targets, reduction="sum")``, averaged per target element (default:
+            :func:`~bitswitch.search.hessian.default_loss`, cross-entropy of the logits, per token
+            for a language model).
         layers: restrict to these quantized layers (default: all).
         monotone: project each layer's deltas onto "more bits never hurt" (:func:`monotone_deltas`):
             one-layer differences are small and noisy, and an ILP maximising their sum picks
@@ -94,7 +96,7 @@ def loss_deltas(
         base_cfg = {n: _as_pair(reference[n]) for n in quant}
     else:
         base_cfg = {n: pairs[0] if reference is None else _as_pair(reference) for n in quant}
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_fn or default_loss
 
     work = copy.deepcopy(model)  # the caller's model keeps its precision and statistics
 
@@ -151,7 +153,7 @@ def config_losses(
     data = list(batches)
     if not data:
         raise ValueError("no calibration data: pass at least one (inputs, targets) batch")
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_fn or default_loss
     out = []
     for cfg in configs:
         out.append(_mean_loss(at_config(model, {n: _as_pair(v) for n, v in cfg.items()}, recal_batches), data, loss_fn))
