@@ -7,6 +7,10 @@ folder ``bitswitch ptq`` reads.
 
 With ``--config subnet.json`` (a per-layer precision file, :mod:`bitswitch.nn.precision_file`) it
 evaluates that one mixed-precision configuration instead.
+
+A language-model checkpoint (one with a vocabulary record) gives loss in nats per character and
+perplexity per bit-width on its text's test, validation (``--split val``) or training split
+(:mod:`bitswitch.commands._eval_lm`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from ._args import COUNT, NON_NEGATIVE
 from ._data import labelled_batches, resolve_data
+from ._eval_lm import TEXT_SPLITS, run_language_model
 from ._model import add_model_args, load_model
 
 
@@ -30,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset folder (a built-in dataset's, or an ImageNet-style folder as bitswitch ptq reads), "
                    "or a dataset name (digits); default: the one the checkpoint was trained on")
     p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits, imagenet) when --data is a folder the checkpoint does not name")
-    p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
+    p.add_argument("--split", default="test", choices=TEXT_SPLITS, help="which split to evaluate (default: test; val: language models only)")
     p.add_argument("--batch-size", type=COUNT, default=1000)
     p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images first (default: 256 with --config, 0 otherwise)")
@@ -53,10 +58,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..cost import bops, layer_costs, model_bytes
-    from ..export.checkpoint import atomic_write_json
     from ..nn.convert import set_precision
     from ..nn.precision_file import apply_precision_file
-    from ..table import print_table
 
     path = Path(args.checkpoint)
     model, meta = load_model(args, path)
@@ -65,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     if "ptq" in meta and args.bits:
         raise ValueError(f"{path} is a bitswitch ptq result: one mixed configuration, evaluated as saved; --bits does not apply")
     extra = meta.get("extra") or {}
+    if "lm" in extra:
+        args.bits = _parse_bits(args.bits) if args.bits else None
+        return _show(args, run_language_model(args, path, model, meta), f"{path} on {extra.get('dataset')} {args.split}")
+    if args.split == "val":
+        raise ValueError("--split val is the validation split of a language model's text; image checkpoints take test or train")
     name, root = resolve_data(args, extra)
     batches, _ = labelled_batches(name, root, extra, args.split, None, args.batch_size)
     images = sum(int(y.shape[0]) for _, y in batches)
@@ -105,7 +113,15 @@ def run(args: argparse.Namespace) -> int:
             if n_recal:
                 recalibrate_bn(model, recal)
             rows.append(row(f"W{b}A{b}"))
-    print(f"{path} on {name} {args.split} ({images} images); BOPs per image, quantized layers only")
+    return _show(args, rows, f"{path} on {name} {args.split} ({images} images); BOPs per image, quantized layers only")
+
+
+def _show(args: argparse.Namespace, rows: list[dict[str, Any]], title: str) -> int:
+    """Print the rows as a table under ``title`` (and write them to ``--json``)."""
+    from ..export.checkpoint import atomic_write_json
+    from ..table import print_table
+
+    print(title)
     print_table(list(rows[0]), rows)
     if args.json:
         atomic_write_json(args.json, rows)

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model (FP32, fixed-precision QAT or joint multi-precision) from a config file",
         description="Train from a YAML/TOML config. Any option can be overridden as key=value (e.g. epochs=5 bits=4,3,2). "
         "The run directory (out_dir) receives the config used, metrics.jsonl, last/best checkpoints (integer codes for QAT runs), "
-        "the resumable state and accuracy.png.",
+        "the resumable state and accuracy.png (loss.png for language models: dataset shakespeare).",
     )
     p.add_argument("config", help="a .yaml/.yml/.toml config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, type-checked")
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lm import perplexity
     from ..train import TrainConfig, train
 
     overrides = list(args.overrides)
@@ -36,5 +37,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume)
     if result.test_acc:
         print("test accuracy (%): " + ", ".join(f"{k.upper()} {v:.2f}" for k, v in result.test_acc.items()))
+    if result.test_loss:
+        print("test loss (nats/char): " + ", ".join(f"{k.upper()} {v:.4f} (perplexity {perplexity(v):.2f})" for k, v in result.test_loss.items()))
     print(f"run directory: {result.out_dir}")
     return 0
