@@ -46,6 +46,7 @@ def load_fp32_weights(model: nn.Module, source: str | Path) -> Path:
     mine = getattr(model, "bitswitch_arch", None)
     if meta["arch"] != mine:
         raise ValueError(f"init_from: {path} holds {meta['arch']}, but this run builds {mine}")
+    tensors.update({alias: tensors[primary] for alias, primary in meta["tied"].items()})  # a tied LM head is stored once
     model.load_state_dict(tensors, strict=True)
     return path
 
