@@ -177,7 +177,6 @@ def run_epochs(cfg: TrainConfig, data: Data | TextData, model: nn.Module, optimi
     plan_at = hasb_planner(cfg, model, steps_per_epoch)
     # the steps run the compiled wrapper; evaluation, checkpoints and state use the model itself (same parameters)
     step_model = torch.compile(model) if cfg.compile else model  # one graph per bit-width
-    bits = None if cfg.mode == "fp32" else list(cfg.bits)
     history: list[dict[str, Any]] = list(info["history"])
     if dist.master:
         log.info("%s run %s: %s, %d train / %d val / %d test %s, %d steps/epoch%s", cfg.mode, out, cfg.model,
