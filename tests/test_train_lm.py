@@ -155,5 +155,5 @@ def test_bad_inputs_are_clear_errors(plays, tmp_path):
         train(tiny(tmp_path, tmp_path / "missing", "m1"))
     with pytest.raises(ValueError, match="cannot run on token ids of shape"):
         train(tiny(tmp_path, plays, "m2", model="digits_cnn", model_kwargs={}))
-    with pytest.raises(ValueError, match="has no window of context"):
-        train(tiny(tmp_path, plays, "m3", context=20000))
+    with pytest.raises(DataError, match="no window of context 40000"):
+        train(tiny(tmp_path, plays, "m3", context=40000))

@@ -62,6 +62,8 @@ def load_data(cfg: TrainConfig) -> Data | TextData:
     for a text dataset its fixed splits."""
     if cfg.is_language_model:
         splits = cached_shakespeare(shakespeare_root(cfg.data_root))
+        if splits.train.numel() <= cfg.context:  # before a model of that context is built
+            raise DataError(f"dataset {cfg.dataset!r}: the training text has {splits.train.numel()} characters, no window of context {cfg.context} + 1")
         return TextData(splits.train, splits.val, splits.test, cfg.dataset, splits.vocab)
     stats: Mapping[str, Any] = {}
     if is_factory(cfg.dataset):
