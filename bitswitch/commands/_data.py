@@ -102,10 +102,13 @@ def language_model(extra: dict[str, Any]) -> Any:
 def lm_text(args: argparse.Namespace, info: Any) -> Any:
     """The Shakespeare splits of a language model (``--data FOLDER``, else ``--data-root``, else
     ``$BITSWITCH_DATA``), refused when their vocabulary is not the checkpoint's."""
+    from ..data import DataError, default_data_root
     from ..data.text import load_shakespeare
 
     data = getattr(args, "data", None)
     root = data if data and Path(data).is_dir() else getattr(args, "data_root", None)
+    if root is None and default_data_root() is None:  # the library's message names data_root=, not a flag
+        raise DataError("a language model's text: pass --data FOLDER (the folder holding plays/, e.g. ../shared/data/shakespeare) or set BITSWITCH_DATA")
     splits = load_shakespeare(root)
     if splits.vocab.chars != info.vocab.chars:
         raise ValueError(f"the text in {root or '$BITSWITCH_DATA'} has another vocabulary ({len(splits.vocab)} characters) "

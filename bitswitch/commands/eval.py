@@ -7,6 +7,10 @@ folder ``bitswitch ptq`` reads.
 
 With ``--config subnet.json`` (a per-layer precision file, :mod:`bitswitch.nn.precision_file`) it
 evaluates that one mixed-precision configuration instead.
+
+A language-model checkpoint (one with a vocabulary record) gives loss in nats per character and
+perplexity per bit-width on its text's test, validation (``--split val``) or training split
+(:mod:`bitswitch.commands._eval_lm`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from ..progress import Progress
 from ._args import COUNT, NON_NEGATIVE, bit_list
 from ._data import labelled_batches, resolve_data, subnet_from_args
+from ._eval_lm import TEXT_SPLITS, run_language_model
 from ._model import add_model_args, load_model
 
 
@@ -31,10 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset folder (a built-in dataset's, or an ImageNet-style folder as bitswitch ptq reads), "
                    "or a dataset name (digits); default: the one the checkpoint was trained on")
     p.add_argument("--dataset", default=None, help="dataset name (fashion_mnist, cifar10, digits, imagenet) when --data is a folder the checkpoint does not name")
-    p.add_argument("--split", default="test", choices=("test", "train"), help="which split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=COUNT, default=1000, help="images per forward pass (default 1000)")
+    p.add_argument("--split", default="test", choices=TEXT_SPLITS, help="which split to evaluate (default: test; val: language models only)")
+    p.add_argument("--batch-size", type=COUNT, default=1000, help="images (language models: windows) per forward pass (default 1000)")
     p.add_argument("--limit", type=COUNT, default=None, metavar="N",
-                   help="evaluate on N images of the split only (a fixed seeded subset; the first N of an image folder): a quick estimate (default: all)")
+                   help="evaluate on N images of the split only (a fixed seeded subset; the first N of an image folder; language models: "
+                        "the first N windows of the context): a quick estimate (default: all)")
     p.add_argument("--recalibrate-bn", type=NON_NEGATIVE, default=None, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images first (default: with --config, the precision "
                         "file's recipe, 256 images; otherwise 0). export --config takes the same option and ships the same model")
@@ -47,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..cost import bops, layer_costs, model_bytes
-    from ..export.checkpoint import atomic_write_json
     from ..nn.convert import set_precision
-    from ..table import print_table
 
     path = Path(args.checkpoint)
     model, meta = load_model(args, path)
@@ -60,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if "ptq" in meta and args.bits:
         raise ValueError(f"{path} is a bitswitch ptq result: one mixed configuration, evaluated as saved; --bits does not apply")
     extra = meta.get("extra") or {}
+    if "lm" in extra:
+        args.bits = bit_list(args.bits) if args.bits else None
+        return _show(args, run_language_model(args, path, model, meta), f"{path} on {extra.get('dataset')} {args.split}")
+    if args.split == "val":
+        raise ValueError("--split val is the validation split of a language model's text; image checkpoints take test or train")
     name, root = resolve_data(args, extra)
     batches, _ = labelled_batches(name, root, extra, args.split, args.limit, args.batch_size)
     images = sum(int(y.shape[0]) for _, y in batches)
@@ -108,7 +117,15 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row(f"W{b}A{b}"))
     bar.close()
     subset = f", --limit {args.limit}: a subset, omit it for the whole split" if args.limit else ""
-    print(f"{path} on {name} {args.split} ({images} images{subset}); BOPs per image, quantized layers only")
+    return _show(args, rows, f"{path} on {name} {args.split} ({images} images{subset}); BOPs per image, quantized layers only")
+
+
+def _show(args: argparse.Namespace, rows: list[dict[str, Any]], title: str) -> int:
+    """Print the rows as a table under ``title`` (and write them to ``--json``)."""
+    from ..export.checkpoint import atomic_write_json
+    from ..table import print_table
+
+    print(title)
     print_table(list(rows[0]), rows)
     if args.json:
         atomic_write_json(args.json, rows)

@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model (FP32, fixed-precision QAT or joint multi-precision) from a config file",
         description=textwrap.fill("Train from a YAML/TOML config. Any option can be overridden as key=value (e.g. epochs=5 bits=4,3,2). "
         "The run directory (out_dir) receives the config used, metrics.jsonl, last/best checkpoints (integer codes for QAT runs), "
-        "the resumable state and accuracy.png. Ctrl-C ends the current step, saves the state there and prints the command "
-        "that resumes it: bitswitch train --resume RUN_DIR.", width),
+        "the resumable state and accuracy.png (loss.png for language models: dataset shakespeare). Ctrl-C ends the current step, "
+        "saves the state there and prints the command that resumes it: bitswitch train --resume RUN_DIR.", width),
         epilog=config_keys_help(width),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,6 +85,7 @@ def resume_config(run_dir: Path, config: str | None, overrides: list[str]) -> Tr
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lm import perplexity
     from ..train import TrainConfig, train
     from ..train.interrupt import TrainingInterrupted, resume_command
     from ..train.loop import STATE_FILE
@@ -115,5 +116,7 @@ def run(args: argparse.Namespace) -> int:
         return INTERRUPTED
     if result.test_acc:
         print("test accuracy (%): " + ", ".join(f"{k.upper()} {v:.2f}" for k, v in result.test_acc.items()))
+    if result.test_loss:
+        print("test loss (nats/char): " + ", ".join(f"{k.upper()} {v:.4f} (perplexity {perplexity(v):.2f})" for k, v in result.test_loss.items()))
     print(f"run directory: {result.out_dir}")
     return 0

@@ -17,16 +17,17 @@ Your own model and loop (no config)::
 """
 
 from .config import CONFIG_VERSION, TrainConfig, check_train_bits
-from .data import Data, load_data, make_loader
-from .evaluate import evaluate, evaluate_checkpoint
+from .data import Data, TextData, load_data, make_loader
+from .evaluate import evaluate
 from .interrupt import TrainingInterrupted
 from .loop import RunResult, train
 from .optim import alrs_factor, alrs_factors, alrs_param_groups, build_optimizer, model_bits, param_groups
 from .state import StateError
-from .step import call_model, cross_entropy_loss, joint_step
+from .step import call_model, cross_entropy_loss, joint_step, next_token_loss
+from .task import evaluate_checkpoint
 
 __all__ = [
-    "CONFIG_VERSION", "Data", "RunResult", "StateError", "TrainConfig", "TrainingInterrupted", "alrs_factor", "alrs_factors", "alrs_param_groups", "build_optimizer",
+    "CONFIG_VERSION", "Data", "RunResult", "StateError", "TextData", "TrainConfig", "TrainingInterrupted", "alrs_factor", "alrs_factors", "alrs_param_groups", "build_optimizer",
     "call_model", "check_train_bits", "cross_entropy_loss", "evaluate", "evaluate_checkpoint", "joint_step", "load_data", "make_loader",
-    "model_bits", "param_groups", "train",
+    "model_bits", "next_token_loss", "param_groups", "train",
 ]

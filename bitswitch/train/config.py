@@ -35,7 +35,9 @@ from ..safe_yaml import load_yaml
 
 CONFIG_VERSION = 1
 MODES = ("fp32", "fixed", "joint", "hasb")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: datasets of text: the run trains a causal language model on next-character prediction
+TEXT_DATASETS = ("shakespeare",)
 DISTILL = ("none", "inplace", "neighbour")
 LOSS_MODES = ("per_bit", "summed")
 BEST_METRICS = ("mean", "min")
@@ -60,7 +62,8 @@ class TrainConfig:
     variant: str = "shared"  # shared (Double Rounding, integer storage) | unshared (per-bit scales, FP32 storage)
     rounding: str = "half_even"  # second rounding of Double Rounding: half_even | half_up | floor
     switchable_bn: bool = True  # one BatchNorm per bit-width
-    full_precision: list[str] = field(default_factory=lambda: ["first_last"])  # layers kept FP32 (names/patterns, or first_last)
+    full_precision: list[str] = field(default_factory=lambda: ["first_last"])  # layers kept FP32 (names/patterns, first_last, or auto: embeddings and head of a transformer; language models need auto or names)
+    weight_only: bool = False  # quantize weights only: every layer the run quantizes keeps float inputs (labels w<b>, not w<b>a<b>)
     alrs: bool = True  # adaptive learning-rate scaling of the quantization scales (eta_b = 10^(-delta/2) ...)
     loss_mode: str = "per_bit"  # per_bit: one optimizer step per bit-width | summed: one step on the summed loss
     distill: str = "none"  # none | inplace (top bit teaches the others) | neighbour (each bit learns from the one above)
@@ -78,7 +81,7 @@ class TrainConfig:
     weight_init: str = "mse"  # weight scale init: mse | std3 | max
     act_init: str = "mse"  # activation scale init: mse | lsq | max
     # --- data ----------------------------------------------------------------------------------
-    dataset: str = "digits"  # digits (bundled with scikit-learn) | fashion_mnist | cifar10 | imagefolder (data_root/train/<class>/*.jpg, data_root/test|val/...) | package.module:callable returning tensors (imported: your code)
+    dataset: str = "digits"  # digits (bundled with scikit-learn) | fashion_mnist | cifar10 | shakespeare (text: a causal language model, data_root = the folder holding plays/) | imagefolder (data_root/train/<class>/*.jpg, data_root/test|val/...) | package.module:callable returning tensors (imported: your code)
     data_root: str | None = None  # dataset folder (unused for digits and callables)
     image_size: int = 0  # imagefolder: resize (short side) and centre-crop every image to this size (0 = the images share one size)
     val_fraction: float = 0.1  # share of the training data held out for checkpoint selection (never the test set)
@@ -86,11 +89,15 @@ class TrainConfig:
     train_subset: int = 0  # use only this many training examples (0 = all); for reduced-budget runs
     test_subset: int = 0  # evaluate the test split on this many images only (0 = all); for reduced-budget runs
     augment: bool = False  # random crop (+ flip for cifar10) on the uint8 batches
-    batch_size: int = 128  # global batch size (split across processes under torchrun)
-    eval_batch_size: int = 1000  # batch size for validation/test
+    batch_size: int = 128  # global batch size (split across processes under torchrun); language models: windows per batch
+    eval_batch_size: int = 1000  # batch size for validation/test (images, or windows of text)
+    # --- language models (dataset shakespeare; an image dataset refuses these keys) -------------
+    context: int = 64  # characters the model reads per window (its context length; filled into the model's `context` argument)
+    steps_per_epoch: int = 0  # batches of random windows per epoch (text has no natural epoch; required, >= 1, for text)
+    val_chars: int = 0  # validate each epoch on the first N characters of the validation split (0 = all of it); the test split is always evaluated in full
     # --- optimisation --------------------------------------------------------------------------
     epochs: int = 10  # training epochs
-    optimizer: str = "adam"  # sgd | adam
+    optimizer: str = "adam"  # sgd | adam | adamw (decoupled weight decay)
     lr: float = 1e-3  # base learning rate (the weights' rate; scales get eta_b * lr with ALRS)
     scale_lr_mult: float = 1.0  # extra multiplier on the scales' learning rate
     momentum: float = 0.9  # SGD momentum
@@ -102,7 +109,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     grad_clip: float = 0.0  # clip the gradient norm to this value (0 = off)
     seed: int = 0  # seed of initialisation, data order and augmentation
-    best_metric: str = "mean"  # checkpoint selection on validation accuracy: mean or min over bit-widths
+    best_metric: str = "mean"  # checkpoint selection on the validation metric: mean over bit-widths, or min = the worst bit-width (lowest accuracy, highest loss)
     # --- run -----------------------------------------------------------------------------------
     out_dir: str = "runs/default"  # run directory: config, metrics, checkpoints, plot
     device: str = "cpu"  # cpu | cuda | cuda:N (under torchrun each process takes cuda:LOCAL_RANK)
@@ -144,6 +151,7 @@ class TrainConfig:
             raise ValueError("dataset 'imagefolder' reads data_root/train/<class>/* and data_root/test/<class>/* (or val/): set data_root")
         if self.image_size and self.dataset != "imagefolder":
             raise ValueError(f"image_size resizes the images of dataset 'imagefolder'; dataset {self.dataset!r} has its own size (set image_size=0)")
+        self._validate_task()
         if self.compile and self.mode == "hasb":
             raise ValueError("compile=true does not suit mode 'hasb': every step draws new per-layer bit-widths, each one a recompilation")
         if self.compile and self.compile_kernels:
@@ -168,6 +176,39 @@ class TrainConfig:
         if not DEVICE_PATTERN.fullmatch(str(self.device)):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         self._validate_ranges()
+
+    @property
+    def is_language_model(self) -> bool:
+        """Does the run train a causal language model (a text dataset) rather than an image classifier?"""
+        return self.dataset in TEXT_DATASETS
+
+    def _validate_task(self) -> None:
+        """Keys of one kind of data given with the other kind: a clear error, not an ignored option."""
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default) for f in dataclasses.fields(self)}
+        changed = [k for k in defaults if getattr(self, k) != defaults[k]]
+        for name in ("context", "steps_per_epoch", "val_chars"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.is_language_model:
+            wrong = [k for k in ("context", "steps_per_epoch", "val_chars") if k in changed]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} {'applies' if len(wrong) == 1 else 'apply'} to language models (dataset "
+                                 f"{' or '.join(TEXT_DATASETS)}); dataset {self.dataset!r} is images: remove {'it' if len(wrong) == 1 else 'them'}")
+            return
+        wrong = [k for k in ("image_size", "augment", "val_fraction", "split_seed", "train_subset", "test_subset") if k in changed]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} {'applies' if len(wrong) == 1 else 'apply'} to image datasets; dataset {self.dataset!r} is text "
+                             "with a fixed train/validation/test split (its README): remove it, or use val_chars to shorten validation")
+        if self.context < 1 or self.steps_per_epoch < 1:
+            raise ValueError(f"dataset {self.dataset!r} trains on random windows: set context >= 1 and steps_per_epoch >= 1 "
+                             f"(got context={self.context}, steps_per_epoch={self.steps_per_epoch})")
+        if self.mode == "hasb":
+            raise ValueError(f"mode 'hasb' trains image models; dataset {self.dataset!r} is text (use mode fp32, fixed or joint)")
+        if self.mode != "fp32" and self.full_precision == ["first_last"]:
+            raise ValueError("full_precision=[first_last] keeps the first Linear layer (the first block's query projection) in float; "
+                             "for a language model use full_precision=[auto] (embeddings and head float, every block quantized) or name the layers")
+        if "context" in self.model_kwargs:
+            raise ValueError(f"model_kwargs.context={self.model_kwargs['context']!r}: set the top-level key context instead (the data windows use it too)")
 
     def _validate_ranges(self) -> None:
         """Finite numbers, probabilities in [0, 1], threads within the machine, a real out_dir."""

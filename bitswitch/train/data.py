@@ -2,19 +2,24 @@
 
 ``dataset`` is a built-in name, ``imagefolder`` (a class-folder tree at ``data_root``:
 ``train/<class>/*.jpg`` and ``test/`` or ``val/``), or a ``package.module:callable`` of the user's
-returning tensors (:func:`user_data`).
+returning tensors (:func:`user_data`). A text dataset (``shakespeare``) gives :class:`TextData`
+instead: the three splits its README fixes, read through :class:`WindowBatches` (random windows for
+training, ``steps_per_epoch`` batches an epoch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data import ArrayDataset, DataError, TensorLoader, canonical_name, dataset_stats, load_dataset
+from ..data import ArrayDataset, DataError, TensorLoader, canonical_name, dataset_stats, epoch_seed, load_dataset
 from ..data.imagefolder import load_image_folder
+from ..data.text import CharVocab, TextSplits, load_shakespeare, random_windows, shakespeare_root
 from ..models.factory import import_factory, is_factory
 from .config import TrainConfig
 
@@ -41,8 +46,25 @@ class Data:
         return self.train.num_classes
 
 
-def load_data(cfg: TrainConfig) -> Data:
-    """Train/validation split carved from the training data (seeded, stratified) and the test split."""
+@dataclass
+class TextData:
+    """The token ids of a text dataset's three fixed splits, and its vocabulary."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    key: str
+    vocab: CharVocab
+
+
+def load_data(cfg: TrainConfig) -> Data | TextData:
+    """Train/validation split carved from the training data (seeded, stratified) and the test split;
+    for a text dataset its fixed splits."""
+    if cfg.is_language_model:
+        splits = cached_shakespeare(shakespeare_root(cfg.data_root))
+        if splits.train.numel() <= cfg.context:  # before a model of that context is built
+            raise DataError(f"dataset {cfg.dataset!r}: the training text has {splits.train.numel()} characters, no window of context {cfg.context} + 1")
+        return TextData(splits.train, splits.val, splits.test, cfg.dataset, splits.vocab)
     stats: Mapping[str, Any] = {}
     if is_factory(cfg.dataset):
         key = cfg.dataset
@@ -66,6 +88,47 @@ def load_data(cfg: TrainConfig) -> Data:
     train, val = full.split(cfg.val_fraction, seed=cfg.split_seed)
     stats = stats or channel_stats(train)
     return Data(train, val, test, key, tuple(stats["mean"]), tuple(stats["std"]))
+
+
+def cached_shakespeare(root: Path) -> TextSplits:
+    """:func:`load_shakespeare`, read once per process for the same files (several seconds to encode 5 MB)."""
+    files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted((root / "plays").glob("*.txt")))
+    return _read_text_splits(root.resolve(), files)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_text_splits(root: Path, files: tuple) -> TextSplits:
+    return load_shakespeare(root)
+
+
+class WindowBatches:
+    """``steps`` training batches per epoch of ``batch_size`` random windows of ``context + 1`` tokens.
+
+    Epoch ``e`` draws from a generator seeded by ``(seed, e)``, so a run is reproducible and resumes
+    with :meth:`set_epoch`, as :class:`~bitswitch.data.TensorLoader`; iterating uses the current
+    epoch and then advances it by one. Yields ``(inputs, next tokens)``, int64 ``(B, context)``.
+    """
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, context: int, steps: int, seed: int = 0, device: str | torch.device = "cpu"):
+        if ids.numel() <= context:
+            raise DataError(f"a text of {ids.numel()} tokens has no window of context {context} + 1")
+        self.ids, self.batch_size, self.context, self.steps, self.seed = ids, int(batch_size), int(context), int(steps), int(seed)
+        self.device = torch.device(device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce epoch ``epoch`` (for resuming)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        self.epoch += 1
+        for _ in range(self.steps):
+            x, y = random_windows(self.ids, self.batch_size, self.context, gen)
+            yield x.to(self.device), y.to(self.device)
 
 
 def channel_stats(ds: ArrayDataset) -> dict[str, tuple[float, ...]]:
@@ -127,4 +190,4 @@ def make_loader(data: Data, split: str, cfg: TrainConfig, device: str, *, train:
     return TensorLoader(ds, cfg.eval_batch_size, shuffle=False, mean=data.mean, std=data.std, device=device)
 
 
-__all__ = ["Data", "load_data", "make_loader"]
+__all__ = ["Data", "TextData", "WindowBatches", "load_data", "make_loader"]

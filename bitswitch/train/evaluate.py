@@ -1,38 +1,32 @@
-"""Accuracy of a model or of a saved checkpoint at every bit-width of a run."""
+"""The metric of a model at every bit-width of a run: accuracy (images) or loss in nats per character (text)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..data import TensorLoader
-from ..export.checkpoint import load
-from ..models.factory import is_factory
+from ..lm import lm_loss
 from ..nn.convert import set_precision
-from .config import TrainConfig
-from .data import Data, make_loader
-from .model import build_float_model
 from .step import label
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader, bits: list[int] | None) -> dict[str, float]:
-    """Top-1 accuracy (%) at every bit-width (``None``: the FP32 model), in eval mode."""
+def each_precision(model: nn.Module, bits: Sequence[int] | None, measure: Callable[[], float],
+                   labels: Sequence[str] | None = None) -> dict[str, float]:
+    """``{label: measure()}`` with the model switched to each bit-width (``None``: the FP32 model), in
+    eval mode; afterwards the model is back at its top bit-width and in its former mode."""
     was_training = model.training
     model.eval()
+    precisions = list(bits) if bits is not None else [None]
+    names = list(labels) if labels is not None else ["fp32" if b is None else label(b) for b in precisions]
     out: dict[str, float] = {}
     try:
-        for b in bits if bits is not None else [None]:
+        for b, name in zip(precisions, names, strict=True):
             if b is not None:
                 set_precision(model, b)
-            correct = total = 0
-            loader.set_epoch(0)
-            for x, y in loader:
-                correct += int((model(x).argmax(1) == y).sum())
-                total += int(y.numel())
-            out["fp32" if b is None else label(b)] = 100.0 * correct / max(total, 1)
+            out[name] = measure()
     finally:
         if bits:
             set_precision(model, bits[0])
@@ -40,19 +34,24 @@ def evaluate(model: nn.Module, loader: TensorLoader, bits: list[int] | None) -> 
     return out
 
 
-def select_metric(acc: dict[str, float], how: str) -> float:
-    """The number that picks the best epoch: the lowest (``min``) or mean accuracy over bit-widths."""
-    vals = list(acc.values())
-    return min(vals) if how == "min" else sum(vals) / len(vals)
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TensorLoader, bits: Sequence[int] | None, labels: Sequence[str] | None = None) -> dict[str, float]:
+    """Top-1 accuracy (%) at every bit-width (``None``: the FP32 model), in eval mode."""
+    def accuracy() -> float:
+        correct = total = 0
+        loader.set_epoch(0)
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += int(y.numel())
+        return 100.0 * correct / max(total, 1)
+
+    return each_precision(model, bits, accuracy, labels)
 
 
-def evaluate_checkpoint(path: Path, data: Data, cfg: TrainConfig, device: str, split: str = "test") -> dict[str, float]:
-    """Accuracy of a saved checkpoint, reloaded from its file (integer codes for QAT runs).
-
-    A run of a ``package.module:factory`` model rebuilds it with the run's factory (already imported).
-    """
-    model = load(path, model=build_float_model(cfg, data) if is_factory(cfg.model) else None).to(device)
-    return evaluate(model, make_loader(data, split, cfg, device), None if cfg.mode == "fp32" else list(cfg.bits))
+def evaluate_text(model: nn.Module, ids: torch.Tensor, context: int, bits: Sequence[int] | None, labels: Sequence[str] | None = None, *,
+                  batch_size: int = 64, limit: int = 0) -> dict[str, float]:
+    """Next-character loss (nats per character, :func:`bitswitch.lm.lm_loss`) at every bit-width."""
+    return each_precision(model, bits, lambda: lm_loss(model, ids, context, batch_size=batch_size, limit=limit), labels)
 
 
-__all__ = ["evaluate", "evaluate_checkpoint", "select_metric"]
+__all__ = ["each_precision", "evaluate", "evaluate_text"]

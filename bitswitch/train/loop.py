@@ -43,9 +43,7 @@ from ..nn.convert import calibrate, quantized_layers, set_precision
 from ..progress import Progress
 from . import ddp
 from .config import TrainConfig
-from .data import Data, load_data, make_loader
-from .evaluate import evaluate, evaluate_checkpoint, select_metric
-from .fit import check_model_fits_data
+from .data import Data, TextData, load_data
 from .hasb import RouletteSampler, SwitchSchedule, latent_from_checkpoint, supernet_plan
 from .interrupt import StopRequest, TrainingInterrupted, resume_command
 from .lock import RunLock
@@ -54,6 +52,7 @@ from .optim import build_optimizer, describe_groups, schedule_factor
 from .report import epoch_table, summarize, summary_table, write_report
 from .state import StateError, read_state, restore_state, save_state
 from .step import bit_labels, train_step
+from .task import evaluate_checkpoint, task_of
 
 log = logging.getLogger("bitswitch.train")
 
@@ -63,7 +62,8 @@ METRICS_FILE = "metrics.jsonl"
 
 @dataclass
 class RunResult:
-    """What :func:`train` returns: the run's history, its accuracies and the trained model (in memory)."""
+    """What :func:`train` returns: the run's history, its test metric (accuracy for image runs, loss in
+    nats/char for language models) and the trained model (in memory)."""
 
     out_dir: Path
     config: TrainConfig
@@ -72,6 +72,7 @@ class RunResult:
     test_acc: dict[str, float]
     model: nn.Module
     summary: dict[str, Any] = field(default_factory=dict)
+    test_loss: dict[str, float] = field(default_factory=dict)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> RunResult:
@@ -110,7 +111,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             lock.release()
 
 
-def setup_run(cfg: TrainConfig, *, resume: bool = False, device: str | None = None) -> tuple[Data, nn.Module, torch.optim.Optimizer, dict[str, Any]]:
+def setup_run(cfg: TrainConfig, *, resume: bool = False, device: str | None = None) -> tuple[Data | TextData, nn.Module, torch.optim.Optimizer, dict[str, Any]]:
     """Everything before the first step: resume checks, data, model, calibration, optimizer, restored state."""
     state = read_resumable_state(cfg) if resume else None
     if not resume and (Path(cfg.out_dir) / STATE_FILE).exists():
@@ -141,7 +142,7 @@ def read_resumable_state(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], dic
     return tensors, stored
 
 
-def build_run_model(cfg: TrainConfig, data: Data, *, resume: bool) -> nn.Module:
+def build_run_model(cfg: TrainConfig, data: Data | TextData, *, resume: bool) -> nn.Module:
     """The model before its first step: FP32 (optionally from ``init_from``), or quantized and calibrated.
 
     A resumed run takes every weight and scale from its state file, so nothing is loaded or
@@ -149,7 +150,7 @@ def build_run_model(cfg: TrainConfig, data: Data, *, resume: bool) -> nn.Module:
     """
     torch.manual_seed(cfg.seed)
     model = build_float_model(cfg, data)  # for hasb too: it checks the model fits the data, and seeded runs depend on its draws
-    check_model_fits_data(model, data.input_shape, data.num_classes, f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs} on dataset {data.key!r}")
+    task_of(cfg).check_fits(model, data, cfg)
     if cfg.mode == "hasb":
         return latent_from_checkpoint(cfg.init_from, model if is_factory(cfg.model) else None)
     if cfg.init_from and not resume:
@@ -158,27 +159,26 @@ def build_run_model(cfg: TrainConfig, data: Data, *, resume: bool) -> nn.Module:
         return model
     model = quantize_model(model, cfg)
     if not resume:
-        loader = make_loader(data, "train", cfg, "cpu")
-        loader.shuffle, loader.augment = False, False
-        calibrate(model, loader, num_batches=cfg.calib_batches, weight_init=cfg.weight_init, act_init=cfg.act_init, seed=cfg.seed)
+        calibrate(model, task_of(cfg).calibration_batches(data, cfg), num_batches=cfg.calib_batches, weight_init=cfg.weight_init, act_init=cfg.act_init, seed=cfg.seed)
     set_precision(model, cfg.bits[0])
     return model
 
 
-def checkpoint_extra(cfg: TrainConfig, data: Data, epoch: int, val: dict[str, float]) -> dict[str, Any]:
-    """What a checkpoint records about its run (``bitswitch eval`` finds the data and normalisation here)."""
-    return {"train_config": cfg.to_dict(), "config_version": cfg.version, "epoch": epoch, "val_acc": val,
-            "dataset": data.key, "input_shape": list(data.input_shape), "mean": list(data.mean), "std": list(data.std)}
+def checkpoint_extra(cfg: TrainConfig, data: Data | TextData, epoch: int, val: dict[str, float]) -> dict[str, Any]:
+    """What a checkpoint records about its run (``bitswitch eval`` finds the data and normalisation, or the vocabulary, here)."""
+    task = task_of(cfg)
+    return {"train_config": cfg.to_dict(), "config_version": cfg.version, "epoch": epoch, task.metric.val_key: val,
+            **task.checkpoint_record(data, cfg)}
 
 
-def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
+def run_epochs(cfg: TrainConfig, data: Data | TextData, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
                dist: ddp.DistInfo, device: str, resume: bool, stop_after: int | None, stop: StopRequest | None = None) -> RunResult:
     """The epochs left to train (up to ``stop_after`` of them, or until ``stop`` is requested), then the
     test evaluation of a finished run."""
     stop = stop or StopRequest(enabled=False)
     out = Path(cfg.out_dir)
-    train_loader = make_loader(data, "train", cfg, device, train=True)
-    val_loader = make_loader(data, "val", cfg, device)
+    task = task_of(cfg)
+    train_loader = task.train_batches(data, cfg, device)
     steps_per_epoch = len(train_loader)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
 
@@ -188,11 +188,10 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
     plan_at = hasb_planner(cfg, model, steps_per_epoch)
     # the steps run the compiled wrapper; evaluation, checkpoints and state use the model itself (same parameters)
     step_model = torch.compile(model) if cfg.compile else model  # one graph per bit-width
-    bits = None if cfg.mode == "fp32" else list(cfg.bits)
     history: list[dict[str, Any]] = list(info["history"])
     if dist.master:
-        log.info("%s run %s: %s, %d train / %d val / %d test images, %d steps/epoch%s", cfg.mode, out, cfg.model,
-                 len(data.train), len(data.val), len(data.test), steps_per_epoch,
+        log.info("%s run %s: %s, %d train / %d val / %d test %s, %d steps/epoch%s", cfg.mode, out, cfg.model,
+                 len(data.train), len(data.val), len(data.test), task.unit, steps_per_epoch,
                  f", {dist.world_size} processes" if dist.enabled else "")
         log.info("optimizer groups: %s", describe_groups(optimizer))
         if resume:
@@ -218,14 +217,14 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
             save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
             raise TrainingInterrupted(out, out / STATE_FILE, step, epoch, tally.batches, steps_per_epoch)
         ddp.average_buffers(model, dist)
-        val = evaluate(model, val_loader, bits)
-        metric = select_metric(val, cfg.best_metric)
-        improved = info["best"] is None or metric > info["best"]
+        val = task.evaluate(model, data, "val", cfg, device)
+        metric = task.metric.select(val, cfg.best_metric)
+        improved = info["best"] is None or task.metric.better(metric, info["best"])
         if improved:
             info["best"], info["best_epoch"] = metric, epoch + 1
         record = {
             "epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0)),
-            "train_loss": tally.mean_losses(), "val_acc": val, "val_metric": metric,
+            "train_loss": tally.mean_losses(), task.metric.val_key: val, "val_metric": metric,
             "best": improved, "train_time_s": tally.train_time_s, "bit_time_s": tally.bit_time_s,
         }
         history.append(record)
@@ -237,16 +236,17 @@ def run_epochs(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.
         if stop.requested and epoch + 1 < cfg.epochs:  # Ctrl-C during the evaluation: the epoch's state is written
             raise TrainingInterrupted(out, out / STATE_FILE, step, epoch + 1, 0, steps_per_epoch)
 
-    best_val = next((h["val_acc"] for h in history if h["epoch"] == info["best_epoch"]), {})
-    test_acc: dict[str, float] = {}
+    best_val = next((h[task.metric.val_key] for h in history if h["epoch"] == info["best_epoch"]), {})
+    test: dict[str, float] = {}
     summary: dict[str, Any] = {}
     if int(info["epoch"]) >= cfg.epochs and dist.master and (out / "best.safetensors").exists():
-        test_acc = evaluate_checkpoint(out / "best.safetensors", data, cfg, device)
-        summary = summarize(cfg, data, history, info["best_epoch"], test_acc)
+        test = evaluate_checkpoint(out / "best.safetensors", data, cfg, device)
+        summary = summarize(cfg, task, data, history, info["best_epoch"], test)
         labels = bit_labels(cfg)
-        write_report(out, summary, history, labels)
-        log.info("summary (best epoch %s of %d, chosen on validation):\n%s", info["best_epoch"], cfg.epochs, summary_table(summary, labels))
-    return RunResult(out, cfg, history, best_val, test_acc, model, summary)
+        write_report(out, summary, history, labels, task.metric)
+        log.info("summary (best epoch %s of %d, chosen on validation):\n%s", info["best_epoch"], cfg.epochs, summary_table(summary, labels, task.metric))
+    lm = cfg.is_language_model
+    return RunResult(out, cfg, history, best_val, {} if lm else test, model, summary, test if lm else {})
 
 
 def hasb_planner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Callable[[int], list | None]:
@@ -312,18 +312,19 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
     return step
 
 
-def write_epoch(cfg: TrainConfig, data: Data, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
+def write_epoch(cfg: TrainConfig, data: Data | TextData, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any],
                 record: dict[str, Any]) -> None:
     """The files of a finished epoch: last (and best) checkpoint, a metrics line, the resumable state, a log table."""
     out = Path(cfg.out_dir)
-    extra = checkpoint_extra(cfg, data, record["epoch"], record["val_acc"])
+    metric = task_of(cfg).metric
+    extra = checkpoint_extra(cfg, data, record["epoch"], record[metric.val_key])
     save(model, out / "last.safetensors", extra=extra)
     if record["best"]:
         save(model, out / "best.safetensors", extra=extra)
     with open(out / METRICS_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
     save_state(out / STATE_FILE, model, optimizer, info, cfg.to_json())
-    log.info("validation accuracy (%%):\n%s", epoch_table(record, cfg.epochs))
+    log.info("validation %s:\n%s", metric.title, epoch_table(record, cfg.epochs, metric))
 
 
 __all__ = ["EpochTally", "RunResult", "build_run_model", "checkpoint_extra", "hasb_planner", "read_resumable_state", "run_epochs", "setup_run", "train",

@@ -131,7 +131,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam  # AdamW: each group's weight_decay decoupled
+    return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def describe_groups(optimizer: torch.optim.Optimizer) -> str:

@@ -36,12 +36,13 @@ Forward = Callable[[nn.Module, Any], Any]
 
 
 def bit_labels(cfg: TrainConfig) -> list[str]:
-    """The names of a run's precisions in metrics, tables and checkpoints: ``fp32`` or ``w<b>a<b>``."""
-    return ["fp32"] if cfg.mode == "fp32" else [label(b) for b in cfg.bits]
+    """The names of a run's precisions in metrics, tables and checkpoints: ``fp32``, ``w<b>a<b>``, or
+    ``w<b>`` when only the weights are quantized (``weight_only``)."""
+    return ["fp32"] if cfg.mode == "fp32" else [label(b, weight_only=cfg.weight_only) for b in cfg.bits]
 
 
-def label(b: int) -> str:
-    return f"w{b}a{b}"
+def label(b: int, *, weight_only: bool = False) -> str:
+    return f"w{b}" if weight_only else f"w{b}a{b}"
 
 
 def call_model(model: nn.Module, batch: Any) -> Any:
@@ -74,6 +75,21 @@ def output_logits(output: Any) -> torch.Tensor:
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     """``loss_fn`` of ``(x, y)`` batches of class labels: cross-entropy of the output against ``batch[1]``."""
     return lambda output, batch: F.cross_entropy(output, batch[1], label_smoothing=label_smoothing)
+
+
+def next_token_loss(label_smoothing: float = 0.0) -> LossFn:
+    """``loss_fn`` of ``(ids, next ids)`` batches of a causal language model: cross-entropy of the
+    logits ``(B, T, V)`` (a tensor or ``.logits``) against every next token ``batch[1]`` ``(B, T)``."""
+    def loss(output: Any, batch: Any) -> torch.Tensor:
+        logits = output_logits(output)
+        return F.cross_entropy(logits.flatten(0, -2), batch[1].flatten(), label_smoothing=label_smoothing)
+
+    return loss
+
+
+def run_loss(cfg: TrainConfig) -> LossFn:
+    """The training loss of a configured run: next-character cross-entropy for text, class cross-entropy for images."""
+    return (next_token_loss if cfg.is_language_model else cross_entropy_loss)(cfg.label_smoothing)
 
 
 class Distillation:
@@ -254,7 +270,7 @@ def fp32_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
     with timed(timer, "fp32"):
         set_lr(optimizer, cfg.lr, sched)
         optimizer.zero_grad(set_to_none=True)
-        loss = cross_entropy_loss(cfg.label_smoothing)(model(x), (x, y))
+        loss = run_loss(cfg)(model(x), (x, y))
         loss.backward()
         finish_backward(model, cfg, dist)
         optimizer.step()
@@ -281,11 +297,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     if cfg.mode == "fp32":
         return fp32_step(model, optimizer, x, y, cfg, sched, dist, timer)
     set_lr(optimizer, cfg.lr, sched)
-    losses = joint_step(model, (x, y), cross_entropy_loss(cfg.label_smoothing), optimizer, bits=cfg.bits, precisions=plan,
+    times: dict[str, float] = {}
+    losses = joint_step(model, (x, y), run_loss(cfg), optimizer, bits=cfg.bits, precisions=plan,
                         distill=cfg.distill, distill_temperature=cfg.distill_temperature, distill_weight=cfg.distill_weight,
-                        summed=cfg.loss_mode == "summed", before_step=lambda: finish_backward(model, cfg, dist), timer=timer)
-    return {label(b): v for b, v in losses.items()}
+                        summed=cfg.loss_mode == "summed", before_step=lambda: finish_backward(model, cfg, dist), timer=times)
+    names = dict(zip((label(b) for b in cfg.bits), bit_labels(cfg)))  # joint_step times w<b>a<b>; a weight-only run says w<b>
+    for k, v in times.items():
+        timer[names.get(k, k)] = timer.get(names.get(k, k), 0.0) + v
+    return dict(zip(bit_labels(cfg), losses.values()))
 
 
-__all__ = ["Distillation", "bit_labels", "call_model", "cross_entropy_loss", "fp32_step", "joint_step", "output_logits", "output_loss",
-           "train_step", "unwrap"]
+__all__ = ["Distillation", "bit_labels", "call_model", "cross_entropy_loss", "fp32_step", "joint_step", "next_token_loss", "output_logits",
+           "output_loss", "run_loss", "train_step", "unwrap"]
