@@ -106,7 +106,8 @@ def lm_text(args: argparse.Namespace, info: Any) -> Any:
     from ..data.text import load_shakespeare
 
     data = getattr(args, "data", None)
-    root = data if data and Path(data).is_dir() else getattr(args, "data_root", None)
+    # --data shakespeare (the name) is found in $BITSWITCH_DATA or --data-root; a folder that does not exist is named in the error
+    root = (None if data == "shakespeare" else data) or getattr(args, "data_root", None)
     if root is None and default_data_root() is None:  # the library's message names data_root=, not a flag
         raise DataError("a language model's text: pass --data FOLDER (the folder holding plays/, e.g. ../shared/data/shakespeare) or set BITSWITCH_DATA")
     splits = load_shakespeare(root)
