@@ -157,3 +157,17 @@ def test_bad_inputs_are_clear_errors(plays, tmp_path):
         train(tiny(tmp_path, plays, "m2", model="digits_cnn", model_kwargs={}))
     with pytest.raises(DataError, match="no window of context 40000"):
         train(tiny(tmp_path, plays, "m3", context=40000))
+
+
+def test_the_shipped_lm_configs_run_in_order(plays, tmp_path):
+    """configs/lm_fp32.yaml, then lm_joint_wonly.yaml and lm_joint_wa.yaml from its run, as docs/training.md
+    shows them, on a tiny budget (only the size and length overridden)."""
+    repo = Path(__file__).resolve().parents[1]
+    shrink = [f"data_root={plays}", "model_kwargs=" + json.dumps(TINY_MODEL), "context=16", "steps_per_epoch=2", "epochs=1",
+              "val_chars=512", "eval_batch_size=128", "calib_batches=1", "num_threads=1", "progress=false"]
+    fp32 = tmp_path / "lm_fp32"
+    assert main(["train", str(repo / "configs" / "lm_fp32.yaml"), *shrink, "--out", str(fp32)]) == 0
+    for name, label in (("lm_joint_wonly", "w2"), ("lm_joint_wa", "w2a2")):
+        run = tmp_path / name
+        assert main(["train", str(repo / "configs" / f"{name}.yaml"), *shrink, f"init_from={fp32}", "--out", str(run)]) == 0
+        assert label in json.loads((run / "summary.json").read_text())["test_loss"]
