@@ -389,7 +389,7 @@ def goals(results: dict[str, Any], split: str = "val") -> list[str]:
         for name in (f"separate_{mode}", f"rtn_{mode}", f"slice_{mode}"):
             other = v(name, "w2")
             if j2 is not None and other is not None:
-                lines.append(f"{METHODS[name][0]} 2-bit, joint + ALRS {j2:.4f} vs {METHODS[name][1]} {other:.4f}: {other - j2:+.4f} in favour of joint")
+                lines.append(f"{METHODS[name][0]} 2-bit, joint + ALRS {j2:.4f} vs {METHODS[name][1]} {other:.4f}: joint {'better' if j2 < other else 'worse'} by {abs(other - j2):.4f}")
     for mode in ("w", "wa"):
         for a, b, what in (("joint_alrs", "joint_noalrs", "ALRS (on minus off)"), ("joint_alrs_kd", "joint_alrs", "distillation (on minus off)")):
             a, b = f"{a}_{mode}", f"{b}_{mode}"
