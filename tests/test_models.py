@@ -35,11 +35,15 @@ def n_params(model: nn.Module) -> int:
 def zoo() -> dict[str, nn.Module]:
     """Build every model once (ResNet-50 construction dominates the runtime)."""
     torch.manual_seed(0)
-    return {name: build(name) for name in available()}
+    return {name: build(name) for name in available() if name not in TOKEN_MODELS}
+
+
+#: models that read token ids, not float tensors (tested on their own below)
+TOKEN_MODELS = {"char_llama"}
 
 
 def test_registry_lists_all_models() -> None:
-    assert set(available()) == set(INPUTS)
+    assert set(available()) == set(INPUTS) | TOKEN_MODELS
     assert available() == sorted(available())
 
 
@@ -52,6 +56,17 @@ def test_forward_shape(zoo: dict[str, nn.Module], name: str) -> None:
         out = model(torch.randn(2, *shape))
     assert out.shape == (2, classes)
     assert torch.isfinite(out).all()
+
+
+def test_char_llama_reads_token_ids_with_a_tied_head() -> None:
+    model = build("char_llama", vocab_size=82, dim=32, layers=1, heads=2, hidden=64, context=16).eval()
+    with torch.no_grad():
+        logits = model(torch.randint(0, 82, (2, 16))).logits
+    assert logits.shape == (2, 16, 82) and torch.isfinite(logits).all()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.bitswitch_arch == {"name": "char_llama", "kwargs": {"vocab_size": 82, "dim": 32, "layers": 1, "heads": 2, "hidden": 64, "context": 16}}
+    with pytest.raises(ValueError, match="divisible"):
+        build("char_llama", dim=30, heads=4)
 
 
 def test_train_mode_backward_small() -> None:
