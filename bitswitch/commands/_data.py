@@ -125,10 +125,11 @@ def text_batches(args: argparse.Namespace, info: Any, split: str, samples: int, 
     ``(samples=a)`` and ``(samples=b, skip=a)`` never share a draw."""
     import torch
 
+    from ..data.text import random_windows
+
     ids = lm_text(args, info).split(split)
     if ids.numel() <= info.context:
         raise ValueError(f"the {split} split has {ids.numel()} characters, fewer than one window of {info.context} + 1")
-    gen = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, ids.numel() - info.context, (skip + samples,), generator=gen)[skip:]
-    rows = torch.stack([ids[s: s + info.context + 1] for s in start.tolist()])
-    return [(rows[i: i + batch_size, :-1], rows[i: i + batch_size, 1:]) for i in range(0, samples, batch_size)]
+    x, y = random_windows(ids, skip + samples, info.context, torch.Generator().manual_seed(seed))
+    x, y = x[skip:], y[skip:]
+    return [(x[i: i + batch_size], y[i: i + batch_size]) for i in range(0, samples, batch_size)]
