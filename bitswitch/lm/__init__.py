@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from ..data.text import CharVocab, eval_windows
 from ..nn.convert import get_precision, set_precision
+from ..nn.dataflow import output_logits
 
-__all__ = ["LMInfo", "NotALanguageModel", "generate", "generate_ids", "lm_loss", "lm_losses", "lm_metadata", "logits_of", "open_lm", "perplexity", "read_lm_info",
+__all__ = ["LMInfo", "NotALanguageModel", "generate", "generate_ids", "lm_loss", "lm_losses", "lm_metadata", "open_lm", "perplexity", "read_lm_info",
            "window_losses"]
 
 
@@ -64,16 +65,6 @@ def read_lm_info(source: str | Path | Mapping[str, Any]) -> LMInfo:
         raise NotALanguageModel(f"{where}: its language-model record is damaged ({e})") from None
 
 
-def logits_of(output: Any) -> Tensor:
-    """The logits of a model output: a tensor, or ``.logits`` (Hugging Face)."""
-    logits = output if isinstance(output, Tensor) else getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"a language model must return logits (a tensor or an output with .logits), got {type(output).__name__}")
-    return logits
-
-
 @torch.no_grad()
 def window_losses(model: nn.Module, ids: Tensor, context: int, *, batch_size: int = 64, limit: int = 0) -> tuple[Tensor, Tensor]:
     """Summed next-character cross-entropy (nats) and target count of every evaluation window, in order.
@@ -88,7 +79,7 @@ def window_losses(model: nn.Module, ids: Tensor, context: int, *, batch_size: in
     sums, counts = [], []
     try:
         for x, y in eval_windows(ids, context, batch_size, limit):
-            logits = logits_of(model(x.to(device))).float()
+            logits = output_logits(model(x.to(device))).float()
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="none")
             sums.append(nll.view(y.shape).double().sum(1).cpu())
             counts.append(torch.full((y.shape[0],), y.shape[1], dtype=torch.int64))

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from ..data.text import CharVocab
 from ..nn.convert import PrecisionSpec, get_precision, set_precision
-from . import LMInfo, logits_of, read_lm_info
+from ..nn.dataflow import output_logits
+from . import LMInfo, read_lm_info
 
 __all__ = ["generate", "generate_ids", "open_lm"]
 
@@ -80,7 +81,7 @@ def generate_ids(model: nn.Module, prompt: Tensor, tokens: int, *, context: int,
         model.eval()
         try:
             for _ in range(tokens):
-                logits = logits_of(model(ids[None, -context:]))[0, -1]
+                logits = output_logits(model(ids[None, -context:]))[0, -1]
                 ids = torch.cat([ids, _pick(logits, greedy, temperature, top_k, generator)])
         finally:
             model.train(was_training)

@@ -46,6 +46,15 @@ def output_tensor(out: Any) -> torch.Tensor:
     raise ValueError(f"model output must be a tensor, a tuple or mapping holding one, or have .logits; got {type(out).__name__}")
 
 
+def output_logits(output: Any) -> torch.Tensor:
+    """The logits of an output: a tensor, ``output.logits`` (Hugging Face) or ``output["logits"]``
+    (distillation, the next-token loss, language-model evaluation and generation)."""
+    logits = output if isinstance(output, torch.Tensor) else output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"the model must return logits: a tensor, or an output with .logits; got {type(output).__name__}")
+    return logits
+
+
 def _first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.convert import set_precision
+from ..nn.dataflow import output_logits
 from . import ddp
 from .config import DISTILL, TrainConfig
 from .optim import alrs_factor, model_bits, set_lr
@@ -62,14 +63,6 @@ def output_loss(output: Any) -> torch.Tensor:
         raise ValueError(f"loss_fn=None needs a model output with a .loss (a Hugging Face model given labels); got {type(output).__name__}: "
                          "pass loss_fn(output, batch), e.g. lambda out, batch: F.cross_entropy(out, batch[1])")
     return loss
-
-
-def output_logits(output: Any) -> torch.Tensor:
-    """The logits of an output (a tensor, ``output.logits`` or ``output["logits"]``), for distillation."""
-    logits = output if isinstance(output, torch.Tensor) else output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
-    if not isinstance(logits, torch.Tensor):
-        raise ValueError(f"distillation needs logits: a tensor output, or one with .logits; got {type(output).__name__}")
-    return logits
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:

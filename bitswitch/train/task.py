@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..export.checkpoint import load
-from ..lm import lm_metadata, logits_of, perplexity
+from ..lm import lm_metadata, perplexity
+from ..nn.dataflow import output_logits
 from ..models.factory import is_factory
 from .config import TrainConfig
 from .data import Data, TextData, WindowBatches, make_loader
@@ -119,7 +120,7 @@ class LanguageModeling(Task):
         was_training = model.training
         model.eval()
         try:
-            logits = logits_of(model(torch.zeros(2, cfg.context, dtype=torch.long)))
+            logits = output_logits(model(torch.zeros(2, cfg.context, dtype=torch.long)))
         except Exception as e:  # shape and dtype errors surface deep inside torch
             raise ValueError(f"{what}: the model cannot run on token ids of shape [2, {cfg.context}] "
                              f"({type(e).__name__}: {' '.join(str(e).split())})") from None
