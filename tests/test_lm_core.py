@@ -12,8 +12,9 @@ import torch.nn.functional as F
 import bitswitch
 from bitswitch.data import DataError
 from bitswitch.data.text import CharVocab, eval_windows, load_shakespeare, random_windows
-from bitswitch.lm import NotALanguageModel, lm_loss, lm_losses, lm_metadata, read_lm_info
+from bitswitch.lm import NotALanguageModel, lm_loss, lm_metadata, read_lm_info
 from bitswitch.models import build
+from bitswitch.train.evaluate import evaluate_text
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_lm_record_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     info = read_lm_info(path)
     assert info.vocab == vocab and info.context == 8
     ids = torch.randint(0, 11, (40,))
-    assert lm_losses(bitswitch.load(path), ids, 8, [8, 4]) == lm_losses(q, ids, 8, [8, 4])  # integer file: exact
+    assert evaluate_text(bitswitch.load(path), ids, 8, [8, 4]) == evaluate_text(q, ids, 8, [8, 4])  # integer file: exact
     plain = bitswitch.save(q, tmp_path / "plain.safetensors")
     with pytest.raises(NotALanguageModel, match="not a language-model checkpoint"):
         read_lm_info(plain)

@@ -12,7 +12,7 @@ deterministic; perplexity is ``exp(loss)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.text import CharVocab, eval_windows
-from ..nn.convert import get_precision, set_precision
 from ..nn.dataflow import output_logits
 
-__all__ = ["LMInfo", "NotALanguageModel", "generate", "generate_ids", "lm_loss", "lm_losses", "lm_metadata", "open_lm", "perplexity", "read_lm_info",
+__all__ = ["LMInfo", "NotALanguageModel", "generate", "generate_ids", "lm_loss", "lm_metadata", "open_lm", "perplexity", "read_lm_info",
            "window_losses"]
 
 
@@ -92,21 +91,6 @@ def lm_loss(model: nn.Module, ids: Tensor, context: int, *, batch_size: int = 64
     """Mean next-character cross-entropy (nats per character) of ``model`` on ``ids`` at its current precision."""
     sums, counts = window_losses(model, ids, context, batch_size=batch_size, limit=limit)
     return float(sums.sum() / counts.sum())
-
-
-def lm_losses(model: nn.Module, ids: Tensor, context: int, bits: Sequence[int] | None, **kwargs: Any) -> dict[str, float]:
-    """:func:`lm_loss` at every bit-width (``None``: the model as it is); the model's precision is restored."""
-    if bits is None:
-        return {"fp32": lm_loss(model, ids, context, **kwargs)}
-    before = get_precision(model)
-    out: dict[str, float] = {}
-    try:
-        for b in bits:
-            set_precision(model, b)
-            out[f"w{b}"] = lm_loss(model, ids, context, **kwargs)
-    finally:
-        set_precision(model, before)
-    return out
 
 
 def perplexity(loss: float) -> float:
