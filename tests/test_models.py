@@ -275,3 +275,11 @@ def test_load_weights_wrong_model(tmp_path: Path) -> None:
     torch.save(build("mlp", hidden=64).state_dict(), path)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_weights(build("mlp"), path)
+
+
+def test_small_cnn_pool_keeps_the_map_for_the_head():
+    gap, full = build("small_cnn"), build("small_cnn", pool=7)
+    assert full.fc.in_features == 128 * 49 and gap.fc.in_features == 128
+    assert full(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="pool must be >= 1"):
+        build("small_cnn", pool=0)

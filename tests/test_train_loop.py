@@ -43,7 +43,7 @@ def test_joint_training_improves_every_bit(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [
-    {"mode": "joint", "bits": [8, 4, 2], "optimizer": "adam", "distill": "inplace"},
+    {"mode": "joint", "bits": [8, 4, 2], "optimizer": "adam", "distill": "inplace", "channels_last": True},
     {"mode": "joint", "bits": [4, 3, 2], "optimizer": "sgd", "lr": 0.05, "loss_mode": "summed", "distill": "neighbour", "variant": "unshared"},
     {"mode": "fp32", "optimizer": "sgd", "lr": 0.05, "warmup_epochs": 0.5, "label_smoothing": 0.1},
 ])
@@ -62,6 +62,19 @@ def test_resume_equals_uninterrupted(tmp_path, kw):
     assert strip(resumed.history) == strip(full.history)
     lines = (resumed.out_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_channels_last_trains_in_nhwc_and_saves_what_it_evaluated(tmp_path):
+    cfg = tiny(tmp_path, mode="joint", bits=[8, 2], epochs=1, channels_last=True)
+    _, model, optimizer, _ = setup_run(cfg)
+    conv = model.conv2.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert optimizer.param_groups  # built after the layout change: its state follows the parameters
+    result = train(cfg)
+    assert result.model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    data = load_data(cfg)
+    reloaded = bitswitch.load(result.out_dir / "best.safetensors")  # a plain contiguous model from the file
+    assert evaluate(reloaded, make_loader(data, "test", cfg, "cpu"), cfg.bits) == result.test_acc
 
 
 def test_best_checkpoint_is_chosen_on_validation(tmp_path):

@@ -118,6 +118,7 @@ class TrainConfig:
     log_every: int = 0  # also log the running loss every N iterations (0 = only per epoch)
     compile_kernels: bool = False  # torch.compile the activation-quantizer kernels (faster QAT on CPU after ~20 s of compilation)
     compile: bool = False  # torch.compile the whole model for the training steps (one compilation per bit-width; not with hasb)
+    channels_last: bool = False  # convolutions in NHWC memory layout (1.2-1.4x faster CPU training steps, benchmarks/results/train_throughput.md)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

@@ -119,6 +119,8 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, device: str | None = No
     data = load_data(cfg)
     model = build_run_model(cfg, data, resume=resume)
     model.to(device or cfg.device)
+    if cfg.channels_last:  # before the optimizer: its state tensors take the parameters' layout
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     info: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "history": []}
     if state is not None:
@@ -297,6 +299,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
     """The epoch's batches after the ``tally.batches`` already done, until its end or a requested stop;
     returns the next step number (``tally`` accumulates the losses and times)."""
     for x, y in itertools.islice(ddp.shard_batches(batches, dist), tally.batches, None):
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         losses = train_step(model, optimizer, x, y, cfg, lr_factor(step), dist, tally.bit_time_s, plan_at(step))
         for k, v in losses.items():
             if not math.isfinite(v):

@@ -1,0 +1,59 @@
+"""``benchmarks/paper_comparisons.py`` on digits: every stage trains, the report pairs the models on the
+same test images, and a second call keeps the finished stages."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"dataset": "digits", "model": "digits_cnn", "train_subset": 600, "batch_size": 64, "epochs": 1, "num_threads": 1, "calib_batches": 2}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("paper_comparisons_bench", REPO / "benchmarks" / "paper_comparisons.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsys) -> None:
+    (tmp_path / "fp32.yaml").write_text(yaml.safe_dump({**TINY, "mode": "fp32", "epochs": 2, "lr": 3e-3}))
+    (tmp_path / "qat.yaml").write_text(yaml.safe_dump({**TINY, "optimizer": "adam", "lr": 1e-3}))
+    argv = ["--fp32-config", str(tmp_path / "fp32.yaml"), "--qat-config", str(tmp_path / "qat.yaml"), "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path), "--name", "cmp"]
+    assert bench.main(argv) == 0
+    doc = json.loads((tmp_path / "cmp.json").read_text())
+    assert set(doc["test_acc"]) == set(bench.STAGES)
+    acc = doc["test_acc"]
+    assert set(acc["joint_432"]) == {"w4a4", "w3a3", "w2a2"} and set(acc["fixed_w6"]) == {"w6a6"}
+    for row in doc["rows"]:  # every paired difference is the difference of the two accuracies on the same images
+        lab = row["precision"].lower()
+        diff = float(row["joint - separate"].split(" ± ")[0])
+        assert diff == pytest.approx(acc["joint"][lab] - acc[f"fixed_w{lab[1]}"][lab], abs=0.006)
+        assert float(row["joint - separate"].split(" ± ")[1]) > 0
+    goals = {g["goal"] for g in doc["goals"]}
+    assert "joint W2A2 within 1.5 points of FP32" in goals and "joint W8A8 >= separate" in goals
+    sizes = {r["run"]: r["checkpoint bytes"] for r in doc["runs"]}
+    assert sizes["unshared"] > sizes["joint"]  # the storage baseline keeps FP32 weights
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    # a second call trains nothing: every stage has finished
+    capsys.readouterr()
+    assert bench.main(argv) == 0
+    assert capsys.readouterr().out.count("finished, kept") == len(bench.STAGES)
+    assert all(r["wall time this call, s"] == 0 for r in json.loads((tmp_path / "cmp.json").read_text())["runs"])
+
+
+def test_unknown_stage_is_refused(bench, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--qat-config", "q.yaml", "--runs", str(tmp_path), "--stages", "joint,bogus"])
