@@ -40,7 +40,9 @@ from bitswitch.export.checkpoint import read_metadata  # noqa: E402
 from bitswitch.nn import set_precision  # noqa: E402
 from bitswitch.search.evaluate import paired_difference  # noqa: E402
 from bitswitch.train import TrainConfig, train  # noqa: E402
+from bitswitch.train import evaluate  # noqa: E402
 from bitswitch.train.data import load_data, make_loader  # noqa: E402
+from bitswitch.train.loop import build_run_model  # noqa: E402
 
 BITS = [8, 6, 4, 2]
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -60,11 +62,26 @@ def run_stage(cfg: TrainConfig) -> float:
     """Train (or resume, or keep) one stage; its wall time in this call (0 when it had finished)."""
     out = Path(cfg.out_dir)
     if (out / "summary.json").exists():
+        check_same_run(cfg, TrainConfig.from_file(out / "config.yaml"))
         print(f"{out}: finished, kept", flush=True)
         return 0.0
     t0 = time.perf_counter()
     train(cfg, resume=(out / "state.safetensors").exists())
     return time.perf_counter() - t0
+
+
+def check_same_run(cfg: TrainConfig, done: TrainConfig) -> None:
+    """Refuse to keep a finished stage that another config made (display keys and the spelling of data_root aside)."""
+    diff = {k: v for k, v in done.diff(cfg).items() if k != "data_root" and not (k == "init_from" and same_path(*v))}
+    if not same_path(done.data_root, cfg.data_root):
+        diff["data_root"] = (done.data_root, cfg.data_root)
+    if diff:
+        raise SystemExit(f"{cfg.out_dir} was trained with another config ({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in diff.items())}); "
+                         "choose another --runs folder or remove it")
+
+
+def same_path(a: str | None, b: str | None) -> bool:
+    return a == b or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
 
 
 def load_config(path: str, changes: dict[str, Any]) -> TrainConfig:
@@ -160,27 +177,45 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         run_rows.append({"run": k, "epochs": len(hist), "best epoch": s.get("best_epoch"), "train time, s": sum(h["train_time_s"] for h in hist),
                          "wall time this call, s": round(wall.get(k, 0.0)), "checkpoint bytes": sizes[k],
                          "x FP32 file": sizes[k] / sizes["fp32"]})
-    curve = plot_curves({k: dirs[k] for k in ("joint", "joint_no_alrs", "joint_distill", "joint_432", "unshared") if k in correct},
-                        Path(args.out or Path(__file__).parent / "results") / f"{args.name}.png", acc(fp))
+    curve_runs = {k: dirs[k] for k in ("joint", "joint_no_alrs", "joint_distill", "joint_432", "unshared") if k in correct}
+    start = {k: start_accuracy(stage_config(k, args)) for k in curve_runs}
+    curve = plot_curves(curve_runs, start, Path(args.out or Path(__file__).parent / "results") / f"{args.name}.png",
+                        summaries["fp32"]["best_val_acc"]["fp32"])
     q = cfgs.get("joint") or next((c for k, c in cfgs.items() if k != "fp32"), None)
     setup = (f"{cfgs['fp32'].model} on {dataset}: {len(fp)} test images. FP32: {cfgs['fp32'].epochs} epochs, {cfgs['fp32'].optimizer} lr {cfgs['fp32'].lr}. "
              + (f"Every quantized run: {q.epochs} epoch(s) from the FP32 checkpoint, {q.optimizer} lr {q.lr}, batch {q.batch_size}, "
                 f"weight decay {q.weight_decay}, cosine schedule; separate = one fixed-precision model per bit-width, same epochs "
                 "(the four together make the passes of one joint run). " if q else "")
              + "Checkpoints chosen on the validation split; differences are paired on the same test images (± one standard error).")
-    md = (f"# The paper's comparisons on a converged FP32 model: {cfgs['fp32'].model}, {dataset}\n\n{setup}\n\n"
-          "## Test top-1 (%) per bit-width\n\n" + md_table(rows)
-          + ("\n\n## {4,3,2} with ALRS\n\n" + md_table(extra_rows) if extra_rows else "")
-          + "\n\n## Goals\n\n" + md_table([{**g, "met": "met" if g["met"] else "MISSED"} for g in goals])
-          + "\n\n## Runs\n\n" + md_table(run_rows)
+    md = (f"# The paper's comparisons on a converged FP32 model: {cfgs['fp32'].model}, {dataset}\n\n{setup}"
+          + section("Test top-1 (%) per bit-width", rows) + section("{4,3,2} with ALRS", extra_rows)
+          + section("Validation top-1 (%): calibrated start (epoch 0) -> chosen epoch", curve_rows(curve_runs, start, summaries))
+          + section("Goals", [{**g, "met": "met" if g["met"] else "MISSED"} for g in goals]) + section("Runs", run_rows)
           + (f"\n\nValidation accuracy per epoch: [{curve.name}]({curve.name})" if curve else ""))
-    data = {"rows": rows, "rows_432": extra_rows, "goals": goals, "runs": run_rows,
+    data = {"rows": rows, "rows_432": extra_rows, "val_acc_at_start": start, "goals": goals, "runs": run_rows,
             "configs": {k: c.to_dict() for k, c in cfgs.items()}, "test_acc": {k: {b: acc(c) for b, c in v.items()} for k, v in correct.items()}}
     return publish(args, data, md)
 
 
-def plot_curves(dirs: dict[str, Path], path: Path, fp32_acc: float) -> Path | None:
-    """Validation accuracy per epoch of the quantized runs, one panel per run, a line per bit-width."""
+def curve_rows(runs: dict[str, Path], start: dict[str, dict[str, float]], summaries: dict[str, dict]) -> list[dict[str, Any]]:
+    labels = sorted({lab for k in runs for lab in start[k]}, key=lambda lab: -int(lab[1:].split("a")[0]))
+    return [{"run": k, **{lab.upper(): f"{start[k][lab]:.2f} -> {summaries[k]['best_val_acc'][lab]:.2f}" if lab in start[k] else ""
+                          for lab in labels}} for k in runs]
+
+
+def section(title: str, rows: list[dict[str, Any]]) -> str:
+    return f"\n\n## {title}\n\n" + md_table(rows) if rows else ""
+
+
+def start_accuracy(cfg: TrainConfig) -> dict[str, float]:
+    """Validation accuracy at each bit-width where a run starts (epoch 0): the FP32 weights quantized and calibrated."""
+    data = load_data(cfg)
+    model = build_run_model(cfg, data, resume=False)
+    return evaluate(model, make_loader(data, "val", cfg, "cpu"), cfg.bits)
+
+
+def plot_curves(dirs: dict[str, Path], start: dict[str, dict[str, float]], path: Path, fp32_acc: float) -> Path | None:
+    """Validation accuracy per epoch of the quantized runs (epoch 0: calibrated, before training), one panel per run, a line per bit-width."""
     if not dirs:
         return None
     import matplotlib
@@ -192,11 +227,11 @@ def plot_curves(dirs: dict[str, Path], path: Path, fp32_acc: float) -> Path | No
     for ax, (k, d) in zip(axes[0], dirs.items()):
         hist = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
         for lab in hist[0]["val_acc"]:
-            ax.plot([h["epoch"] for h in hist], [h["val_acc"][lab] for h in hist], marker="o", label=lab.upper())
+            ax.plot([0] + [h["epoch"] for h in hist], [start[k][lab]] + [h["val_acc"][lab] for h in hist], marker="o", label=lab.upper())
         ax.axhline(fp32_acc, color="grey", ls="--", lw=1)
         ax.set_title(k)
         ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("validation top-1 (%)  (dashed: FP32 test)")
+    axes[0][0].set_ylabel("validation top-1 (%)  (dashed: FP32)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

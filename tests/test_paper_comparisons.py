@@ -57,3 +57,14 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
 def test_unknown_stage_is_refused(bench, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         bench.main(["--qat-config", "q.yaml", "--runs", str(tmp_path), "--stages", "joint,bogus"])
+
+
+def test_a_finished_stage_of_another_config_is_refused(bench, tmp_path: Path) -> None:
+    (tmp_path / "fp32.yaml").write_text(yaml.safe_dump({**TINY, "mode": "fp32"}))
+    (tmp_path / "qat.yaml").write_text(yaml.safe_dump(TINY))
+    argv = ["--fp32-config", str(tmp_path / "fp32.yaml"), "--qat-config", str(tmp_path / "qat.yaml"), "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path), "--stages", "fp32"]
+    assert bench.main(argv) == 0
+    (tmp_path / "fp32.yaml").write_text(yaml.safe_dump({**TINY, "mode": "fp32", "lr": 0.5}))
+    with pytest.raises(SystemExit, match="trained with another config.*lr"):
+        bench.main(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import bitswitch
 from bitswitch.models import build
@@ -99,3 +100,19 @@ def test_unknown_model_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'resnet21'"):
         train(TrainConfig(model="resnet21", out_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_crop_padding_reaches_the_training_loader():
+    from bitswitch.train import load_data, make_loader
+
+    base = {"dataset": "digits", "train_subset": 300, "batch_size": 64}
+    plain = TrainConfig.from_dict({**base, "augment": False})
+    data = load_data(plain)
+    batches = lambda cfg: [x for x, _ in make_loader(data, "train", cfg, "cpu", train=True)]  # noqa: E731
+    reference = batches(plain)
+    no_shift = batches(TrainConfig.from_dict({**base, "augment": True, "crop_padding": 0}))  # digits: no flip, so no change
+    shifted = batches(TrainConfig.from_dict({**base, "augment": True, "crop_padding": 2}))
+    assert all(torch.equal(a, b) for a, b in zip(reference, no_shift, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(reference, shifted, strict=True))
+    with pytest.raises(ValueError, match="crop_padding must be >= 0"):
+        TrainConfig.from_dict({**base, "crop_padding": -1})

@@ -186,7 +186,8 @@ def make_loader(data: Data, split: str, cfg: TrainConfig, device: str, *, train:
     if train:
         drop = len(ds) > cfg.batch_size
         return TensorLoader(ds, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=drop, seed=cfg.seed,
-                            mean=data.mean, std=data.std, device=device, flip=data.key == "cifar10")
+                            mean=data.mean, std=data.std, device=device, flip=data.key == "cifar10",
+                            crop_padding=cfg.crop_padding)
     return TensorLoader(ds, cfg.eval_batch_size, shuffle=False, mean=data.mean, std=data.std, device=device)
 
 
