@@ -73,3 +73,23 @@ def test_compile_option_of_a_run_trains_the_same_model(tmp_path, monkeypatch):
         assert torch.equal(a, b), n
     with pytest.raises(ValueError, match="compile"):
         TrainConfig(compile=True, compile_kernels=True)
+
+
+def test_each_compiled_run_compiles_its_own_graphs(tmp_path, monkeypatch):
+    """Runs in one process (a benchmark's stages) each get their graphs: dynamo's recompilation
+    limit must not carry over the graphs of earlier runs, or a later run silently trains eagerly."""
+    graphs = []
+    real = torch.compile
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(len(gm.graph.nodes))
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=counting_backend))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    common = dict(dataset="digits", model="mlp", bits=[8, 2], epochs=1, train_subset=300, batch_size=128, progress=False, num_threads=1,
+                  compile=True)
+    for i in range(2):
+        before = len(graphs)
+        train(TrainConfig(out_dir=str(tmp_path / str(i)), **common))
+        assert len(graphs) - before >= 2, f"run {i} compiled {len(graphs) - before} graphs for 2 bit-widths"

@@ -189,6 +189,10 @@ def run_epochs(cfg: TrainConfig, data: Data | TextData, model: nn.Module, optimi
 
     plan_at = hasb_planner(cfg, model, steps_per_epoch)
     # the steps run the compiled wrapper; evaluation, checkpoints and state use the model itself (same parameters)
+    if cfg.compile:
+        # dynamo's recompilation limit (8) counts the graphs of earlier runs in this process, whose
+        # models are gone: without a reset, the third joint run of a benchmark trains eagerly
+        torch._dynamo.reset()
     step_model = torch.compile(model) if cfg.compile else model  # one graph per bit-width
     history: list[dict[str, Any]] = list(info["history"])
     if dist.master:
