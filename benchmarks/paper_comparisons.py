@@ -97,7 +97,8 @@ def stage_config(name: str, args: argparse.Namespace) -> TrainConfig:
     if name == "fp32":
         return load_config(args.fp32_config, {"out_dir": str(runs / "fp32"), "progress": False})
     fp32_dir = Path(args.fp32) if args.fp32 else runs / "fp32"
-    return load_config(args.qat_config, {**VARIANTS[name], "init_from": str(fp32_dir), "out_dir": str(runs / name), "progress": False})
+    cfg = load_config(args.qat_config, {**VARIANTS[name], "init_from": str(fp32_dir), "out_dir": str(runs / name), "progress": False})
+    return cfg.apply_overrides(args.qat_set) if args.qat_set else cfg
 
 
 @torch.no_grad()
@@ -253,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp32-config", help="run config of the FP32 stage")
     p.add_argument("--fp32", help="an existing finished FP32 run folder instead of the fp32 stage")
     p.add_argument("--qat-config", required=True, help="run config every quantized stage starts from (mode/bits/alrs/... set per stage)")
+    p.add_argument("--qat-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of --qat-config for every quantized stage (e.g. lr=1e-4)")
     p.add_argument("--runs", required=True, help="folder of the stages' run folders")
     p.add_argument("--stages", default=",".join(STAGES), help=f"stages to run, in order (default: all: {','.join(STAGES)})")
     p.add_argument("--report-only", action="store_true", help="only write the report from the finished stages")
+    p.add_argument("--no-report", action="store_true", help="only run the stages (e.g. one share of them per process)")
     p.add_argument("--test-subset", type=int, default=0, help="report on this many test images only (0 = all; for smoke runs)")
     p.add_argument("--name", default="paper_comparisons", help="results name")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for s in stages:
             wall[s] = run_stage(stage_config(s, args))
-    return report(args, wall)
+    return 0 if args.no_report else report(args, wall)
 
 
 if __name__ == "__main__":

@@ -116,3 +116,15 @@ def test_crop_padding_reaches_the_training_loader():
     assert not all(torch.equal(a, b) for a, b in zip(reference, shifted, strict=True))
     with pytest.raises(ValueError, match="crop_padding must be >= 0"):
         TrainConfig.from_dict({**base, "crop_padding": -1})
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads ``1e-4`` as text; a config file and a ``key=value`` override both mean the number."""
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-4\nweight_decay: 5E-5\n")
+    cfg = TrainConfig.from_file(path)
+    assert (cfg.lr, cfg.weight_decay) == (1e-4, 5e-5)
+    assert cfg.apply_overrides(["lr=3e-3"]).lr == 3e-3
+    for bad in ("fast", "1e-4x", "nan"):
+        with pytest.raises(ValueError, match="lr must be of type float"):
+            cfg.apply_overrides([f"lr={bad}"])

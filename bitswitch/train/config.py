@@ -42,6 +42,7 @@ DISTILL = ("none", "inplace", "neighbour")
 LOSS_MODES = ("per_bit", "summed")
 BEST_METRICS = ("mean", "min")
 DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?)")
+FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 #: set to 1 to allow more torch threads than the machine has cores
 FORCE_THREADS_ENV = "BITSWITCH_FORCE_THREADS"
 
@@ -400,6 +401,8 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
             raise bad
         return value
     if hint is float:
+        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as text; the number is what was meant
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
