@@ -22,6 +22,7 @@ import json
 import os
 import random
 import runpy
+import signal
 import socket
 import subprocess
 import sys
@@ -33,12 +34,14 @@ import torch
 
 import bitswitch
 from bitswitch.search.hessian import hessian_traces, save_traces
+from bitswitch.train.ddp import loopback_interface
 from bitswitch.train.state import read_state
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
+    from datetime import timedelta
     from pathlib import Path
     import torch
     import torch.distributed as dist
@@ -75,8 +78,10 @@ SCRIPT = textwrap.dedent(
 
     def init_group(key):
         if "RANK" in os.environ:  # a fresh key prefix per run: a re-created default group would read the last one's keys
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
-            dist.init_process_group("gloo", store=dist.PrefixStore(key, store), rank=int(rank), world_size=int(os.environ["WORLD_SIZE"]))
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=60))
+            dist.init_process_group("gloo", store=dist.PrefixStore(key, store), rank=int(rank), world_size=int(os.environ["WORLD_SIZE"]),
+                                    timeout=timedelta(seconds=60))  # a stalled collective fails with a message, not at the test's timeout
+            print(f"rank {rank}: {key}", file=sys.stderr, flush=True)
 
     def run(name, resume=False, stop_after=None, **kw):
         cfg = TrainConfig(out_dir=str(root / name), **{**COMMON, **kw})
@@ -136,13 +141,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str], timeout: float = 240) -> None:
     # the script lives outside the repository: import this checkout's bitswitch, not an installed one
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # gloo binds to the address the host name resolves to; on a machine whose name does not resolve
+    # (a CI runner without DNS) every process group's set-up stalls. One machine: use the loopback.
+    if "GLOO_SOCKET_IFNAME" not in env and loopback_interface():
+        env["GLOO_SOCKET_IFNAME"] = loopback_interface()
+    # a session of its own, so a hang kills torchrun's workers too, and the output shows where it hung
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout:.0f} s; its output:\n{out[-6000:]}")
+    assert proc.returncode == 0, out[-6000:]
 
 
 def _in_process(script, *args: str) -> None:

@@ -13,6 +13,7 @@ logs and writes files.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,9 +50,21 @@ def setup(device: str) -> tuple[DistInfo, str]:
         backend = "nccl"
     else:
         backend = "gloo"
+        if int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world and "GLOO_SOCKET_IFNAME" not in os.environ:
+            # one machine: gloo would bind to what the host name resolves to, and where it does not
+            # resolve (no DNS, as on CI runners) every group set-up stalls; the loopback always works
+            lo = loopback_interface()
+            if lo:
+                os.environ["GLOO_SOCKET_IFNAME"] = lo
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistInfo(rank, world, local), device
+
+
+def loopback_interface() -> str | None:
+    """The loopback network interface's name (``lo`` on Linux, ``lo0`` on macOS), if there is one."""
+    names = {name for _, name in socket.if_nameindex()}
+    return next((n for n in ("lo", "lo0") if n in names), None)
 
 
 def teardown(info: DistInfo) -> None:
