@@ -62,6 +62,26 @@ def timm():
     return pytest.importorskip("timm")
 
 
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("paper_comparisons")``: a script under ``benchmarks/`` as a module, with
+    ``benchmarks/`` on the path while it loads (the scripts import their shared ``_common``)."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(REPO / "benchmarks"))
+        return module
+
+    return load
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

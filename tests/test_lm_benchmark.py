@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("lm_shakespeare_bench", REPO / "benchmarks" / "lm_shakespeare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+def bench(load_benchmark):
+    return load_benchmark("lm_shakespeare")
 
 
 def test_smoke_run_writes_the_table_and_resumes(bench, shared_data: Path, tmp_path: Path) -> None:

@@ -3,28 +3,18 @@ same test images, and a second call keeps the finished stages."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"dataset": "digits", "model": "digits_cnn", "train_subset": 600, "batch_size": 64, "epochs": 1, "num_threads": 1, "calib_batches": 2}
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("paper_comparisons_bench", REPO / "benchmarks" / "paper_comparisons.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+def bench(load_benchmark):
+    return load_benchmark("paper_comparisons")
 
 
 def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsys) -> None:
