@@ -102,11 +102,14 @@ def stage_config(name: str, args: argparse.Namespace) -> TrainConfig:
 
 
 @torch.no_grad()
-def correct_per_bit(path: Path, test_subset: int = 0) -> tuple[dict[str, torch.Tensor], TrainConfig]:
-    """Per-image top-1 correctness on the test split (all of it unless ``test_subset``) at each precision of a run's checkpoint."""
+def correct_per_bit(path: Path, data_root: str, test_subset: int = 0) -> tuple[dict[str, torch.Tensor], TrainConfig]:
+    """Per-image top-1 correctness on the test split (all of it unless ``test_subset``) at each precision of a run's checkpoint.
+
+    The test data is read from ``data_root`` (the ``--qat-config``'s), not from the folder recorded in
+    the checkpoint: a committed checkpoint records the machine that trained it."""
     meta = read_metadata(path)
     cfg = TrainConfig.from_dict(meta["extra"]["train_config"], where=str(path))
-    cfg.test_subset = test_subset
+    cfg.test_subset, cfg.data_root = test_subset, data_root
     loader = make_loader(load_data(cfg), "test", cfg, "cpu")
     model = bitswitch.load(path).eval()
     out: dict[str, torch.Tensor] = {}
@@ -130,10 +133,11 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
     if missing:
         print(f"not finished yet: {', '.join(missing)}; the report covers the others", flush=True)
     correct, cfgs, summaries, sizes = {}, {}, {}, {}
+    data_root = stage_config("joint", args).data_root
     for k, d in dirs.items():
         if k in missing:
             continue
-        correct[k], cfgs[k] = correct_per_bit(d / "best.safetensors", args.test_subset)
+        correct[k], cfgs[k] = correct_per_bit(d / "best.safetensors", data_root, args.test_subset)
         summaries[k] = json.loads((d / "summary.json").read_text())
         sizes[k] = (d / "best.safetensors").stat().st_size
     if "fp32" not in correct:
