@@ -39,8 +39,9 @@ from _common import md_table, publish  # noqa: E402
 
 import bitswitch  # noqa: E402
 from bitswitch.export.checkpoint import read_metadata  # noqa: E402
-from bitswitch.nn import set_precision  # noqa: E402
-from bitswitch.search.evaluate import paired_difference  # noqa: E402
+from bitswitch.nn import recalibrate_bn  # noqa: E402
+from bitswitch.search.evaluate import at_config, dataset_batches, paired_difference  # noqa: E402
+from bitswitch.search.subnet import BNRecipe  # noqa: E402
 from bitswitch.train import TrainConfig, train  # noqa: E402
 from bitswitch.train import evaluate  # noqa: E402
 from bitswitch.train.data import load_data, make_loader  # noqa: E402
@@ -102,22 +103,30 @@ def stage_config(name: str, args: argparse.Namespace) -> TrainConfig:
 
 
 @torch.no_grad()
-def correct_per_bit(path: Path, data_root: str, test_subset: int = 0) -> tuple[dict[str, torch.Tensor], TrainConfig]:
+def correct_per_bit(path: Path, data_root: str, test_subset: int = 0, recal_images: int = 0) -> tuple[dict[str, torch.Tensor], TrainConfig]:
     """Per-image top-1 correctness on the test split (all of it unless ``test_subset``) at each precision of a run's checkpoint.
 
     The test data is read from ``data_root`` (the ``--qat-config``'s), not from the folder recorded in
-    the checkpoint: a committed checkpoint records the machine that trained it."""
+    the checkpoint: a committed checkpoint records the machine that trained it. ``recal_images``:
+    re-estimate the BatchNorm statistics of each precision first on that many training images (the
+    same seeded ones for every run, as ``bitswitch eval --recalibrate-bn N`` does)."""
     meta = read_metadata(path)
     cfg = TrainConfig.from_dict(meta["extra"]["train_config"], where=str(path))
     cfg.test_subset, cfg.data_root = test_subset, data_root
-    loader = make_loader(load_data(cfg), "test", cfg, "cpu")
+    data = load_data(cfg)
+    loader = make_loader(data, "test", cfg, "cpu")
+    recal = None
+    if recal_images:
+        r = BNRecipe(images=recal_images)
+        recal, _ = dataset_batches(cfg.dataset, data_root, r.split, r.images, r.batch_size, seed=r.seed, mean=data.mean, std=data.std)
     model = bitswitch.load(path).eval()
     out: dict[str, torch.Tensor] = {}
     for b in ([None] if cfg.mode == "fp32" else cfg.bits):
-        if b is not None:
-            set_precision(model, b)
+        m = model if b is None else at_config(model, b, inplace=True)
+        if recal is not None:
+            recalibrate_bn(m, recal)
         loader.set_epoch(0)
-        out["fp32" if b is None else f"w{b}a{b}"] = torch.cat([model(x).argmax(1) == y for x, y in loader])
+        out["fp32" if b is None else f"w{b}a{b}"] = torch.cat([m(x).argmax(1) == y for x, y in loader])
     return out, cfg
 
 
@@ -137,7 +146,7 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
     for k, d in dirs.items():
         if k in missing:
             continue
-        correct[k], cfgs[k] = correct_per_bit(d / "best.safetensors", data_root, args.test_subset)
+        correct[k], cfgs[k] = correct_per_bit(d / "best.safetensors", data_root, args.test_subset, args.recalibrate_bn)
         summaries[k] = json.loads((d / "summary.json").read_text())
         sizes[k] = (d / "best.safetensors").stat().st_size
     if "fp32" not in correct:
@@ -199,7 +208,9 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
                 f"weight decay {q.weight_decay}, cosine schedule; FP32 tuned = the FP32 model fine-tuned the same way without quantization; "
                 "separate = one fixed-precision model per bit-width, same epochs "
                 "(the four together make the passes of one joint run). " if q else "")
-             + "Checkpoints chosen on the validation split; differences are paired on the same test images (± one standard error).")
+             + "Checkpoints chosen on the validation split; differences are paired on the same test images (± one standard error)."
+             + (f" Every model's BatchNorm statistics (each precision's own) re-estimated on the same {args.recalibrate_bn} training images "
+                "before the test (`--recalibrate-bn`)." if args.recalibrate_bn else ""))
     md = (f"# The paper's comparisons on a converged FP32 model: {cfgs['fp32'].model}, {dataset}\n\n{setup}"
           + section("Test top-1 (%) per bit-width", rows) + section("{4,3,2} with ALRS", extra_rows)
           + section("Validation top-1 (%): calibrated start (epoch 0) -> chosen epoch", curve_rows(curve_runs, start, summaries))
@@ -263,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default=",".join(STAGES), help=f"stages to run, in order (default: all: {','.join(STAGES)})")
     p.add_argument("--report-only", action="store_true", help="only write the report from the finished stages")
     p.add_argument("--no-report", action="store_true", help="only run the stages (e.g. one share of them per process)")
+    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="re-estimate every model's BatchNorm statistics at each precision on N training images before the test (0 = as trained)")
     p.add_argument("--test-subset", type=int, default=0, help="report on this many test images only (0 = all; for smoke runs)")
     p.add_argument("--name", default="paper_comparisons", help="results name")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
@@ -271,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         p.error(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
+    if args.recalibrate_bn < 0:
+        p.error(f"--recalibrate-bn must be >= 0, got {args.recalibrate_bn}")
     if args.fp32:
         stages = [s for s in stages if s != "fp32"]
     elif "fp32" in stages and not args.fp32_config:

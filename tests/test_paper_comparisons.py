@@ -43,6 +43,11 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
     assert bench.main(argv) == 0
     assert capsys.readouterr().out.count("finished, kept") == len(bench.STAGES)
     assert all(r["wall time this call, s"] == 0 for r in json.loads((tmp_path / "cmp.json").read_text())["runs"])
+    # the same models with each precision's BatchNorm statistics re-estimated: other predictions, a report that says so
+    assert bench.main([*argv, "--report-only", "--recalibrate-bn", "128", "--name", "recal"]) == 0
+    recal = json.loads((tmp_path / "recal.json").read_text())["test_acc"]
+    assert recal.keys() == acc.keys() and recal != acc
+    assert "re-estimated on the same 128 training images" in (tmp_path / "recal.md").read_text()
 
 
 def test_unknown_stage_is_refused(bench, tmp_path: Path) -> None:
