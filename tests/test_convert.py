@@ -237,3 +237,14 @@ def test_add_bit_width_refusals() -> None:
     unshared = bitswitch.quantize(build("mlp"), bits=(8, 4), full_precision=(), weight_only=["*"], variant="unshared", switchable_bn=False)
     with pytest.raises(ValueError, match="variant 'unshared'"):
         add_bit_width(unshared, [5])
+
+
+def test_every_batchnorm_behind_a_quantized_layer_is_per_bit_in_a_preact_resnet() -> None:
+    # each block's bn1 normalises the previous block's residual sum, whose statistics change with the
+    # precision: one shared copy mixes the bit-widths' statistics (the 2-bit model then evaluates with
+    # the others' running means); only layer1.0.bn1, behind the FP32 stem, stays plain
+    model, _ = _calibrated("preact_resnet8")
+    plain = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and ".bn." not in n]
+    assert plain == ["layer1.0.bn1"]
+    sources = {n: m.source for n, m in model.named_modules() if isinstance(m, SwitchableBatchNorm)}
+    assert sources["layer2.0.bn1"] == "layer1.0.conv2" and sources["bn"] == "layer3.0.conv2"

@@ -69,3 +69,20 @@ def test_upstream_follows_functional_ops_and_source_walks_through_modules() -> N
     assert flow.producer["bn"] is None and flow.upstream["bn"] == "stem"  # x + conv(...): the first input's origin
     assert flow.upstream["conv"] == "act" and flow.source("conv", lambda n: n.startswith(("stem", "conv"))) == "stem"
     assert flow.source("stem", lambda n: True) is None  # model input
+
+
+def test_source_goes_through_a_block_whose_output_is_a_residual_sum() -> None:
+    # the pre-activation ResNet's case: the next block's BatchNorm reads a block's ``out + identity``;
+    # its source is the conv inside the block, not whatever fed the block (the FP32 stem)
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(torch.relu(x)) + x
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Block(), nn.BatchNorm2d(4))
+    flow = record_dataflow(model, torch.randn(1, 3, 4, 4))
+    assert flow.upstream["2"] == "1" and flow.inner == {"1": "1.conv"}
+    assert flow.source("2", lambda n: isinstance(model.get_submodule(n), nn.Conv2d)) == "1.conv"

@@ -90,6 +90,9 @@ class DataFlow:
     #: module -> the nearest module upstream of its first tensor input, following functional ops
     #: (``x + y``, ``F.relu``, ``.view``: an op's output comes from its first input that has an origin)
     upstream: dict[str, str | None] = field(default_factory=dict)
+    #: container -> the module inside it that a functional op making its output came from (a residual
+    #: block's ``out + identity``: its conv2), so a walk upstream goes through the block, not around it
+    inner: dict[str, str] = field(default_factory=dict)
 
     def consumers(self, name: str) -> list[str]:
         """Modules whose input is ``name``'s output, in call order."""
@@ -105,7 +108,7 @@ class DataFlow:
             if stop(cur):
                 return cur
             seen.add(cur)
-            cur = self.upstream.get(cur)
+            cur = self.inner.get(cur) or self.upstream.get(cur)
         return None
 
 
@@ -164,6 +167,8 @@ def record_dataflow(model: nn.Module, inputs: Any) -> DataFlow:
         if y is not None and id(y) not in made_by:  # children finish first: the innermost module wins
             alive.append(y)
             made_by[id(y)] = name
+            if derived.get(id(y), "").startswith(f"{name}."):
+                flow.inner[name] = derived[id(y)]
 
     handles = []
     for name, module in model.named_modules():
