@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def bench(load_benchmark):
     return load_benchmark("lm_shakespeare")
