@@ -101,7 +101,8 @@ def round_robin(fns: dict[str, Any], rounds: int) -> dict[str, list[float]]:
 
 
 def md_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    columns = columns or list(rows[0])
+    # every key of every row, in first-seen order: a key only later rows have (a separate model at some bit-widths) is a column too
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")

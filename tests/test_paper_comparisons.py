@@ -64,3 +64,10 @@ def test_a_finished_stage_of_another_config_is_refused(bench, tmp_path: Path) ->
     (tmp_path / "fp32.yaml").write_text(yaml.safe_dump({**TINY, "mode": "fp32", "lr": 0.5}))
     with pytest.raises(SystemExit, match="trained with another config.*lr"):
         bench.main(argv)
+
+
+def test_a_column_only_later_rows_have_is_in_the_table(bench) -> None:
+    # a report with separate models at 4 and 2 bits only: W8A8, the first row, has no "separate"
+    table = bench.md_table([{"precision": "W8A8", "joint": 86.97}, {"precision": "W2A2", "joint": 80.34, "separate": 81.7}])
+    assert table.splitlines()[0] == "| precision | joint | separate |"
+    assert table.splitlines()[-1] == "| W2A2 | 80.34 | 81.7 |"
