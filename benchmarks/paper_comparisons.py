@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +223,14 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
 
 
 def curve_rows(runs: dict[str, Path], start: dict[str, dict[str, float]], summaries: dict[str, dict]) -> list[dict[str, Any]]:
-    labels = sorted({lab for k in runs for lab in start[k]}, key=lambda lab: -int(lab[1:].split("a")[0]))
+    labels = bit_labels(start, runs)
     return [{"run": k, **{lab.upper(): f"{start[k][lab]:.2f} -> {summaries[k]['best_val_acc'][lab]:.2f}" if lab in start[k] else ""
                           for lab in labels}} for k in runs]
+
+
+def bit_labels(start: dict[str, dict[str, float]], runs: Iterable[str]) -> list[str]:
+    """The precisions (``w8a8``, ...) of these runs, highest bit-width first."""
+    return sorted({lab for k in runs for lab in start[k]}, key=lambda lab: -int(lab[1:].split("a")[0]))
 
 
 def section(title: str, rows: list[dict[str, Any]]) -> str:
@@ -247,16 +253,19 @@ def plot_curves(dirs: dict[str, Path], start: dict[str, dict[str, float]], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # one colour per bit-width across the panels ({4,3,2}'s W4A4 has {8,6,4,2}'s W4A4 colour), a legend in each
+    labels = bit_labels(start, dirs)
     fig, axes = plt.subplots(1, len(dirs), figsize=(3.2 * len(dirs), 3.0), sharey=True, squeeze=False)
     for ax, (k, d) in zip(axes[0], dirs.items()):
         hist = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
         for lab in hist[0]["val_acc"]:
-            ax.plot([0] + [h["epoch"] for h in hist], [start[k][lab]] + [h["val_acc"][lab] for h in hist], marker="o", label=lab.upper())
+            ax.plot([0] + [h["epoch"] for h in hist], [start[k][lab]] + [h["val_acc"][lab] for h in hist], marker="o",
+                    label=lab.upper(), color=f"C{labels.index(lab)}")
         ax.axhline(fp32_acc, color="grey", ls="--", lw=1)
         ax.set_title(k)
         ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation top-1 (%)  (dashed: FP32)")
-    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
