@@ -204,7 +204,8 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
     curve = plot_curves(curve_runs, start, Path(args.out or Path(__file__).parent / "results") / f"{args.name}.png",
                         summaries["fp32"]["best_val_acc"]["fp32"])
     q = cfgs.get("joint") or next((c for k, c in cfgs.items() if k != "fp32"), None)
-    setup = (f"{cfgs['fp32'].model} on {dataset}: {len(fp)} test images. FP32: {cfgs['fp32'].epochs} epochs, {cfgs['fp32'].optimizer} lr {cfgs['fp32'].lr}. "
+    setup = (f"{cfgs['fp32'].model} on {dataset}: {len(fp)} test images. FP32: {cfgs['fp32'].epochs} epochs, {cfgs['fp32'].optimizer} lr {cfgs['fp32'].lr}"
+             + (f" (continuing `{cfgs['fp32'].init_from}`)" if cfgs["fp32"].init_from else "") + ". "
              + (f"Every quantized run: {q.epochs} epoch(s) from the FP32 checkpoint, {q.optimizer} lr {q.lr}, batch {q.batch_size}, "
                 f"weight decay {q.weight_decay}, cosine schedule; FP32 tuned = the FP32 model fine-tuned the same way without quantization; "
                 "separate = one fixed-precision model per bit-width, same epochs "
