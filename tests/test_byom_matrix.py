@@ -8,7 +8,8 @@ torchvision, which has no CPU build here: the ``timm`` fixture puts a test-only 
 
 ``EXPECTED_FAILURES`` is the one place that says which cells do not work yet, with the error seen.
 The marks are strict: when a feature lands and its cell passes, the cell fails until its entry here
-is removed.
+is removed. A failure that hangs on a float tie, which falls either way with the CPU's kernels, is in
+``CPU_DEPENDENT`` too and not strict.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from byom.stages import STAGES
 
 SE_EXPORT = ("W8 export with snap_bias: 3.24 output steps (limit 2), top-1 100 %; every layer's input codes match "
              "onnxruntime's except one float-noise tie in blocks.4.1.conv_dw's input (after the float hard-swish), which the "
-             "net amplifies")
+             "net amplifies (AVX2 CPUs; on an AVX-512 CPU the tie falls the other way and the cell passes)")
 
 #: cell id -> the failure observed on the code the table was last checked against.
 EXPECTED_FAILURES: dict[str, str] = {
     "timm-mobilenetv3_small_050-export": SE_EXPORT,
 }
+#: expected failures that pass on some CPUs (the kernels' summation order decides a tie)
+CPU_DEPENDENT = {"timm-mobilenetv3_small_050-export"}
 
 CELLS = [
     pytest.param(case, stage, id=f"{case.id}-{stage}",
-                 marks=[pytest.mark.xfail(strict=True, reason=EXPECTED_FAILURES[f"{case.id}-{stage}"])] if f"{case.id}-{stage}" in EXPECTED_FAILURES else [])
+                 marks=[pytest.mark.xfail(strict=f"{case.id}-{stage}" not in CPU_DEPENDENT, reason=EXPECTED_FAILURES[f"{case.id}-{stage}"])] if f"{case.id}-{stage}" in EXPECTED_FAILURES else [])
     for case in CASES for stage in STAGES
 ]
 

@@ -95,7 +95,10 @@ def test_exported_onnx_agrees_with_pytorch(quickstart):
     path, s, out = quickstart
     assert (path / "mixed.onnx").stat().st_size == s["onnx_bytes"]
     assert s["onnx_agreement"] >= 99.0
-    assert abs(s["onnx_acc"] - s["mixed_acc"]) <= 100.0 - s["onnx_agreement"] + 1e-9
+    # the file computes what PyTorch computes for the exported model (biases snapped to the int32 grid) ...
+    assert abs(s["onnx_acc"] - s["exported_acc"]) <= 100.0 - s["onnx_agreement"] + 1e-9
+    # ... which is the searched subnet up to decisions at a tie (measured: 0 of 359 images on AVX2, 1 on AVX-512)
+    assert abs(s["exported_acc"] - s["mixed_acc"]) <= 100.0 * 2 / 359 + 1e-9
     row = _row(out, "mixed.onnx")
     assert f"{s['onnx_acc']:.2f}" in row and f"{s['onnx_agreement']:.1f} % agree" in row
 

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
+    import faulthandler; faulthandler.dump_traceback_later(120, exit=False)  # a hang prints every stack before the test kills it at 240 s
     from datetime import timedelta
     from pathlib import Path
     import torch
@@ -103,6 +104,8 @@ SCRIPT = textwrap.dedent(
         g = torch.Generator().manual_seed(1)
         x, y = torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g)
         bitswitch.calibrate(q, [x[:64]])
+        (root / name).mkdir(parents=True, exist_ok=True)
+        torch.save(q.state_dict(), root / name / "init.pt")
         opt = torch.optim.Adam(alrs_param_groups(q, 3e-3))
         model, r, w = q, 0, 1
         if "RANK" in os.environ:
@@ -111,9 +114,11 @@ SCRIPT = textwrap.dedent(
             model = DistributedDataParallel(q, find_unused_parameters=True)  # each bit-width leaves the others' scales unused
         for i in range(0, 256, 64):
             joint_step(model, (x[i : i + 64][r::w], y[i : i + 64][r::w]), lambda out, b: F.cross_entropy(out, b[1]), opt, distill=True)
-        (root / name).mkdir(parents=True, exist_ok=True)
         torch.save(q.state_dict(), root / name / f"rank{rank}.pt")
         if "RANK" in os.environ:
+            # the DDP wrapper (its reducer holds the group) goes first: destroyed after the group, at
+            # the function's return, it hung about one launch in two (rank 0 never reached the next case)
+            del model
             dist.destroy_process_group()
 
     CASES = {
@@ -212,6 +217,23 @@ def _same_on_every_rank(run_dir) -> dict[str, torch.Tensor]:
     return a
 
 
+def _assert_same_training(two: dict[str, torch.Tensor], one: dict[str, torch.Tensor], keys, limit: float, init: dict | None = None) -> None:
+    """Two processes trained what one did, up to float summation order: per tensor, the L2 norm of
+    the difference within ``limit`` of the update from ``init`` (of the tensor itself without it).
+
+    Summation order differs between 1 and 2 processes, and between CPUs (AVX2 and AVX-512 kernels
+    reduce in different orders). An input at a rounding boundary of its quantization grid can then
+    land on the other code, and the few weights it feeds move by a learning-rate-sized step, which
+    element-wise tolerances reject (measured on an AVX-512 CPU: 42 of 2,048 weights of one LM matrix
+    off by up to 3.4e-4). In norm it stays small; a missing sqrt(W) correction of the activation
+    scales' gradient is 50-250 times larger (the measurements are in each test)."""
+    for k in keys:
+        a, b = two[k].double(), one[k].double()
+        assert a.shape == b.shape, k
+        err, ref = (a - b).norm().item(), (b if init is None else b - init[k].double()).norm().item()
+        assert err <= limit * ref + 1e-9, f"{k}: |two - one| = {err:.3g}, {err / max(ref, 1e-30):.2%} of the reference (limit {limit:.1%})"
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one(runs):
     single, multi = runs
@@ -220,7 +242,7 @@ def test_two_gloo_processes_match_one(runs):
     assert meta["info"]["step"] == 8  # 540 training images // 64: the global batch, not the per-process one
     model_keys = [k for k in one if k.startswith("model.")]
     assert model_keys and set(model_keys) == {k for k in two if k.startswith("model.")}
-    for k in model_keys:
+    for k in model_keys:  # no rounding tie is hit here: agrees to 1e-7 on AVX2 and AVX-512 CPUs
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     assert one["model.net.3.weight"].abs().sum() > 0
     _same_on_every_rank(multi / "mlp")
@@ -240,8 +262,8 @@ def test_language_model_on_two_gloo_processes_matches_one(runs):
     assert meta["info"]["step"] == 4  # 2 epochs of steps_per_epoch=2 global batches
     model_keys = [k for k in one if k.startswith("model.")]
     assert any(".scales." in k for k in model_keys) and set(model_keys) == {k for k in two if k.startswith("model.")}
-    for k in model_keys:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    # measured: at most 0.10 % of a tensor's norm; without the sqrt(2) correction up to 5.6 %
+    _assert_same_training(two, one, model_keys, limit=5e-3)
     _same_on_every_rank(multi / "lm")
     losses = [json.loads((d / "lm" / "summary.json").read_text())["test_loss"] for d in (single, multi)]
     assert losses[0].keys() == losses[1].keys() == {"w8a8", "w4a4"}
@@ -262,7 +284,12 @@ def test_joint_step_in_a_user_loop_under_distributed_data_parallel(runs):
     assert one.keys() == two[0].keys() and any(".scales." in k for k in one)
     for k in one:
         assert torch.equal(two[0][k], two[1][k]), k
-        torch.testing.assert_close(two[0][k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    # measured: at most 0.34 % of a tensor's update (an activation scale); without the sqrt(2) correction up to 85 %
+    init = torch.load(single / "api" / "init.pt", weights_only=True)
+    moved = [k for k in one if one[k].is_floating_point() and not torch.equal(one[k], init[k])]
+    _assert_same_training(two[0], one, moved, limit=0.02, init=init)
+    for k in set(one) - set(moved):
+        assert torch.equal(two[0][k], one[k]), k
 
 
 @pytest.mark.slow
