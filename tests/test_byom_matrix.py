@@ -8,7 +8,7 @@ torchvision, which has no CPU build here: the ``timm`` fixture puts a test-only 
 
 ``EXPECTED_FAILURES`` is the one place that says which cells do not work yet, with the error seen.
 The marks are strict: when a feature lands and its cell passes, the cell fails until its entry here
-is removed. A failure that hangs on a float tie, which falls either way with the CPU's kernels, is in
+is removed. A failure that hinges on a float tie, which falls either way with the CPU's kernels, is in
 ``CPU_DEPENDENT`` too and not strict.
 """
 
@@ -29,11 +29,14 @@ EXPECTED_FAILURES: dict[str, str] = {
 #: expected failures that pass on some CPUs (the kernels' summation order decides a tie)
 CPU_DEPENDENT = {"timm-mobilenetv3_small_050-export"}
 
-CELLS = [
-    pytest.param(case, stage, id=f"{case.id}-{stage}",
-                 marks=[pytest.mark.xfail(strict=f"{case.id}-{stage}" not in CPU_DEPENDENT, reason=EXPECTED_FAILURES[f"{case.id}-{stage}"])] if f"{case.id}-{stage}" in EXPECTED_FAILURES else [])
-    for case in CASES for stage in STAGES
-]
+
+def _marks(cell: str) -> list[pytest.MarkDecorator]:
+    if cell not in EXPECTED_FAILURES:
+        return []
+    return [pytest.mark.xfail(strict=cell not in CPU_DEPENDENT, reason=EXPECTED_FAILURES[cell])]
+
+
+CELLS = [pytest.param(case, stage, id=f"{case.id}-{stage}", marks=_marks(f"{case.id}-{stage}")) for case in CASES for stage in STAGES]
 
 
 def test_expected_failures_name_real_cells():
