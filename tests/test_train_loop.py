@@ -77,6 +77,32 @@ def test_channels_last_trains_in_nhwc_and_saves_what_it_evaluated(tmp_path):
     assert evaluate(reloaded, make_loader(data, "test", cfg, "cpu"), cfg.bits) == result.test_acc
 
 
+def test_bf16_autocast_runs_the_fp32_forward_in_bf16_and_still_learns(tmp_path):
+    """``autocast: bf16``: the forward's convolutions in bfloat16 (the loss moves, but by far less than
+    its size), the loss and the weights in FP32; the run learns the digits; quantized modes refuse it."""
+    import copy
+
+    from bitswitch.train import ddp
+    from bitswitch.train.optim import build_optimizer
+    from bitswitch.train.step import fp32_step
+
+    cfg = tiny(tmp_path, "bf16", mode="fp32", lr=3e-3, epochs=3, train_subset=0, batch_size=64, autocast="bf16")
+    data, model, _, _ = setup_run(cfg)
+    x, y = next(iter(make_loader(data, "train", cfg, "cpu")))
+    losses = {}
+    for mode in ("none", "bf16"):
+        m, mode_cfg = copy.deepcopy(model), TrainConfig.from_dict({**cfg.to_dict(), "autocast": mode})
+        losses[mode] = fp32_step(m, build_optimizer(m, mode_cfg), x, y, mode_cfg, 1.0, ddp.DistInfo(), {})["fp32"]
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert 0 < abs(losses["bf16"] - losses["none"]) < 1e-2 * losses["none"], losses
+    result = train(cfg)
+    assert result.test_acc["fp32"] > 80, result.test_acc
+    with pytest.raises(ValueError, match="mode 'fp32' only"):
+        tiny(tmp_path, mode="joint", bits=[8, 2], autocast="bf16")
+    with pytest.raises(ValueError, match="autocast"):
+        tiny(tmp_path, mode="fp32", autocast="fp16")
+
+
 def test_best_checkpoint_is_chosen_on_validation(tmp_path):
     cfg = tiny(tmp_path, mode="joint", bits=[8, 2], epochs=3, lr=3e-3)
     result = train(cfg)

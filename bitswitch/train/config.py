@@ -40,6 +40,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 TEXT_DATASETS = ("shakespeare",)
 DISTILL = ("none", "inplace", "neighbour")
 LOSS_MODES = ("per_bit", "summed")
+AUTOCAST = ("none", "bf16")
 BEST_METRICS = ("mean", "min")
 DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?)")
 FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -121,6 +122,7 @@ class TrainConfig:
     compile_kernels: bool = False  # torch.compile the activation-quantizer kernels (faster QAT on CPU after ~20 s of compilation)
     compile: bool = False  # torch.compile the whole model for the training steps (one compilation per bit-width; not with hasb)
     channels_last: bool = False  # convolutions in NHWC memory layout (1.2-1.4x faster CPU training steps, benchmarks/results/train_throughput.md)
+    autocast: str = "none"  # none | bf16: the FP32 training forward under bfloat16 autocast (mode fp32 only; fast on CPUs with avx512_bf16/AMX, emulated and slow elsewhere)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -139,6 +141,10 @@ class TrainConfig:
         _choice("best_metric", self.best_metric, BEST_METRICS)
         _choice("weight_init", self.weight_init, ("mse", "std3", "max"))
         _choice("act_init", self.act_init, ("mse", "lsq", "max"))
+        _choice("autocast", self.autocast, AUTOCAST)
+        if self.autocast != "none" and self.mode != "fp32":
+            raise ValueError(f"autocast={self.autocast!r} suits mode 'fp32' only: bfloat16 keeps 8 significant bits, so a quantized "
+                             f"model's 8-bit grid would not survive its convolutions (mode is {self.mode!r})")
         if self.mode != "fp32":
             self.bits = list(check_train_bits(self.bits, self.storage_bits))
             if self.mode == "hasb" and (not self.hessian or not self.init_from or len(self.bits) < 2):

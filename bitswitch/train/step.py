@@ -67,14 +67,15 @@ def output_loss(output: Any) -> torch.Tensor:
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     """``loss_fn`` of ``(x, y)`` batches of class labels: cross-entropy of the output against ``batch[1]``."""
-    return lambda output, batch: F.cross_entropy(output, batch[1], label_smoothing=label_smoothing)
+    # .float(): bfloat16 autocast logits get an FP32 loss (a no-op for FP32 logits)
+    return lambda output, batch: F.cross_entropy(output.float(), batch[1], label_smoothing=label_smoothing)
 
 
 def next_token_loss(label_smoothing: float = 0.0) -> LossFn:
     """``loss_fn`` of ``(ids, next ids)`` batches of a causal language model: cross-entropy of the
     logits ``(B, T, V)`` (a tensor or ``.logits``) against every next token ``batch[1]`` ``(B, T)``."""
     def loss(output: Any, batch: Any) -> torch.Tensor:
-        logits = output_logits(output)
+        logits = output_logits(output).float()
         return F.cross_entropy(logits.flatten(0, -2), batch[1].flatten(), label_smoothing=label_smoothing)
 
     return loss
@@ -263,7 +264,9 @@ def fp32_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
     with timed(timer, "fp32"):
         set_lr(optimizer, cfg.lr, sched)
         optimizer.zero_grad(set_to_none=True)
-        loss = run_loss(cfg)(model(x), (x, y))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+            output = model(x)
+        loss = run_loss(cfg)(output, (x, y))
         loss.backward()
         finish_backward(model, cfg, dist)
         optimizer.step()
