@@ -166,6 +166,8 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         for k in ("joint", "joint_no_alrs", "joint_distill", "joint_432", "unshared", f"fixed_w{b}"):
             if k in correct and lab in correct[k]:
                 row["separate" if k.startswith("fixed") else k] = acc(correct[k][lab])
+        if f"fixed_w{b}" in correct:
+            row["separate - FP32"] = pm(paired_difference(correct[f"fixed_w{b}"][lab], fp))
         if "joint" in correct:
             j = correct["joint"][lab]
             row["joint - FP32"] = pm(paired_difference(j, fp))

@@ -33,6 +33,8 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
         diff = float(row["joint - separate"].split(" ± ")[0])
         assert diff == pytest.approx(acc["joint"][lab] - acc[f"fixed_w{lab[1]}"][lab], abs=0.006)
         assert float(row["joint - separate"].split(" ± ")[1]) > 0
+        sep = float(row["separate - FP32"].split(" ± ")[0])
+        assert sep == pytest.approx(acc[f"fixed_w{lab[1]}"][lab] - acc["fp32"]["fp32"], abs=0.006)
     goals = {g["goal"] for g in doc["goals"]}
     assert "joint W2A2 within 1.5 points of FP32" in goals and "joint W8A8 >= separate" in goals
     sizes = {r["run"]: r["checkpoint bytes"] for r in doc["runs"]}
