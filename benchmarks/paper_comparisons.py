@@ -166,8 +166,9 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         for k in ("joint", "joint_no_alrs", "joint_distill", "joint_432", "unshared", f"fixed_w{b}"):
             if k in correct and lab in correct[k]:
                 row["separate" if k.startswith("fixed") else k] = acc(correct[k][lab])
-        if f"fixed_w{b}" in correct:
-            row["separate - FP32"] = pm(paired_difference(correct[f"fixed_w{b}"][lab], fp))
+        sep = correct[f"fixed_w{b}"][lab] if f"fixed_w{b}" in correct else None
+        if sep is not None:
+            row["separate - FP32"] = pm(paired_difference(sep, fp))
         if "joint" in correct:
             j = correct["joint"][lab]
             row["joint - FP32"] = pm(paired_difference(j, fp))
@@ -176,8 +177,8 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
             tol = tol2 if b == 2 else 0.3
             gap = acc(fp) - acc(j)
             goals.append({"goal": f"joint {lab.upper()} within {tol} points of FP32", "measured": f"{-gap:+.2f}", "met": gap <= tol})
-            if f"fixed_w{b}" in correct:
-                d = paired_difference(j, correct[f"fixed_w{b}"][lab])
+            if sep is not None:
+                d = paired_difference(j, sep)
                 row["joint - separate"] = pm(d)
                 goals.append({"goal": f"joint {lab.upper()} >= separate", "measured": pm(d), "met": d[0] >= 0})
             if "joint_no_alrs" in correct:

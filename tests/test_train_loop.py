@@ -3,6 +3,7 @@ checkpoints are chosen on the validation split, and damaged or foreign state is 
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 from pathlib import Path
@@ -11,11 +12,13 @@ import pytest
 import torch
 
 import bitswitch
-from bitswitch.train import StateError, TrainConfig, train
+from bitswitch.train import StateError, TrainConfig, ddp, train
 from bitswitch.train.interrupt import TrainingInterrupted
 from bitswitch.train import evaluate, load_data, make_loader
 from bitswitch.train.loop import setup_run
+from bitswitch.train.optim import build_optimizer
 from bitswitch.train.state import read_state
+from bitswitch.train.step import fp32_step
 
 TINY = {"dataset": "digits", "model": "digits_cnn", "batch_size": 128, "train_subset": 800, "progress": False,
         "num_threads": 1, "calib_batches": 2}
@@ -80,12 +83,6 @@ def test_channels_last_trains_in_nhwc_and_saves_what_it_evaluated(tmp_path):
 def test_bf16_autocast_runs_the_fp32_forward_in_bf16_and_still_learns(tmp_path):
     """``autocast: bf16``: the forward's convolutions in bfloat16 (the loss moves, but by far less than
     its size), the loss and the weights in FP32; the run learns the digits; quantized modes refuse it."""
-    import copy
-
-    from bitswitch.train import ddp
-    from bitswitch.train.optim import build_optimizer
-    from bitswitch.train.step import fp32_step
-
     cfg = tiny(tmp_path, "bf16", mode="fp32", lr=3e-3, epochs=3, train_subset=0, batch_size=64, autocast="bf16")
     data, model, _, _ = setup_run(cfg)
     x, y = next(iter(make_loader(data, "train", cfg, "cpu")))
