@@ -38,6 +38,7 @@ from bitswitch.data import (
     load_fashion_mnist,
     load_imagenet_samples,
     random_crop,
+    random_cutout,
     random_flip,
 )
 
@@ -410,6 +411,27 @@ def test_augment_shapes_identity_determinism(dtype):
     assert torch.equal(random_flip(x, g(0), p=1.0), x.flip(-1))
     assert torch.equal(random_crop(x, 3, g(5)), random_crop(x, 3, g(5)))
     assert not torch.equal(random_crop(x, 3, g(5)), random_crop(x, 3, g(6)))
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 16])
+def test_random_cutout_erases_one_clipped_square_per_image(size):
+    """Each image loses exactly the part of a size x size square (centre uniform) that lies inside it, all channels."""
+    h, w = 9, 11
+    x = torch.rand(64, 3, h, w) + 1.0  # never 0, so erased pixels are exactly the zeros
+    out = random_cutout(x, size, torch.Generator().manual_seed(7))
+    centre = torch.stack([torch.randint(0, h, (64,), generator=(g := torch.Generator().manual_seed(7))),
+                          torch.randint(0, w, (64,), generator=g)])
+    for i in range(64):
+        top, left = int(centre[0, i]) - size // 2, int(centre[1, i]) - size // 2
+        expect = torch.zeros(h, w, dtype=torch.bool)
+        expect[max(top, 0):max(top + size, 0), max(left, 0):max(left + size, 0)] = True
+        erased = out[i] == 0
+        assert torch.equal(erased, expect.expand(3, h, w)), i
+        assert torch.equal(out[i][~erased], x[i][~erased])  # the rest untouched
+    assert torch.equal(random_cutout(x, 0), x)
+    assert torch.equal(random_cutout(x, size, torch.Generator().manual_seed(7)), out)  # deterministic per generator
+    with pytest.raises(DataError, match="cutout size must be >= 0"):
+        random_cutout(x, -1)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])

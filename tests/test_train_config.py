@@ -118,6 +118,26 @@ def test_crop_padding_reaches_the_training_loader():
         TrainConfig.from_dict({**base, "crop_padding": -1})
 
 
+def test_cutout_reaches_the_training_loader_after_normalisation():
+    """cutout erases a square per training image to 0 (the mean once normalised); never the evaluation batches."""
+    from bitswitch.train import load_data, make_loader
+
+    base = {"dataset": "digits", "train_subset": 300, "batch_size": 64, "augment": True, "crop_padding": 0}
+    data = load_data(TrainConfig.from_dict(base))
+    first = lambda cfg, **kw: next(iter(make_loader(data, "train", cfg, "cpu", **kw)))[0]  # noqa: E731
+    plain, cut = first(TrainConfig.from_dict(base), train=True), first(TrainConfig.from_dict({**base, "cutout": 3}), train=True)
+    erased = (cut != plain)
+    assert bool((cut[erased] == 0).all())
+    per_image = erased.flatten(1).sum(1)
+    assert 0 < int(per_image.min()) and int(per_image.max()) == 9  # at most one 3x3 square (1 channel), clipped at the edges
+    evaluation = TrainConfig.from_dict({**base, "cutout": 3})
+    assert torch.equal(first(evaluation), first(TrainConfig.from_dict(base)))
+    with pytest.raises(ValueError, match="cutout=3 is training augmentation: set augment: true"):
+        TrainConfig.from_dict({**base, "augment": False, "cutout": 3})
+    with pytest.raises(ValueError, match="cutout must be >= 0"):
+        TrainConfig.from_dict({**base, "cutout": -2})
+
+
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     """YAML 1.1 reads ``1e-4`` as text; a config file and a ``key=value`` override both mean the number."""
     path = tmp_path / "run.yaml"

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .arrays import ArrayDataset
-from .augment import augment_batch, pad, random_crop, random_flip
+from .augment import augment_batch, pad, random_crop, random_cutout, random_flip
 from .cache import cache_dir
 from .cifar10 import CIFAR10_CLASSES, detect_cifar10_layout, load_cifar10
 from .digits import DIGITS_CLASSES, load_digits_dataset
@@ -59,6 +59,7 @@ __all__ = [
     "load_imagenet_samples",
     "pad",
     "random_crop",
+    "random_cutout",
     "random_flip",
     "read_idx",
 ]

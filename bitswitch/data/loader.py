@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .arrays import ArrayDataset
-from .augment import augment_batch
+from .augment import augment_batch, random_cutout
 from .errors import DataError
 
 __all__ = ["DATASET_STATS", "TensorLoader", "epoch_seed"]
@@ -38,7 +38,8 @@ class TensorLoader:
     Yields ``(images float32 (B, C, H, W) on device, labels int64 (B,) on device)`` where images are
     ``(x / 255 - mean) / std`` (just ``x / 255`` when ``mean``/``std`` are None). With
     ``augment=True`` each batch gets a random crop (``crop_padding``, ``pad_mode``) and, if ``flip``,
-    a random horizontal flip, applied to the uint8 batch before normalisation.
+    a random horizontal flip, applied to the uint8 batch before normalisation, and, if ``cutout``
+    is set, one ``cutout x cutout`` square per image set to the mean (0 after normalisation).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class TensorLoader:
         crop_padding: int = 4,
         pad_mode: str = "reflect",
         flip: bool = True,
+        cutout: int = 0,
     ) -> None:
         if not isinstance(dataset, ArrayDataset):
             raise DataError(f"TensorLoader needs an ArrayDataset, got {type(dataset).__name__}")
@@ -71,6 +73,9 @@ class TensorLoader:
         self.crop_padding = int(crop_padding)
         self.pad_mode = pad_mode
         self.flip = bool(flip)
+        if int(cutout) < 0:
+            raise DataError(f"cutout must be >= 0, got {cutout}")
+        self.cutout = int(cutout)
         self.epoch = 0
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
@@ -118,7 +123,10 @@ class TensorLoader:
             x = self.images[idx]
             if self.augment:
                 x = augment_batch(x, gen, padding=self.crop_padding, flip=self.flip, mode=self.pad_mode)
-            yield self.normalize(x), self.labels[idx]
+            x = self.normalize(x)
+            if self.augment and self.cutout:
+                x = random_cutout(x, self.cutout, gen)
+            yield x, self.labels[idx]
 
     def __repr__(self) -> str:
         return (

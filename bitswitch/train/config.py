@@ -92,6 +92,7 @@ class TrainConfig:
     test_subset: int = 0  # evaluate the test split on this many images only (0 = all); for reduced-budget runs
     augment: bool = False  # random crop (+ flip for cifar10) on the uint8 batches
     crop_padding: int = 4  # augment: the random crop's shift range in pixels (reflect-padded); 2 suits 28x28 Fashion-MNIST
+    cutout: int = 0  # augment: erase one square of this side (pixels) per training image, set to the mean (DeVries & Taylor; 16 for CIFAR-10); 0 = off
     batch_size: int = 128  # global batch size (split across processes under torchrun); language models: windows per batch
     eval_batch_size: int = 1000  # batch size for validation/test (images, or windows of text)
     # --- language models (dataset shakespeare; an image dataset refuses these keys) -------------
@@ -173,11 +174,13 @@ class TrainConfig:
         for name in ("lr", "distill_temperature", "scale_lr_mult"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("image_size", "crop_padding", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "min_lr_ratio", "train_subset", "test_subset", "num_threads", "log_every"):
+        for name in ("image_size", "crop_padding", "cutout", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "min_lr_ratio", "train_subset", "test_subset", "num_threads", "log_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.cutout and not self.augment:
+            raise ValueError(f"cutout={self.cutout} is training augmentation: set augment: true as well (or cutout: 0)")
         if self.label_smoothing >= 1.0:
             raise ValueError(f"label_smoothing must be < 1, got {self.label_smoothing}")
         if len(self.betas) != 2:
@@ -204,7 +207,7 @@ class TrainConfig:
                 raise ValueError(f"{', '.join(wrong)} {'applies' if len(wrong) == 1 else 'apply'} to language models (dataset "
                                  f"{' or '.join(TEXT_DATASETS)}); dataset {self.dataset!r} is images: remove {'it' if len(wrong) == 1 else 'them'}")
             return
-        wrong = [k for k in ("image_size", "augment", "crop_padding", "val_fraction", "split_seed", "train_subset", "test_subset") if k in changed]
+        wrong = [k for k in ("image_size", "augment", "crop_padding", "cutout", "val_fraction", "split_seed", "train_subset", "test_subset") if k in changed]
         if wrong:
             raise ValueError(f"{', '.join(wrong)} {'applies' if len(wrong) == 1 else 'apply'} to image datasets; dataset {self.dataset!r} is text "
                              "with a fixed train/validation/test split (its README): remove it, or use val_chars to shorten validation")

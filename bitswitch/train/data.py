@@ -187,7 +187,7 @@ def make_loader(data: Data, split: str, cfg: TrainConfig, device: str, *, train:
         drop = len(ds) > cfg.batch_size
         return TensorLoader(ds, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=drop, seed=cfg.seed,
                             mean=data.mean, std=data.std, device=device, flip=data.key == "cifar10",
-                            crop_padding=cfg.crop_padding)
+                            crop_padding=cfg.crop_padding, cutout=cfg.cutout)
     return TensorLoader(ds, cfg.eval_batch_size, shuffle=False, mean=data.mean, std=data.std, device=device)
 
 
