@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +140,12 @@ def test_ctrl_c_in_any_command_is_one_line(joint_run, monkeypatch, capsys):
     monkeypatch.setattr(eval_command, "labelled_batches", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(["eval", str(joint_run / "run" / "best.safetensors")]) == 130
     assert capsys.readouterr().err == "bitswitch eval: interrupted\n"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").iterdir()), ids=lambda p: p.name)
+def test_every_shipped_config_is_a_valid_train_config(path):
+    """The files under configs/ are what docs and benchmarks tell users to run: each must load and validate."""
+    from bitswitch.train import TrainConfig
+
+    cfg = TrainConfig.from_file(path)
+    assert cfg.out_dir.startswith("runs/"), "shipped configs write under runs/"
