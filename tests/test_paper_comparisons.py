@@ -50,6 +50,18 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
     recal = json.loads((tmp_path / "recal.json").read_text())["test_acc"]
     assert recal.keys() == acc.keys() and recal != acc
     assert "re-estimated on the same 128 training images" in (tmp_path / "recal.md").read_text()
+    # without a plain joint run the goals are judged on the distilled one, and its columns say so
+    only = tmp_path / "only_distill"
+    only.mkdir()
+    for k in ("joint_distill", "fixed_w2"):
+        (only / k).symlink_to(tmp_path / "runs" / k)
+    assert bench.main(["--fp32", str(tmp_path / "runs" / "fp32"), "--qat-config", str(tmp_path / "qat.yaml"), "--runs", str(only),
+                       "--out", str(tmp_path), "--name", "distill", "--report-only"]) == 0
+    doc = json.loads((tmp_path / "distill.json").read_text())
+    assert [g["goal"] for g in doc["goals"]][-2:] == ["joint_distill W2A2 within 1.5 points of FP32", "joint_distill W2A2 >= separate"]
+    assert len(doc["goals"]) == 5 and "joint - FP32" not in doc["rows"][0]
+    diff = float(doc["rows"][-1]["joint_distill - separate"].split(" ± ")[0])
+    assert diff == pytest.approx(acc["joint_distill"]["w2a2"] - acc["fixed_w2"]["w2a2"], abs=0.006)
 
 
 def test_unknown_stage_is_refused(bench, tmp_path: Path) -> None:
