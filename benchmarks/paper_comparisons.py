@@ -171,18 +171,20 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         sep = correct[f"fixed_w{b}"][lab] if f"fixed_w{b}" in correct else None
         if sep is not None:
             row["separate - FP32"] = pm(paired_difference(sep, fp))
-        if main is not None:
-            j = correct[main][lab]
-            row[f"{main} - FP32"] = pm(paired_difference(j, fp))
+        for k in [n for n in ("joint", "joint_distill") if n in correct]:  # every joint run vs FP32 and separate
+            j = correct[k][lab]
+            row[f"{k} - FP32"] = pm(paired_difference(j, fp))
             if "fp32_tuned" in correct:
-                row[f"{main} - FP32 tuned"] = pm(paired_difference(j, correct["fp32_tuned"]["fp32"]))
+                row[f"{k} - FP32 tuned"] = pm(paired_difference(j, correct["fp32_tuned"]["fp32"]))
+            if sep is not None:
+                row[f"{k} - separate"] = pm(paired_difference(j, sep))
+            if k != main:
+                continue
             tol = tol2 if b == 2 else 0.3
             gap = acc(fp) - acc(j)
-            goals.append({"goal": f"{main} {lab.upper()} within {tol} points of FP32", "measured": f"{-gap:+.2f}", "met": gap <= tol})
+            goals.append({"goal": f"{k} {lab.upper()} within {tol} points of FP32", "measured": f"{-gap:+.2f}", "met": gap <= tol})
             if sep is not None:
-                d = paired_difference(j, sep)
-                row[f"{main} - separate"] = pm(d)
-                goals.append({"goal": f"{main} {lab.upper()} >= separate", "measured": pm(d), "met": d[0] >= 0})
+                goals.append({"goal": f"{k} {lab.upper()} >= separate", "measured": row[f"{k} - separate"], "met": paired_difference(j, sep)[0] >= 0})
         if "joint" in correct:
             j = correct["joint"][lab]
             if "joint_no_alrs" in correct:

@@ -27,6 +27,8 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
     assert set(doc["test_acc"]) == set(bench.STAGES)
     acc = doc["test_acc"]
     assert "joint - FP32 tuned" in doc["rows"][0] and set(acc["fp32_tuned"]) == {"fp32"}
+    assert {"joint_distill - FP32", "joint_distill - separate"} <= set(doc["rows"][0])  # reported, not judged
+    assert not any(g["goal"].startswith("joint_distill") for g in doc["goals"])
     assert set(acc["joint_432"]) == {"w4a4", "w3a3", "w2a2"} and set(acc["fixed_w6"]) == {"w6a6"}
     for row in doc["rows"]:  # every paired difference is the difference of the two accuracies on the same images
         lab = row["precision"].lower()
