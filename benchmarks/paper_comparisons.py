@@ -176,15 +176,16 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
             row[f"{k} - FP32"] = pm(paired_difference(j, fp))
             if "fp32_tuned" in correct:
                 row[f"{k} - FP32 tuned"] = pm(paired_difference(j, correct["fp32_tuned"]["fp32"]))
-            if sep is not None:
-                row[f"{k} - separate"] = pm(paired_difference(j, sep))
+            d_sep = paired_difference(j, sep) if sep is not None else None
+            if d_sep is not None:
+                row[f"{k} - separate"] = pm(d_sep)
             if k != main:
                 continue
             tol = tol2 if b == 2 else 0.3
             gap = acc(fp) - acc(j)
             goals.append({"goal": f"{k} {lab.upper()} within {tol} points of FP32", "measured": f"{-gap:+.2f}", "met": gap <= tol})
-            if sep is not None:
-                goals.append({"goal": f"{k} {lab.upper()} >= separate", "measured": row[f"{k} - separate"], "met": paired_difference(j, sep)[0] >= 0})
+            if d_sep is not None:
+                goals.append({"goal": f"{k} {lab.upper()} >= separate", "measured": pm(d_sep), "met": d_sep[0] >= 0})
         if "joint" in correct:
             j = correct["joint"][lab]
             if "joint_no_alrs" in correct:
