@@ -157,8 +157,10 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
     dataset = cfgs["fp32"].dataset
     tol2 = GOAL_2BIT.get(dataset, 1.5)
 
-    # the joint run the goals are judged on: plain joint {8,6,4,2} with ALRS, else the distilled one
-    main = next((k for k in ("joint", "joint_distill") if k in correct), None)
+    # every joint run is compared with FP32 and separate; the goals are judged on the first: plain joint
+    # {8,6,4,2} with ALRS, else the distilled one
+    joint_runs = [k for k in ("joint", "joint_distill") if k in correct]
+    main = joint_runs[0] if joint_runs else None
     rows, goals = [], []
     for b in BITS:
         lab = f"w{b}a{b}"
@@ -171,7 +173,7 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         sep = correct[f"fixed_w{b}"][lab] if f"fixed_w{b}" in correct else None
         if sep is not None:
             row["separate - FP32"] = pm(paired_difference(sep, fp))
-        for k in [n for n in ("joint", "joint_distill") if n in correct]:  # every joint run vs FP32 and separate
+        for k in joint_runs:
             j = correct[k][lab]
             row[f"{k} - FP32"] = pm(paired_difference(j, fp))
             if "fp32_tuned" in correct:
