@@ -8,7 +8,10 @@ interrupted one resumes where it stopped, so the script can be re-run or split o
 * ``fp32_tuned``: the FP32 model fine-tuned as the quantized runs are (same recipe and epochs, no
   quantization): the control that separates what quantization costs from what the fine-tuning does;
 * from its best checkpoint, with ``--qat-config`` plus one change each:
-  ``joint`` ({8,6,4,2}, ALRS), ``joint_no_alrs``, ``joint_distill`` (in-place distillation),
+  ``joint`` ({8,6,4,2}, ALRS), ``joint_no_alrs``, ``joint_alrs_shared`` (ALRS on the shared weight
+  scales only), ``joint_distill`` (in-place distillation),
+  ``joint_distill_neighbour`` (each bit-width distilled from the one above, 8->6->4->2),
+  ``joint_summed`` (one optimizer step on the summed loss of the bit-widths, not one per bit-width),
   ``joint_432`` ({4,3,2}, ALRS), ``unshared`` (per-bit weight scales, FP32 storage: the storage
   baseline) and ``fixed_w<b>``: one fixed-precision model per bit-width with the same epochs, so the
   four together make the same forward/backward passes as one joint run (equal compute).
@@ -52,13 +55,18 @@ BITS = [8, 6, 4, 2]
 VARIANTS: dict[str, dict[str, Any]] = {
     "joint": {"mode": "joint", "bits": BITS},
     "joint_no_alrs": {"mode": "joint", "bits": BITS, "alrs": False},
+    "joint_alrs_shared": {"mode": "joint", "bits": BITS, "alrs_scope": "shared"},
     "joint_distill": {"mode": "joint", "bits": BITS, "distill": "inplace"},
+    "joint_distill_neighbour": {"mode": "joint", "bits": BITS, "distill": "neighbour"},
+    "joint_summed": {"mode": "joint", "bits": BITS, "loss_mode": "summed"},
     "joint_432": {"mode": "joint", "bits": [4, 3, 2]},
     "unshared": {"mode": "joint", "bits": BITS, "variant": "unshared"},
     **{f"fixed_w{b}": {"mode": "fixed", "bits": [b]} for b in BITS},
     "fp32_tuned": {"mode": "fp32", "compile": False},
 }
 STAGES = ["fp32", *VARIANTS]
+#: the {8,6,4,2} runs each compared with FP32 and the separate models; the goals are judged on the first one present
+JOINT_RUNS = ("joint", "joint_distill", "joint_distill_neighbour", "joint_summed")
 #: the goals of the issue: joint 8/6/4-bit within 0.3 points of FP32; 2-bit within these (per dataset)
 GOAL_2BIT = {"fashion_mnist": 1.5, "cifar10": 2.0}
 
@@ -157,9 +165,8 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
     dataset = cfgs["fp32"].dataset
     tol2 = GOAL_2BIT.get(dataset, 1.5)
 
-    # every joint run is compared with FP32 and separate; the goals are judged on the first: plain joint
-    # {8,6,4,2} with ALRS, else the distilled one
-    joint_runs = [k for k in ("joint", "joint_distill") if k in correct]
+    # every joint run is compared with FP32 and separate; the goals are judged on the first of JOINT_RUNS present
+    joint_runs = [k for k in JOINT_RUNS if k in correct]
     main = joint_runs[0] if joint_runs else None
     rows, goals = [], []
     for b in BITS:
@@ -167,7 +174,7 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         row: dict[str, Any] = {"precision": lab.upper(), "FP32": acc(fp)}
         if "fp32_tuned" in correct:
             row["FP32 tuned"] = acc(correct["fp32_tuned"]["fp32"])
-        for k in ("joint", "joint_no_alrs", "joint_distill", "joint_432", "unshared", f"fixed_w{b}"):
+        for k in (*JOINT_RUNS, "joint_no_alrs", "joint_alrs_shared", "joint_432", "unshared", f"fixed_w{b}"):
             if k in correct and lab in correct[k]:
                 row["separate" if k.startswith("fixed") else k] = acc(correct[k][lab])
         sep = correct[f"fixed_w{b}"][lab] if f"fixed_w{b}" in correct else None
@@ -192,8 +199,12 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
             j = correct["joint"][lab]
             if "joint_no_alrs" in correct:
                 row["ALRS effect"] = pm(paired_difference(j, correct["joint_no_alrs"][lab]))
+            if "joint_alrs_shared" in correct:
+                row["ALRS on shared scales only - ALRS"] = pm(paired_difference(correct["joint_alrs_shared"][lab], j))
             if "joint_distill" in correct:
                 row["distillation effect"] = pm(paired_difference(correct["joint_distill"][lab], j))
+            if "joint_distill_neighbour" in correct:
+                row["neighbour distillation effect"] = pm(paired_difference(correct["joint_distill_neighbour"][lab], j))
         rows.append(row)
     extra_rows = []
     if "joint_432" in correct:
@@ -211,7 +222,7 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         run_rows.append({"run": k, "epochs": len(hist), "best epoch": s.get("best_epoch"), "train time, s": sum(h["train_time_s"] for h in hist),
                          "wall time this call, s": round(wall.get(k, 0.0)), "checkpoint bytes": sizes[k],
                          "x FP32 file": sizes[k] / sizes["fp32"]})
-    curve_runs = {k: dirs[k] for k in ("joint", "joint_no_alrs", "joint_distill", "joint_432", "unshared") if k in correct}
+    curve_runs = {k: dirs[k] for k in (*JOINT_RUNS, "joint_no_alrs", "joint_alrs_shared", "joint_432", "unshared") if k in correct}
     start = {k: start_accuracy(stage_config(k, args)) for k in curve_runs}
     curve = plot_curves(curve_runs, start, Path(args.out or Path(__file__).parent / "results") / f"{args.name}.png",
                         summaries["fp32"]["best_val_acc"]["fp32"])
@@ -219,7 +230,10 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
     setup = (f"{cfgs['fp32'].model} on {dataset}: {len(fp)} test images. FP32: {cfgs['fp32'].epochs} epochs, {cfgs['fp32'].optimizer} lr {cfgs['fp32'].lr}"
              + (f" (continuing `{cfgs['fp32'].init_from}`)" if cfgs["fp32"].init_from else "") + ". "
              + (f"Every quantized run: {q.epochs} epoch(s) from the FP32 checkpoint, {q.optimizer} lr {q.lr}, batch {q.batch_size}, "
-                f"weight decay {q.weight_decay}, cosine schedule; FP32 tuned = the FP32 model fine-tuned the same way without quantization; "
+                f"weight decay {q.weight_decay}, cosine schedule"
+                + ("; ALRS on the weight scales the bit-widths share only, each bit-width's own activation scales at the full rate "
+                   "(`alrs_scope: shared`)" if q.alrs_scope == "shared" else "")
+                + "; FP32 tuned = the FP32 model fine-tuned the same way without quantization; "
                 "separate = one fixed-precision model per bit-width, same epochs "
                 "(the four together make the passes of one joint run). " if q else "")
              + "Checkpoints chosen on the validation split; differences are paired on the same test images (± one standard error)."

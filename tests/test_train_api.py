@@ -49,11 +49,13 @@ def test_plain_loop_learns_every_bit_width():
         assert last < 0.6 * first, (b, first, last)
 
 
-def test_alrs_rates_during_each_bit_step_and_restored_after(monkeypatch):
-    """Adam sees the shared weight scales and bit b's own scales at eta_b * lr in the step of bit b
-    (eta = 1, 1e-2, 1e-3 for 8, 4, 2 bits), the weights at lr; the user's rates are back afterwards."""
+@pytest.mark.parametrize("scope", ["all", "shared"])
+def test_alrs_rates_during_each_bit_step_and_restored_after(monkeypatch, scope):
+    """Adam sees the shared weight scales at eta_b * lr in the step of bit b (eta = 1, 1e-2, 1e-3 for
+    8, 4, 2 bits), bit b's own scales at eta_b * lr too (scope "all") or at lr ("shared"), the
+    weights at lr; the user's rates are back afterwards."""
     q = quantized()
-    groups = alrs_param_groups(q, 1e-3, weight_decay=0.1, scale_weight_decay=0.01)
+    groups = alrs_param_groups(q, 1e-3, weight_decay=0.1, scale_weight_decay=0.01, alrs_scope=scope)
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in q.parameters())
     by_name = {g["name"]: g for g in groups}
     assert set(by_name) == {"weights", "no_decay", "scale_shared", "scale_8", "scale_4", "scale_2"}
@@ -75,7 +77,7 @@ def test_alrs_rates_during_each_bit_step_and_restored_after(monkeypatch):
     for b, lrs in seen:
         assert lrs["weights"] == lrs["no_decay"] == 1e-3
         assert lrs["scale_shared"] == pytest.approx(1e-3 * eta[b], rel=1e-12)
-        assert lrs[f"scale_{b}"] == pytest.approx(1e-3 * eta[b], rel=1e-12)
+        assert lrs[f"scale_{b}"] == pytest.approx(1e-3 * (eta[b] if scope == "all" else 1.0), rel=1e-12)
     assert {g["name"]: g["lr"] for g in opt.param_groups}["scale_shared"] == 1e-3
     assert all(g["lr"] == 1e-3 for g in alrs_param_groups(q, 1e-3, alrs=False))
 
@@ -115,6 +117,8 @@ def test_bad_arguments_are_named():
         joint_step(q, separable(), None, opt)
     with pytest.raises(ValueError, match="lr must be > 0"):
         alrs_param_groups(q, 0.0)
+    with pytest.raises(ValueError, match="alrs_scope must be 'all' or 'shared'"):
+        alrs_param_groups(q, 1e-3, alrs_scope="activations")
     with pytest.raises(ValueError, match="distill must be one of"):
         joint_step(q, separable(), ce, opt, distill="teacher")
 
@@ -141,8 +145,8 @@ class TokenData(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-@pytest.mark.parametrize("distill", [False, True])
-def test_hf_trainer_trains_every_bit_width_of_a_tiny_llama(tmp_path, distill):
+@pytest.mark.parametrize("distill, scope", [(False, "all"), (True, "shared")])
+def test_hf_trainer_trains_every_bit_width_of_a_tiny_llama(tmp_path, distill, scope):
     transformers, model = tiny_llama()
     from bitswitch.integrations.hf import BitSwitchTrainer
 
@@ -152,10 +156,11 @@ def test_hf_trainer_trains_every_bit_width_of_a_tiny_llama(tmp_path, distill):
     before = {n: p.detach().clone() for n, p in q.named_parameters()}
     args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=8, learning_rate=1e-2,
                                           logging_steps=4, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
-    trainer = BitSwitchTrainer(model=q, args=args, train_dataset=data, distill=distill)
+    trainer = BitSwitchTrainer(model=q, args=args, train_dataset=data, distill=distill, alrs_scope=scope)
     trainer.train()
-    names = {g["name"] for g in trainer.optimizer.param_groups}
-    assert {"weights", "no_decay", "scale_shared", "scale_8", "scale_4", "scale_2"} <= names
+    by_name = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert {"weights", "no_decay", "scale_shared", "scale_8", "scale_4", "scale_2"} <= set(by_name)
+    assert by_name["scale_2"]["lr_factor"] == pytest.approx(1e-3 if scope == "all" else 1.0)
     logs = [h for h in trainer.state.log_history if "loss_w8" in h]
     assert len(logs) == 2
     for b in BITS:

@@ -43,23 +43,25 @@ class BitSwitchTrainer(Trainer):
 
     Keyword arguments beyond ``Trainer``'s: ``bits`` (default: all of the model's, highest first),
     ``distill`` / ``distill_temperature`` / ``distill_weight`` (as :func:`bitswitch.train.joint_step`),
-    ``alrs`` (``False``: the scales at the plain learning rate) and ``loss_fn(output, batch)``.
+    ``alrs`` (``False``: the scales at the plain learning rate), ``alrs_scope`` (as
+    :func:`bitswitch.train.alrs_param_groups`) and ``loss_fn(output, batch)``.
     """
 
     def __init__(self, *args: Any, bits: Sequence[int] | None = None, distill: bool | str = False, distill_temperature: float = 1.0,
-                 distill_weight: float = 0.5, alrs: bool = True, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+                 distill_weight: float = 0.5, alrs: bool = True, alrs_scope: str = "all", loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
                  **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.bits = list(model_bits(unwrap(self.model)) if bits is None else bits)
         self.distill, self.distill_temperature, self.distill_weight = distill, distill_temperature, distill_weight
-        self.alrs, self.loss_fn = alrs, loss_fn
+        self.alrs, self.alrs_scope, self.loss_fn = alrs, alrs_scope, loss_fn
         self.bit_loss_sums: dict[int, float] = {}
         self.bit_loss_count = 0
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             opt_model = self.model if model is None else model
-            groups = alrs_param_groups(unwrap(opt_model), self.args.learning_rate, weight_decay=self.args.weight_decay, alrs=self.alrs)
+            groups = alrs_param_groups(unwrap(opt_model), self.args.learning_rate, weight_decay=self.args.weight_decay, alrs=self.alrs,
+                                        alrs_scope=self.alrs_scope)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             unsupported = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
             if unsupported or not issubclass(optimizer_cls, torch.optim.Optimizer):

@@ -40,6 +40,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 TEXT_DATASETS = ("shakespeare",)
 DISTILL = ("none", "inplace", "neighbour")
 LOSS_MODES = ("per_bit", "summed")
+ALRS_SCOPES = ("all", "shared")
 AUTOCAST = ("none", "bf16")
 BEST_METRICS = ("mean", "min")
 DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?)")
@@ -67,6 +68,7 @@ class TrainConfig:
     full_precision: list[str] = field(default_factory=lambda: ["first_last"])  # layers kept FP32 (names/patterns, first_last, or auto: embeddings and head of a transformer; language models need auto or names)
     weight_only: bool = False  # quantize weights only: every layer the run quantizes keeps float inputs (labels w<b>, not w<b>a<b>)
     alrs: bool = True  # adaptive learning-rate scaling of the quantization scales (eta_b = 10^(-delta/2) ...)
+    alrs_scope: str = "all"  # alrs on: all (the weight scales every bit-width shares, and each bit's own activation scales) | shared (only the shared weight scales; each bit's own scales learn at lr)
     loss_mode: str = "per_bit"  # per_bit: one optimizer step per bit-width | summed: one step on the summed loss
     distill: str = "none"  # none | inplace (top bit teaches the others) | neighbour (each bit learns from the one above)
     distill_temperature: float = 1.0  # softening temperature of teacher and student logits
@@ -137,6 +139,7 @@ class TrainConfig:
         _choice("variant", self.variant, ("shared", "unshared"))
         _choice("rounding", self.rounding, ROUNDING_MODES)
         _choice("loss_mode", self.loss_mode, LOSS_MODES)
+        _choice("alrs_scope", self.alrs_scope, ALRS_SCOPES)
         _choice("distill", self.distill, DISTILL)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("best_metric", self.best_metric, BEST_METRICS)

@@ -8,7 +8,10 @@ Groups follow one stated rule (printed by :func:`describe_groups`):
   a per-bit optimizer step its rate is set to ``eta_b * lr`` before the step of bit ``b``; with a
   summed loss each bit's gradient contribution is multiplied by ``eta_b`` instead;
 * ``scale_<b>``: the scales that belong to bit ``b`` only (activation scales, unshared weight
-  scales), rate ``eta_b * lr``, no decay.
+  scales), rate ``eta_b * lr`` (``alrs_scope="all"``, the paper's rule as we read it) or ``lr``
+  (``"shared"``: ALRS only where bit-widths compete, the shared weight scales), no decay.
+  ``eta_2 * lr`` of ``{8,6,4,2}`` is ``1e-3 * lr``: at a fine-tuning rate the 2-bit activation
+  scales then barely move (docs/results.md measures both scopes).
 
 Scales never get weight decay: decaying a step size shrinks the grid, which is not regularisation.
 """
@@ -76,7 +79,7 @@ def model_bits(model: nn.Module) -> list[int]:
 
 
 def alrs_param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0, alrs: bool = True,
-                      scale_weight_decay: float = 0.0, scale_lr_mult: float = 1.0) -> list[dict]:
+                      scale_weight_decay: float = 0.0, scale_lr_mult: float = 1.0, alrs_scope: str = "all") -> list[dict]:
     """Optimizer parameter groups of a quantized (or FP32) model, by the rule in the module docstring.
 
     Pass the result to any ``torch.optim`` optimizer: each group has its ``lr`` (``lr`` times its
@@ -84,7 +87,9 @@ def alrs_param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0,
     ``eta_b`` counts from the model's highest bit-width; ``alrs=False`` gives every scale ``lr``.
     The ``scale_shared`` group records that bit-width as ``alrs_top_bits``, so :func:`joint_step`
     can run it at ``eta_b * lr`` during the step of bit ``b``. Scales get ``scale_weight_decay``
-    (default none: decaying a step size shrinks the grid) and ``scale_lr_mult * eta_b * lr``.
+    (default none: decaying a step size shrinks the grid) and ``scale_lr_mult * eta_b * lr``;
+    ``alrs_scope="shared"`` keeps ``eta_b`` for the shared weight scales only (each bit's own scales
+    at ``scale_lr_mult * lr``).
 
     Example::
 
@@ -97,6 +102,8 @@ def alrs_param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0,
             raise ValueError(f"{name} must be >= 0, got {value}")
     if not scale_lr_mult > 0:
         raise ValueError(f"scale_lr_mult must be > 0, got {scale_lr_mult}")
+    if alrs_scope not in ("all", "shared"):
+        raise ValueError(f"alrs_scope must be 'all' or 'shared', got {alrs_scope!r}")
     per_bit, shared = _scale_params(model)
     scale_ids = {id(p) for ps in per_bit.values() for p in ps} | {id(p) for p in shared}
     decay, no_decay = [], []
@@ -114,7 +121,7 @@ def alrs_param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0,
             groups.append({"name": "scale_shared", "params": shared, "weight_decay": scale_weight_decay, "lr_factor": scale_lr_mult,
                            "alrs_top_bits": top if alrs else 0})
         for b in sorted(per_bit, reverse=True):
-            eta = alrs_factor(top, b) if alrs else 1.0
+            eta = alrs_factor(top, b) if alrs and alrs_scope == "all" else 1.0
             groups.append({"name": f"scale_{b}", "params": per_bit[b], "weight_decay": scale_weight_decay, "lr_factor": eta * scale_lr_mult, "bits": b})
     groups = [g for g in groups if g["params"]]
     for g in groups:
@@ -124,7 +131,7 @@ def alrs_param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0,
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """The groups of a configured run (:func:`alrs_param_groups` with the config's options)."""
-    return alrs_param_groups(model, cfg.lr, weight_decay=cfg.weight_decay, alrs=cfg.alrs, scale_lr_mult=cfg.scale_lr_mult)
+    return alrs_param_groups(model, cfg.lr, weight_decay=cfg.weight_decay, alrs=cfg.alrs, scale_lr_mult=cfg.scale_lr_mult, alrs_scope=cfg.alrs_scope)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
