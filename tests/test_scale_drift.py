@@ -1,5 +1,5 @@
-"""``benchmarks/scale_drift.py`` on digits: the calibrated start is rebuilt exactly, and ALRS on every
-scale freezes the 2-bit activation scales that ``alrs_scope: shared`` lets learn."""
+"""``benchmarks/scale_drift.py`` on digits: ALRS on every scale freezes the 2-bit activation scales
+that ``alrs_scope: shared`` lets learn, and an FP32 run (no scales) is refused."""
 
 from __future__ import annotations
 
