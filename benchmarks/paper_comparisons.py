@@ -20,6 +20,8 @@ The report (``--report``, also after the stages) evaluates every best checkpoint
 at each of its bit-widths and compares pairs of models on the same images: the difference in points
 and its standard error from the discordant pairs (``bitswitch.search.evaluate.paired_difference``).
 It writes ``<name>.md/.json`` and ``<name>.png`` (the validation accuracy of the joint runs per epoch).
+``--vs OTHER_RUNS`` pairs each stage with the stage of the same name in another runs folder (e.g. the
+same recipe with fewer epochs): a column ``<stage> - <folder name>`` per bit-width.
 
     python benchmarks/paper_comparisons.py --fp32-config configs/fashion_mnist_fp32.yaml \\
         --qat-config configs/fashion_mnist_joint.yaml --runs runs/paper_fmnist --name paper_fashion_mnist
@@ -160,6 +162,11 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         sizes[k] = (d / "best.safetensors").stat().st_size
     if "fp32" not in correct:
         raise SystemExit("the FP32 stage has not finished: nothing to compare against")
+    vs_label = Path(args.vs).name if args.vs else ""
+    vs = {k: correct_per_bit(Path(args.vs) / k / "best.safetensors", data_root, args.test_subset, args.recalibrate_bn)[0]
+          for k in correct if k != "fp32" and args.vs and (Path(args.vs) / k / "summary.json").exists()}
+    if args.vs and not vs:
+        raise SystemExit(f"--vs {args.vs}: none of this report's stages ({', '.join(k for k in correct if k != 'fp32')}) has finished there")
     fp = correct["fp32"]["fp32"]
     acc = lambda c: 100.0 * float(c.float().mean())  # noqa: E731
     dataset = cfgs["fp32"].dataset
@@ -205,6 +212,9 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
                 row["distillation effect"] = pm(paired_difference(correct["joint_distill"][lab], j))
             if "joint_distill_neighbour" in correct:
                 row["neighbour distillation effect"] = pm(paired_difference(correct["joint_distill_neighbour"][lab], j))
+        for k, other in vs.items():
+            if lab in other and lab in correct[k]:
+                row[f"{k} - {vs_label}"] = pm(paired_difference(correct[k][lab], other[lab]))
         rows.append(row)
     extra_rows = []
     if "joint_432" in correct:
@@ -237,6 +247,7 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
                 "separate = one fixed-precision model per bit-width, same epochs "
                 "(the four together make the passes of one joint run). " if q else "")
              + "Checkpoints chosen on the validation split; differences are paired on the same test images (± one standard error)."
+             + (f" `- {vs_label}`: the same stage in `{args.vs}`, paired on the same images." if vs else "")
              + (f" Every model's BatchNorm statistics (each precision's own) re-estimated on the same {args.recalibrate_bn} training images "
                 "before the test (`--recalibrate-bn`)." if args.recalibrate_bn else ""))
     md = (f"# The paper's comparisons on a converged FP32 model: {cfgs['fp32'].model}, {dataset}\n\n{setup}"
@@ -245,7 +256,8 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
           + section("Goals", [{**g, "met": "met" if g["met"] else "MISSED"} for g in goals]) + section("Runs", run_rows)
           + (f"\n\nValidation accuracy per epoch: [{curve.name}]({curve.name})" if curve else ""))
     data = {"rows": rows, "rows_432": extra_rows, "val_acc_at_start": start, "goals": goals, "runs": run_rows,
-            "configs": {k: c.to_dict() for k, c in cfgs.items()}, "test_acc": {k: {b: acc(c) for b, c in v.items()} for k, v in correct.items()}}
+            "configs": {k: c.to_dict() for k, c in cfgs.items()}, "test_acc": {k: {b: acc(c) for b, c in v.items()} for k, v in correct.items()},
+            **({"vs": {"runs": args.vs, "test_acc": {k: {b: acc(c) for b, c in v.items()} for k, v in vs.items()}}} if vs else {})}
     return publish(args, data, md)
 
 
@@ -313,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                    help="re-estimate every model's BatchNorm statistics at each precision on N training images before the test (0 = as trained)")
     p.add_argument("--test-subset", type=int, default=0, help="report on this many test images only (0 = all; for smoke runs)")
+    p.add_argument("--vs", metavar="OTHER_RUNS", help="pair every stage with the same stage in this runs folder (e.g. fewer epochs): '<stage> - <folder>' columns")
     p.add_argument("--name", default="paper_comparisons", help="results name")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     args = p.parse_args(argv)
@@ -322,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
     if args.recalibrate_bn < 0:
         p.error(f"--recalibrate-bn must be >= 0, got {args.recalibrate_bn}")
+    if args.vs and not Path(args.vs).is_dir():
+        p.error(f"--vs {args.vs}: no such runs folder")
     if args.fp32:
         stages = [s for s in stages if s != "fp32"]
     elif "fp32" in stages and not args.fp32_config:

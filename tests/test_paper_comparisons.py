@@ -72,6 +72,22 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
     assert len(doc["goals"]) == 5 and "joint - FP32" not in doc["rows"][0]
     diff = float(doc["rows"][-1]["joint_distill - separate"].split(" ± ")[0])
     assert diff == pytest.approx(acc["joint_distill"]["w2a2"] - acc["fixed_w2"]["w2a2"], abs=0.006)
+    # --vs pairs each stage with its namesake in another folder: here "joint" there is the distilled model
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "joint").symlink_to(tmp_path / "runs" / "joint_distill")
+    assert bench.main([*argv, "--report-only", "--name", "vs", "--vs", str(other)]) == 0
+    doc = json.loads((tmp_path / "vs.json").read_text())
+    assert set(doc["vs"]["test_acc"]) == {"joint"}
+    for row in doc["rows"]:
+        lab = row["precision"].lower()
+        assert float(row["joint - other"].split(" ± ")[0]) == pytest.approx(acc["joint"][lab] - acc["joint_distill"][lab], abs=0.006)
+        assert "joint_distill - other" not in row  # no namesake there
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--report-only", "--vs", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="none of this report's stages"):
+        bench.main([*argv, "--report-only", "--vs", str(tmp_path / "empty")])
 
 
 def test_unknown_stage_is_refused(bench, tmp_path: Path) -> None:
