@@ -141,6 +141,20 @@ def correct_per_bit(path: Path, data_root: str, test_subset: int = 0, recal_imag
     return out, cfg
 
 
+def paired_stages(other: Path, cfgs: dict[str, TrainConfig], data_root: str, args: argparse.Namespace) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-image correctness of the stages of ``other`` (``--vs``) that this report has too, on the same test images."""
+    out = {}
+    for k, cfg in cfgs.items():
+        if k == "fp32" or not (other / k / "summary.json").exists():
+            continue
+        out[k], theirs = correct_per_bit(other / k / "best.safetensors", data_root, args.test_subset, args.recalibrate_bn)
+        if theirs.dataset != cfg.dataset:
+            raise SystemExit(f"--vs {other}: its {k} was trained on {theirs.dataset}, this report's on {cfg.dataset}")
+    if not out:
+        raise SystemExit(f"--vs {other}: none of this report's stages ({', '.join(k for k in cfgs if k != 'fp32')}) has finished there")
+    return out
+
+
 def pm(pair: tuple[float, float]) -> str:
     return f"{pair[0]:+.2f} ± {pair[1]:.2f}"
 
@@ -162,11 +176,7 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
         sizes[k] = (d / "best.safetensors").stat().st_size
     if "fp32" not in correct:
         raise SystemExit("the FP32 stage has not finished: nothing to compare against")
-    vs_label = Path(args.vs).name if args.vs else ""
-    vs = {k: correct_per_bit(Path(args.vs) / k / "best.safetensors", data_root, args.test_subset, args.recalibrate_bn)[0]
-          for k in correct if k != "fp32" and args.vs and (Path(args.vs) / k / "summary.json").exists()}
-    if args.vs and not vs:
-        raise SystemExit(f"--vs {args.vs}: none of this report's stages ({', '.join(k for k in correct if k != 'fp32')}) has finished there")
+    vs_label, vs = (Path(args.vs).name, paired_stages(Path(args.vs), cfgs, data_root, args)) if args.vs else ("", {})
     fp = correct["fp32"]["fp32"]
     acc = lambda c: 100.0 * float(c.float().mean())  # noqa: E731
     dataset = cfgs["fp32"].dataset
@@ -255,9 +265,10 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
           + section("Validation top-1 (%): calibrated start (epoch 0) -> chosen epoch", curve_rows(curve_runs, start, summaries))
           + section("Goals", [{**g, "met": "met" if g["met"] else "MISSED"} for g in goals]) + section("Runs", run_rows)
           + (f"\n\nValidation accuracy per epoch: [{curve.name}]({curve.name})" if curve else ""))
+    accs = lambda d: {k: {b: acc(c) for b, c in v.items()} for k, v in d.items()}  # noqa: E731
     data = {"rows": rows, "rows_432": extra_rows, "val_acc_at_start": start, "goals": goals, "runs": run_rows,
-            "configs": {k: c.to_dict() for k, c in cfgs.items()}, "test_acc": {k: {b: acc(c) for b, c in v.items()} for k, v in correct.items()},
-            **({"vs": {"runs": args.vs, "test_acc": {k: {b: acc(c) for b, c in v.items()} for k, v in vs.items()}}} if vs else {})}
+            "configs": {k: c.to_dict() for k, c in cfgs.items()}, "test_acc": accs(correct),
+            **({"vs": {"runs": args.vs, "test_acc": accs(vs)}} if vs else {})}
     return publish(args, data, md)
 
 

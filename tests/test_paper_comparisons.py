@@ -3,6 +3,7 @@ same test images, and a second call keeps the finished stages."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
         assert "joint_distill - other" not in row  # no namesake there
     with pytest.raises(SystemExit):
         bench.main([*argv, "--report-only", "--vs", str(tmp_path / "missing")])
+    # a namesake trained on other data is refused, not paired image by image
+    ns = argparse.Namespace(runs=str(tmp_path / "runs"), fp32=None, qat_config=str(tmp_path / "qat.yaml"), qat_set=[], test_subset=0, recalibrate_bn=0)
+    mine = bench.stage_config("joint", ns)
+    mine.dataset = "fashion_mnist"
+    with pytest.raises(SystemExit, match="its joint was trained on digits, this report's on fashion_mnist"):
+        bench.paired_stages(other, {"joint": mine}, mine.data_root, ns)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="none of this report's stages"):
         bench.main([*argv, "--report-only", "--vs", str(tmp_path / "empty")])
