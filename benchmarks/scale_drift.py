@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,9 @@ SHARED_WEIGHT_SCALE = re.compile(r".*\.weight_quant\.scale$")
 def calibrated_start(run: Path, data_root: str | None) -> dict[str, torch.Tensor]:
     """The run's model before its first step, rebuilt from its config (nothing is written)."""
     cfg = TrainConfig.from_file(run / "config.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "out_dir": str(Path(tmp) / "unused"), **({"data_root": data_root} if data_root else {})})
-        model = build_run_model(cfg, load_data(cfg), resume=False)
+    if data_root:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "data_root": data_root}, where=str(run / "config.yaml"))
+    model = build_run_model(cfg, load_data(cfg), resume=False)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -103,7 +103,7 @@ def alrs_param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0,
     if not scale_lr_mult > 0:
         raise ValueError(f"scale_lr_mult must be > 0, got {scale_lr_mult}")
     if alrs_scope not in ALRS_SCOPES:
-        raise ValueError(f"alrs_scope must be 'all' or 'shared', got {alrs_scope!r}")
+        raise ValueError(f"alrs_scope must be {' or '.join(map(repr, ALRS_SCOPES))}, got {alrs_scope!r}")
     per_bit, shared = _scale_params(model)
     scale_ids = {id(p) for ps in per_bit.values() for p in ps} | {id(p) for p in shared}
     decay, no_decay = [], []
