@@ -49,11 +49,11 @@ def test_plain_loop_learns_every_bit_width():
         assert last < 0.6 * first, (b, first, last)
 
 
-@pytest.mark.parametrize("scope", ["all", "shared"])
-def test_alrs_rates_during_each_bit_step_and_restored_after(monkeypatch, scope):
+@pytest.mark.parametrize("scope, mults", [("all", None), ("shared", None), ("all", (0.25, 0.5, 1.0))])
+def test_alrs_rates_during_each_bit_step_and_restored_after(monkeypatch, scope, mults):
     """Adam sees the shared weight scales at eta_b * lr in the step of bit b (eta = 1, 1e-2, 1e-3 for
     8, 4, 2 bits), bit b's own scales at eta_b * lr too (scope "all") or at lr ("shared"), the
-    weights at lr; the user's rates are back afterwards."""
+    weights at lr, every rate times bit b's ``lr_mults`` entry; the user's rates are back afterwards."""
     q = quantized()
     groups = alrs_param_groups(q, 1e-3, weight_decay=0.1, scale_weight_decay=0.01, alrs_scope=scope)
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in q.parameters())
@@ -72,12 +72,13 @@ def test_alrs_rates_during_each_bit_step_and_restored_after(monkeypatch, scope):
 
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     eta = {8: 1.0, 4: 1e-2, 2: 1e-3}
-    joint_step(q, separable(), ce, opt)
+    joint_step(q, separable(), ce, opt, lr_mults=mults)
     assert [b for b, _ in seen] == list(BITS)
+    mult = dict(zip(BITS, mults or (1.0,) * len(BITS)))
     for b, lrs in seen:
-        assert lrs["weights"] == lrs["no_decay"] == 1e-3
-        assert lrs["scale_shared"] == pytest.approx(1e-3 * eta[b], rel=1e-12)
-        assert lrs[f"scale_{b}"] == pytest.approx(1e-3 * (eta[b] if scope == "all" else 1.0), rel=1e-12)
+        assert lrs["weights"] == lrs["no_decay"] == 1e-3 * mult[b]
+        assert lrs["scale_shared"] == pytest.approx(1e-3 * eta[b] * mult[b], rel=1e-12)
+        assert lrs[f"scale_{b}"] == pytest.approx(1e-3 * (eta[b] if scope == "all" else 1.0) * mult[b], rel=1e-12)
     assert {g["name"]: g["lr"] for g in opt.param_groups}["scale_shared"] == 1e-3
     assert all(g["lr"] == 1e-3 for g in alrs_param_groups(q, 1e-3, alrs=False))
 
@@ -121,6 +122,12 @@ def test_bad_arguments_are_named():
         alrs_param_groups(q, 1e-3, alrs_scope="activations")
     with pytest.raises(ValueError, match="distill must be one of"):
         joint_step(q, separable(), ce, opt, distill="teacher")
+    with pytest.raises(ValueError, match="one multiplier > 0 per bit-width"):
+        joint_step(q, separable(), ce, opt, lr_mults=(1.0, 0.5))
+    with pytest.raises(ValueError, match="one multiplier > 0 per bit-width"):
+        joint_step(q, separable(), ce, opt, lr_mults=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="summed=True takes one step"):
+        joint_step(q, separable(), ce, opt, lr_mults=(1.0, 0.5, 1.0), summed=True)
 
 
 def tiny_llama():

@@ -65,6 +65,20 @@ def test_bad_options():
         TrainConfig.from_dict({"version": 2})
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [({"bit_lr_mult": [1.0, 0.5]}, r"one multiplier per bit-width of bits=\[8, 6, 4, 2\]"),
+     ({"bit_lr_mult": [1.0, 1.0, 0.0, 1.0]}, "must be > 0"),
+     ({"bit_lr_mult": [1.0, 1.0, 1.0, 1.0], "loss_mode": "summed"}, "loss_mode 'summed' takes one step"),
+     ({"bit_lr_mult": [0.5], "mode": "fixed", "bits": [4]}, "mode 'fixed' has one rate"),
+     ({"bit_lr_mult": [1.0, float("nan"), 1.0, 1.0]}, "must be > 0|finite")],
+)
+def test_bad_bit_lr_mult(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+    assert TrainConfig(bit_lr_mult=[0.25, 0.25, 0.5, 1]).bit_lr_mult == [0.25, 0.25, 0.5, 1]
+
+
 def test_alrs_factors():
     assert alrs_factors([8, 6, 4, 2]) == pytest.approx({8: 1.0, 6: 0.1, 4: 0.01, 2: 0.001})
     assert alrs_factors([4, 3, 2]) == pytest.approx({4: 1.0, 3: 0.5, 2: 0.1})

@@ -106,6 +106,7 @@ class TrainConfig:
     optimizer: str = "adam"  # sgd | adam | adamw (decoupled weight decay)
     lr: float = 1e-3  # base learning rate (the weights' rate; scales get eta_b * lr with ALRS)
     scale_lr_mult: float = 1.0  # extra multiplier on the scales' learning rate
+    bit_lr_mult: list[float] = field(default_factory=list)  # joint/hasb, loss_mode per_bit: one multiplier per bit-width (order of bits) on every rate of that bit-width's optimizer step, e.g. [0.25, 0.25, 0.5, 1] slows the steps of the easy high precisions; [] = 1 for every bit-width
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # SGD Nesterov momentum
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
@@ -180,6 +181,8 @@ class TrainConfig:
         for name in ("image_size", "crop_padding", "cutout", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "min_lr_ratio", "train_subset", "test_subset", "num_threads", "log_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.bit_lr_mult:
+            self._validate_bit_lr_mult()
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
         if self.cutout and not self.augment:
@@ -191,6 +194,16 @@ class TrainConfig:
         if not DEVICE_PATTERN.fullmatch(str(self.device)):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         self._validate_ranges()
+
+    def _validate_bit_lr_mult(self) -> None:
+        if self.mode not in ("joint", "hasb"):
+            raise ValueError(f"bit_lr_mult scales each bit-width's step of a joint or hasb run; mode {self.mode!r} has one rate (set lr, and bit_lr_mult: [])")
+        if self.loss_mode != "per_bit":
+            raise ValueError("bit_lr_mult scales each bit-width's own optimizer step: loss_mode 'summed' takes one step for all (use per_bit)")
+        if len(self.bit_lr_mult) != len(self.bits):
+            raise ValueError(f"bit_lr_mult needs one multiplier per bit-width of bits={self.bits}, got {self.bit_lr_mult}")
+        if not all(m > 0 for m in self.bit_lr_mult):
+            raise ValueError(f"bit_lr_mult must be > 0 for every bit-width, got {self.bit_lr_mult}")
 
     @property
     def is_language_model(self) -> bool:

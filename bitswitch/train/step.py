@@ -159,7 +159,7 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
                distill_weight: float = 0.5, summed: bool = False, precisions: Sequence[Precision] | None = None,
                forward: Forward = call_model, before_step: Callable[[], None] | None = None,
                backward: Callable[[torch.Tensor], None] | None = None, step: bool = True,
-               timer: dict[str, float] | None = None) -> dict[int, float]:
+               lr_mults: Sequence[float] | None = None, timer: dict[str, float] | None = None) -> dict[int, float]:
     """One joint iteration on ``batch``: every bit-width, highest first; returns ``{bits: loss}``.
 
     * ``model``: quantized with :func:`bitswitch.quantize` (may be wrapped in DDP or ``torch.compile``).
@@ -172,6 +172,9 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
     * ``summed``: one optimizer step on the sum of the bit-widths' losses instead of one per bit-width;
       with ``step=False`` too, only the backward passes run and the caller zeroes the gradients and
       steps (gradient accumulation, Hugging Face ``Trainer``); the optimizer is then only read for its groups.
+    * ``lr_mults``: one multiplier per bit-width (order of ``bits``) on every rate of that bit-width's
+      step (per-bit steps only), e.g. ``(0.25, 0.25, 0.5, 1)`` so the easy high precisions move the
+      shared weights less than the 2-bit step does.
     * ``bits``: the bit-widths to train, highest first (default: all of the model's); ``precisions``
       replaces what each one switches to (a per-layer mapping, as HASB draws).
     * ``distill``: ``True``/``"inplace"`` (the top bit-width's softened output teaches the others),
@@ -200,6 +203,11 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
         raise ValueError(f"precisions gives {len(precisions)} configurations for {len(bits)} bit-widths")
     if not step and not summed:
         raise ValueError("step=False (the caller steps) needs summed=True: per-bit steps happen inside joint_step")
+    mults = [1.0] * len(bits) if lr_mults is None else [float(m) for m in lr_mults]
+    if len(mults) != len(bits) or not all(m > 0 for m in mults):
+        raise ValueError(f"lr_mults needs one multiplier > 0 per bit-width of {bits}, got {list(lr_mults or [])}")
+    if summed and any(m != 1.0 for m in mults):
+        raise ValueError("lr_mults scale each bit-width's own optimizer step: summed=True takes one step for all")
     kd = Distillation("inplace" if distill is True else "none" if distill is False else distill, distill_temperature, distill_weight)
     shared = shared_scale_groups(optimizer)
     world = ddp.world_size(model)
@@ -230,7 +238,7 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
                     before_step()
                 optimizer.step()
         return losses
-    for i, (b, precision) in enumerate(zip(bits, precisions)):
+    for i, (b, precision, mult) in enumerate(zip(bits, precisions, mults)):
         with timed(timer, label(b)):
             # set_to_none: other bits' activation scales and BatchNorms get no gradient, so Adam
             # leaves them alone in this bit's step instead of decaying their moments.
@@ -239,17 +247,26 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
             run_backward(loss)
             if before_step is not None:
                 before_step()
-            rates = [g["lr"] for g in shared]
-            for g in shared:
-                g["lr"] = g["lr"] * alrs_factor(g["alrs_top_bits"], b)
-            try:
+            with bit_rates(optimizer, shared, b, mult):
                 optimizer.step()
-            finally:
-                for g, lr in zip(shared, rates):
-                    g["lr"] = lr
             kd.learn_from(i, output)
         losses[b] = float(loss.detach())
     return losses
+
+
+@contextmanager
+def bit_rates(optimizer: torch.optim.Optimizer, shared: Sequence[dict], b: int, mult: float) -> Iterator[None]:
+    """The rates of bit ``b``'s step: every group's times ``mult``, the shared weight scales' times
+    their ALRS factor too; restored afterwards (the schedule owns the base rates)."""
+    shared_ids = {id(g) for g in shared}
+    rates = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = g["lr"] * mult * (alrs_factor(g["alrs_top_bits"], b) if id(g) in shared_ids else 1.0)
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, rates):
+            g["lr"] = lr
 
 
 def finish_backward(model: nn.Module, cfg: TrainConfig, dist: ddp.DistInfo) -> None:
@@ -296,7 +313,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     times: dict[str, float] = {}
     losses = joint_step(model, (x, y), run_loss(cfg), optimizer, bits=cfg.bits, precisions=plan,
                         distill=cfg.distill, distill_temperature=cfg.distill_temperature, distill_weight=cfg.distill_weight,
-                        summed=cfg.loss_mode == "summed", before_step=lambda: finish_backward(model, cfg, dist), timer=times)
+                        summed=cfg.loss_mode == "summed", before_step=lambda: finish_backward(model, cfg, dist),
+                        lr_mults=cfg.bit_lr_mult or None, timer=times)
     names = dict(zip((label(b) for b in cfg.bits), bit_labels(cfg)))  # joint_step times w<b>a<b>; a weight-only run says w<b>
     for k, v in times.items():
         timer[names.get(k, k)] = timer.get(names.get(k, k), 0.0) + v
