@@ -25,6 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, publish  # noqa: E402
+from scale_drift import run_config  # noqa: E402
 
 from bitswitch.nn.convert import set_precision  # noqa: E402
 from bitswitch.train import TrainConfig  # noqa: E402
@@ -90,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--batches must be >= 1")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    cfg = TrainConfig.from_file(run / "config.yaml")
-    if args.data_root:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "data_root": args.data_root}, where=str(run / "config.yaml"))
+    cfg = run_config(run, args.data_root)
     if cfg.mode != "joint" or len(cfg.bits) < 2:
         raise SystemExit(f"{run}: a joint run of two or more bit-widths is needed, this one is mode {cfg.mode!r} bits {cfg.bits}")
     data = load_data(cfg)

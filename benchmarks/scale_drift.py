@@ -34,11 +34,15 @@ ACT_SCALE = re.compile(r".*\.act_quant\.scales\.(\d+)$")
 SHARED_WEIGHT_SCALE = re.compile(r".*\.weight_quant\.scale$")
 
 
+def run_config(run: Path, data_root: str | None = None) -> TrainConfig:
+    """A run folder's config, its dataset folder replaced when it moved since the run."""
+    cfg = TrainConfig.from_file(run / "config.yaml")
+    return TrainConfig.from_dict({**cfg.to_dict(), "data_root": data_root}, where=str(run / "config.yaml")) if data_root else cfg
+
+
 def calibrated_start(run: Path, data_root: str | None) -> dict[str, torch.Tensor]:
     """The run's model before its first step, rebuilt from its config (nothing is written)."""
-    cfg = TrainConfig.from_file(run / "config.yaml")
-    if data_root:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "data_root": data_root}, where=str(run / "config.yaml"))
+    cfg = run_config(run, data_root)
     model = build_run_model(cfg, load_data(cfg), resume=False)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
