@@ -14,6 +14,8 @@ interrupted one resumes where it stopped, so the script can be re-run or split o
   ``joint_summed`` (one optimizer step on the summed loss of the bit-widths, not one per bit-width),
   ``joint_neighbour_bitlr`` (neighbour distillation with the 8/6/4-bit steps at 0.25/0.25/0.5 of the
   rate, ``bit_lr_mult``: the high precisions move the shared weights less than the 2-bit step does),
+  ``joint_neighbour_bitstate`` (neighbour distillation, each bit-width's step with its own Adam moments,
+  ``optimizer_state: per_bit``: one shared state blends the bit-widths' gradients into every step),
   ``joint_432`` ({4,3,2}, ALRS), ``unshared`` (per-bit weight scales, FP32 storage: the storage
   baseline) and ``fixed_w<b>``: one fixed-precision model per bit-width with the same epochs, so the
   four together make the same forward/backward passes as one joint run (equal compute).
@@ -64,6 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "joint_distill_neighbour": {"mode": "joint", "bits": BITS, "distill": "neighbour"},
     "joint_summed": {"mode": "joint", "bits": BITS, "loss_mode": "summed"},
     "joint_neighbour_bitlr": {"mode": "joint", "bits": BITS, "distill": "neighbour", "bit_lr_mult": [0.25, 0.25, 0.5, 1.0]},
+    "joint_neighbour_bitstate": {"mode": "joint", "bits": BITS, "distill": "neighbour", "optimizer_state": "per_bit"},
     "joint_432": {"mode": "joint", "bits": [4, 3, 2]},
     "unshared": {"mode": "joint", "bits": BITS, "variant": "unshared"},
     **{f"fixed_w{b}": {"mode": "fixed", "bits": [b]} for b in BITS},
@@ -71,7 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 STAGES = ["fp32", *VARIANTS]
 #: the {8,6,4,2} runs each compared with FP32 and the separate models; the goals are judged on the first one present
-JOINT_RUNS = ("joint", "joint_distill", "joint_distill_neighbour", "joint_summed", "joint_neighbour_bitlr")
+JOINT_RUNS = ("joint", "joint_distill", "joint_distill_neighbour", "joint_summed", "joint_neighbour_bitlr", "joint_neighbour_bitstate")
 #: the goals of the issue: joint 8/6/4-bit within 0.3 points of FP32; 2-bit within these (per dataset)
 GOAL_2BIT = {"fashion_mnist": 1.5, "cifar10": 2.0}
 
@@ -227,6 +230,8 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
                 row["neighbour distillation effect"] = pm(paired_difference(correct["joint_distill_neighbour"][lab], j))
         if "joint_neighbour_bitlr" in correct and "joint_distill_neighbour" in correct:
             row["per-bit rates effect"] = pm(paired_difference(correct["joint_neighbour_bitlr"][lab], correct["joint_distill_neighbour"][lab]))
+        if "joint_neighbour_bitstate" in correct and "joint_distill_neighbour" in correct:
+            row["per-bit optimizer state effect"] = pm(paired_difference(correct["joint_neighbour_bitstate"][lab], correct["joint_distill_neighbour"][lab]))
         for k, other in vs.items():
             if lab in other and lab in correct[k]:
                 row[f"{k} - {vs_label}"] = pm(paired_difference(correct[k][lab], other[lab]))

@@ -107,6 +107,38 @@ def test_summed_without_step_is_the_summed_step():
         assert torch.equal(pa, pb), n
 
 
+@pytest.mark.parametrize("make", [lambda g: torch.optim.Adam(g), lambda g: torch.optim.SGD(g, momentum=0.9)])
+def test_per_bit_state_equals_one_optimizer_per_bit_width(make):
+    """``per_bit_state=True``: each bit-width steps with its own Adam moments / SGD momentum, exactly as
+    if every bit-width had an optimizer of its own; the shared state (the default) is another model."""
+    batches = [(x[i : i + 64], y[i : i + 64]) for x, y in [separable()] for i in range(0, 192, 64)]
+    own, ref, shared = quantized(), quantized(), quantized()
+    opt_own, opt_shared = (make(alrs_param_groups(m, 1e-2)) for m in (own, shared))
+    opt_ref = {b: make(alrs_param_groups(ref, 1e-2)) for b in BITS}
+    for batch in batches:
+        joint_step(own, batch, ce, opt_own, per_bit_state=True)
+        joint_step(shared, batch, ce, opt_shared)
+        for b in BITS:
+            joint_step(ref, batch, ce, opt_ref[b], bits=[b])
+    for (n, p_own), p_ref, p_shared in zip(own.named_parameters(), ref.parameters(), shared.parameters()):
+        assert torch.equal(p_own, p_ref), n
+    assert not all(torch.equal(a, b) for a, b in zip(own.parameters(), shared.parameters()))
+    # between steps the last bit-width's entries sit under the plain keys, the others' as "<key>@<b>"
+    key = "exp_avg" if isinstance(opt_own, torch.optim.Adam) else "momentum_buffer"
+    weight_state = opt_own.state[own[2].weight]
+    assert weight_state["bitswitch_bits"] == 2 and torch.equal(weight_state[key], opt_ref[2].state[ref[2].weight][key])
+    for b in BITS[:-1]:
+        assert torch.equal(weight_state[f"{key}@{b}"], opt_ref[b].state[ref[2].weight][key])
+    # state_dict() carries every bit-width's state: a fresh optimizer loaded from it continues exactly
+    reloaded = make(alrs_param_groups(own, 1e-2))
+    reloaded.load_state_dict(opt_own.state_dict())
+    joint_step(own, batches[0], ce, reloaded, per_bit_state=True)
+    for b in BITS:
+        joint_step(ref, batches[0], ce, opt_ref[b], bits=[b])
+    for (n, p_own), p_ref in zip(own.named_parameters(), ref.parameters()):
+        assert torch.equal(p_own, p_ref), n
+
+
 def test_bad_arguments_are_named():
     q = quantized()
     opt = torch.optim.Adam(alrs_param_groups(q, 1e-3))
@@ -128,6 +160,8 @@ def test_bad_arguments_are_named():
         joint_step(q, separable(), ce, opt, lr_mults=(1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="summed=True takes one step"):
         joint_step(q, separable(), ce, opt, lr_mults=(1.0, 0.5, 1.0), summed=True)
+    with pytest.raises(ValueError, match="per_bit_state .*summed=True takes one step"):
+        joint_step(q, separable(), ce, opt, per_bit_state=True, summed=True)
 
 
 def tiny_llama():

@@ -71,12 +71,16 @@ def test_bad_options():
      ({"bit_lr_mult": [1.0, 1.0, 0.0, 1.0]}, "must be > 0"),
      ({"bit_lr_mult": [1.0, 1.0, 1.0, 1.0], "loss_mode": "summed"}, "loss_mode 'summed' takes one step"),
      ({"bit_lr_mult": [0.5], "mode": "fixed", "bits": [4]}, "mode 'fixed' has one rate"),
-     ({"bit_lr_mult": [1.0, float("nan"), 1.0, 1.0]}, "must be > 0|finite")],
+     ({"bit_lr_mult": [1.0, float("nan"), 1.0, 1.0]}, "must be > 0|finite"),
+     ({"optimizer_state": "per_layer"}, "optimizer_state must be one of shared, per_bit"),
+     ({"optimizer_state": "per_bit", "loss_mode": "summed"}, "needs mode joint or hasb with loss_mode per_bit"),
+     ({"optimizer_state": "per_bit", "mode": "fixed", "bits": [4]}, "needs mode joint or hasb")],
 )
-def test_bad_bit_lr_mult(options, message):
+def test_bad_per_bit_step_options(options, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**options)
     assert TrainConfig(bit_lr_mult=[0.25, 0.25, 0.5, 1]).bit_lr_mult == [0.25, 0.25, 0.5, 1]
+    assert TrainConfig(optimizer_state="per_bit").optimizer_state == "per_bit"
 
 
 def test_alrs_factors():

@@ -48,6 +48,7 @@ def test_joint_training_improves_every_bit(tmp_path):
 @pytest.mark.parametrize("kw", [
     {"mode": "joint", "bits": [8, 4, 2], "optimizer": "adam", "distill": "inplace", "channels_last": True},
     {"mode": "joint", "bits": [4, 3, 2], "optimizer": "sgd", "lr": 0.05, "loss_mode": "summed", "distill": "neighbour", "variant": "unshared"},
+    {"mode": "joint", "bits": [8, 4, 2], "optimizer": "adamw", "optimizer_state": "per_bit", "bit_lr_mult": [0.5, 1.0, 1.0]},
     {"mode": "fp32", "optimizer": "sgd", "lr": 0.05, "warmup_epochs": 0.5, "label_smoothing": 0.1},
 ])
 def test_resume_equals_uninterrupted(tmp_path, kw):

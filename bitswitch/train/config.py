@@ -40,6 +40,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 TEXT_DATASETS = ("shakespeare",)
 DISTILL = ("none", "inplace", "neighbour")
 LOSS_MODES = ("per_bit", "summed")
+OPTIMIZER_STATES = ("shared", "per_bit")
 ALRS_SCOPES = ("all", "shared")
 AUTOCAST = ("none", "bf16")
 BEST_METRICS = ("mean", "min")
@@ -107,6 +108,7 @@ class TrainConfig:
     lr: float = 1e-3  # base learning rate (the weights' rate; scales get eta_b * lr with ALRS)
     scale_lr_mult: float = 1.0  # extra multiplier on the scales' learning rate
     bit_lr_mult: list[float] = field(default_factory=list)  # joint/hasb, loss_mode per_bit: one multiplier per bit-width (order of bits) on every rate of that bit-width's optimizer step, e.g. [0.25, 0.25, 0.5, 1] slows the steps of the easy high precisions; [] = 1 for every bit-width
+    optimizer_state: str = "shared"  # joint/hasb, loss_mode per_bit: shared = one optimizer state (Adam moments, SGD momentum) updated by every bit-width's step | per_bit = each bit-width's step keeps its own (one copy per bit-width)
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # SGD Nesterov momentum
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
@@ -183,6 +185,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.bit_lr_mult:
             self._validate_bit_lr_mult()
+        _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATES)
+        if self.optimizer_state == "per_bit" and (self.mode not in ("joint", "hasb") or self.loss_mode != "per_bit"):
+            raise ValueError(f"optimizer_state 'per_bit' keeps one optimizer state per bit-width's step: it needs mode joint or hasb "
+                             f"with loss_mode per_bit (got mode {self.mode!r}, loss_mode {self.loss_mode!r})")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
         if self.cutout and not self.augment:

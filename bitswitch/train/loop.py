@@ -202,6 +202,8 @@ def run_epochs(cfg: TrainConfig, data: Data | TextData, model: nn.Module, optimi
         log.info("optimizer groups: %s", describe_groups(optimizer))
         if cfg.bit_lr_mult:
             log.info("each bit-width's step at lr x %s", ", ".join(f"{m:g} (w{b})" for b, m in zip(cfg.bits, cfg.bit_lr_mult)))
+        if cfg.optimizer_state == "per_bit":
+            log.info("each bit-width's step keeps its own %s state (%d copies)", cfg.optimizer, len(cfg.bits))
         if resume:
             partial = info.get("partial") or {}
             log.info("resuming at step %d (epoch %d, after batch %d of %d)", info["step"], info["epoch"] + 1, partial.get("batches", 0), steps_per_epoch)

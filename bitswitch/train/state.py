@@ -120,6 +120,11 @@ def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, decoded
 
 
+def _is_step(name: str) -> bool:
+    """``optim.<i>.step``, or ``optim.<i>.step@<b>`` (a bit-width's own state, ``optimizer_state: per_bit``): a scalar count, not shaped like its parameter."""
+    return name.split(".", 2)[-1].split("@")[0] == "step"
+
+
 def _check_fits(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Every tensor and optimizer field of the file must match this run's model and optimizer."""
     expected = model.state_dict()
@@ -142,7 +147,7 @@ def _check_fits(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: n
         if not (idx.isdigit() and int(idx) < len(params)):
             raise StateError(f"training state optimizer entry {idx!r}: not a parameter index (0..{len(params) - 1})")
     for name, t in tensors.items():
-        if name.startswith("optim.") and not name.endswith(".step") and t.shape != params[int(name.split(".")[1])].shape:
+        if name.startswith("optim.") and not _is_step(name) and t.shape != params[int(name.split(".")[1])].shape:
             raise StateError(f"training state tensor {name}: shape {list(t.shape)} does not fit its parameter {list(params[int(name.split('.')[1])].shape)}")
     rng = tensors.get("rng.torch")
     if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
@@ -159,7 +164,7 @@ def restore_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model:
     expected = model.state_dict()
     device = next(iter(expected.values())).device
     model.load_state_dict({k: v.to(device) for k, v in model_sd.items()}, strict=True)
-    opt_sd = _unflatten_optimizer({k: v.to(device) if not k.endswith(".step") else v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+    opt_sd = _unflatten_optimizer({k: v if _is_step(k) else v.to(device) for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
     optimizer.load_state_dict(opt_sd)
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():

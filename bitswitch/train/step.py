@@ -159,7 +159,8 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
                distill_weight: float = 0.5, summed: bool = False, precisions: Sequence[Precision] | None = None,
                forward: Forward = call_model, before_step: Callable[[], None] | None = None,
                backward: Callable[[torch.Tensor], None] | None = None, step: bool = True,
-               lr_mults: Sequence[float] | None = None, timer: dict[str, float] | None = None) -> dict[int, float]:
+               lr_mults: Sequence[float] | None = None, per_bit_state: bool = False,
+               timer: dict[str, float] | None = None) -> dict[int, float]:
     """One joint iteration on ``batch``: every bit-width, highest first; returns ``{bits: loss}``.
 
     * ``model``: quantized with :func:`bitswitch.quantize` (may be wrapped in DDP or ``torch.compile``).
@@ -175,6 +176,10 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
     * ``lr_mults``: one multiplier per bit-width (order of ``bits``) on every rate of that bit-width's
       step (per-bit steps only), e.g. ``(0.25, 0.25, 0.5, 1)`` so the easy high precisions move the
       shared weights less than the 2-bit step does.
+    * ``per_bit_state``: each bit-width's step uses its own optimizer state (Adam's moments, SGD's
+      momentum) for the shared weights, instead of one state that every bit-width's gradients
+      update in turn (per-bit steps only; the state takes one copy per bit-width, see
+      :func:`bit_state`).
     * ``bits``: the bit-widths to train, highest first (default: all of the model's); ``precisions``
       replaces what each one switches to (a per-layer mapping, as HASB draws).
     * ``distill``: ``True``/``"inplace"`` (the top bit-width's softened output teaches the others),
@@ -208,6 +213,8 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
         raise ValueError(f"lr_mults needs one multiplier > 0 per bit-width of {bits}, got {list(lr_mults or [])}")
     if summed and any(m != 1.0 for m in mults):
         raise ValueError("lr_mults scale each bit-width's own optimizer step: summed=True takes one step for all")
+    if summed and per_bit_state:
+        raise ValueError("per_bit_state keeps each bit-width's own optimizer state: summed=True takes one step for all")
     kd = Distillation("inplace" if distill is True else "none" if distill is False else distill, distill_temperature, distill_weight)
     shared = shared_scale_groups(optimizer)
     world = ddp.world_size(model)
@@ -247,7 +254,7 @@ def joint_step(model: nn.Module, batch: Any, loss_fn: LossFn | None, optimizer: 
             run_backward(loss)
             if before_step is not None:
                 before_step()
-            with bit_rates(optimizer, shared, b, mult):
+            with bit_rates(optimizer, shared, b, mult), bit_state(optimizer, b if per_bit_state else None):
                 optimizer.step()
             kd.learn_from(i, output)
         losses[b] = float(loss.detach())
@@ -267,6 +274,48 @@ def bit_rates(optimizer: torch.optim.Optimizer, shared: Sequence[dict], b: int, 
     finally:
         for g, lr in zip(optimizer.param_groups, rates):
             g["lr"] = lr
+
+
+#: the optimizer-state entry that names the bit-width whose entries sit under the plain keys (``optimizer_state: per_bit``)
+ACTIVE_BITS = "bitswitch_bits"
+
+
+@contextmanager
+def bit_state(optimizer: torch.optim.Optimizer, b: int | None) -> Iterator[None]:
+    """Bit ``b``'s own optimizer state during its step (``None``: the one shared state, unchanged).
+
+    Each parameter's ``optimizer.state[p]`` holds one bit-width's entries under the plain keys the
+    optimizer reads (``exp_avg``; that bit-width named by ``ACTIVE_BITS``) and the others' as
+    ``<key>@<b>`` (``exp_avg@2``). During the step of ``b`` only ``b``'s entries are there (none:
+    the optimizer starts them, as for a new parameter). So ``state_dict()``, ``load_state_dict()``,
+    checkpoints and resuming carry every bit-width's state, for any torch optimizer. Why: with one
+    shared state, Adam's momentum blends the bit-widths' gradients (the 2-bit one nearly at right
+    angles to the others) into every step.
+    """
+    if b is None:
+        yield
+        return
+    tag = f"@{b}"
+    before: dict[int, dict[str, Any]] = {}
+    others: dict[int, dict[str, Any]] = {}
+    for p, st in optimizer.state.items():
+        before[id(p)] = dict(st)
+        held = st.pop(ACTIVE_BITS, b)
+        if held != b:  # the plain keys are another bit-width's: tag them
+            for key in [k for k in st if "@" not in k]:
+                st[f"{key}@{held}"] = st.pop(key)
+        others[id(p)] = {k: st.pop(k) for k in [k for k in st if "@" in k and not k.endswith(tag)]}
+        for key in [k for k in st if k.endswith(tag)]:
+            st[key[:-len(tag)]] = st.pop(key)
+    try:
+        yield
+    finally:
+        for p, st in optimizer.state.items():
+            if not st:  # no step of b for this parameter: as it was
+                st.update(before.get(id(p), {}))
+                continue
+            st.update(others.get(id(p), {}))
+            st[ACTIVE_BITS] = b
 
 
 def finish_backward(model: nn.Module, cfg: TrainConfig, dist: ddp.DistInfo) -> None:
@@ -314,7 +363,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     losses = joint_step(model, (x, y), run_loss(cfg), optimizer, bits=cfg.bits, precisions=plan,
                         distill=cfg.distill, distill_temperature=cfg.distill_temperature, distill_weight=cfg.distill_weight,
                         summed=cfg.loss_mode == "summed", before_step=lambda: finish_backward(model, cfg, dist),
-                        lr_mults=cfg.bit_lr_mult or None, timer=times)
+                        lr_mults=cfg.bit_lr_mult or None, per_bit_state=cfg.optimizer_state == "per_bit", timer=times)
     names = dict(zip((label(b) for b in cfg.bits), bit_labels(cfg)))  # joint_step times w<b>a<b>; a weight-only run says w<b>
     for k, v in times.items():
         timer[names.get(k, k)] = timer.get(names.get(k, k), 0.0) + v
