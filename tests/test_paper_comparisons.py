@@ -42,12 +42,15 @@ def test_every_stage_runs_and_the_report_pairs_them(bench, tmp_path: Path, capsy
         assert effect == pytest.approx(acc["joint_distill_neighbour"][lab] - acc["joint"][lab], abs=0.006)
         rates = float(row["per-bit rates effect"].split(" ± ")[0])  # bit_lr_mult against the same recipe without it
         assert rates == pytest.approx(acc["joint_neighbour_bitlr"][lab] - acc["joint_distill_neighbour"][lab], abs=0.006)
+        state = float(row["per-bit optimizer state effect"].split(" ± ")[0])  # optimizer_state per_bit against shared
+        assert state == pytest.approx(acc["joint_neighbour_bitstate"][lab] - acc["joint_distill_neighbour"][lab], abs=0.006)
         scope = float(row["ALRS on shared scales only - ALRS"].split(" ± ")[0])
         assert scope == pytest.approx(acc["joint_alrs_shared"][lab] - acc["joint"][lab], abs=0.006)
     assert doc["configs"]["joint_alrs_shared"]["alrs_scope"] == "shared" and doc["configs"]["joint"]["alrs_scope"] == "all"
     assert doc["configs"]["joint_summed"]["loss_mode"] == "summed" and "joint_summed - separate" in doc["rows"][0]
     assert doc["configs"]["joint_distill_neighbour"]["distill"] == "neighbour" and "joint_distill_neighbour - separate" in doc["rows"][0]
     assert doc["configs"]["joint_neighbour_bitlr"]["bit_lr_mult"] == [0.25, 0.25, 0.5, 1.0]
+    assert doc["configs"]["joint_neighbour_bitstate"]["optimizer_state"] == "per_bit" and doc["configs"]["joint"]["optimizer_state"] == "shared"
     assert "alrs_scope" not in (tmp_path / "cmp.md").read_text()
     goals = {g["goal"] for g in doc["goals"]}
     assert "joint W2A2 within 1.5 points of FP32" in goals and "joint W8A8 >= separate" in goals

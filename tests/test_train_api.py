@@ -120,7 +120,7 @@ def test_per_bit_state_equals_one_optimizer_per_bit_width(make):
         joint_step(shared, batch, ce, opt_shared)
         for b in BITS:
             joint_step(ref, batch, ce, opt_ref[b], bits=[b])
-    for (n, p_own), p_ref, p_shared in zip(own.named_parameters(), ref.parameters(), shared.parameters()):
+    for (n, p_own), p_ref in zip(own.named_parameters(), ref.parameters()):
         assert torch.equal(p_own, p_ref), n
     assert not all(torch.equal(a, b) for a, b in zip(own.parameters(), shared.parameters()))
     # between steps the last bit-width's entries sit under the plain keys, the others' as "<key>@<b>"
