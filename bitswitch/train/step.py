@@ -287,19 +287,20 @@ def bit_state(optimizer: torch.optim.Optimizer, b: int | None) -> Iterator[None]
     Each parameter's ``optimizer.state[p]`` holds one bit-width's entries under the plain keys the
     optimizer reads (``exp_avg``; that bit-width named by ``ACTIVE_BITS``) and the others' as
     ``<key>@<b>`` (``exp_avg@2``). During the step of ``b`` only ``b``'s entries are there (none:
-    the optimizer starts them, as for a new parameter). So ``state_dict()``, ``load_state_dict()``,
-    checkpoints and resuming carry every bit-width's state, for any torch optimizer. Why: with one
-    shared state, Adam's momentum blends the bit-widths' gradients (the 2-bit one nearly at right
-    angles to the others) into every step.
+    the optimizer starts them, as for a new parameter); only the parameters the step updates (those
+    with a gradient) are touched. So ``state_dict()``, ``load_state_dict()``, checkpoints and
+    resuming carry every bit-width's state, for any torch optimizer. Why: with one shared state,
+    Adam's momentum blends the bit-widths' gradients (the 2-bit one nearly at right angles to the
+    others) into every step.
     """
     if b is None:
         yield
         return
     tag = f"@{b}"
-    before: dict[int, dict[str, Any]] = {}
-    others: dict[int, dict[str, Any]] = {}
-    for p, st in optimizer.state.items():
-        before[id(p)] = dict(st)
+    stepping = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    others: dict[int, dict[str, Any]] = {}  # the other bit-widths' entries, out of sight (an empty state is how torch optimizers start one)
+    for p in stepping:
+        st = optimizer.state[p]
         held = st.pop(ACTIVE_BITS, b)
         if held != b:  # the plain keys are another bit-width's: tag them
             for key in [k for k in st if "@" not in k]:
@@ -310,11 +311,9 @@ def bit_state(optimizer: torch.optim.Optimizer, b: int | None) -> Iterator[None]
     try:
         yield
     finally:
-        for p, st in optimizer.state.items():
-            if not st:  # no step of b for this parameter: as it was
-                st.update(before.get(id(p), {}))
-                continue
-            st.update(others.get(id(p), {}))
+        for p in stepping:
+            st = optimizer.state[p]
+            st.update(others[id(p)])
             st[ACTIVE_BITS] = b
 
 
