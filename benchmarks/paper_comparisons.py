@@ -273,6 +273,7 @@ def report(args: argparse.Namespace, wall: dict[str, float]) -> int:
     md = (f"# The paper's comparisons on a converged FP32 model: {cfgs['fp32'].model}, {dataset}\n\n{setup}"
           + section("Test top-1 (%) per bit-width", rows) + section("{4,3,2} with ALRS", extra_rows)
           + section("Validation top-1 (%): calibrated start (epoch 0) -> chosen epoch", curve_rows(curve_runs, start, summaries))
+          + (f"\n\n{START_NOTE}" if curve_runs else "")
           + section("Goals", [{**g, "met": "met" if g["met"] else "MISSED"} for g in goals]) + section("Runs", run_rows)
           + (f"\n\nValidation accuracy per epoch: [{curve.name}]({curve.name})" if curve else ""))
     accs = lambda d: {k: {b: acc(c) for b, c in v.items()} for k, v in d.items()}  # noqa: E731
@@ -295,6 +296,12 @@ def bit_labels(start: dict[str, dict[str, float]], runs: Iterable[str]) -> list[
 
 def section(title: str, rows: list[dict[str, Any]]) -> str:
     return f"\n\n## {title}\n\n" + md_table(rows) if rows else ""
+
+
+#: why a low epoch-0 number is not where training starts (measured: docs/results.md)
+START_NOTE = ("Epoch 0 is evaluated with the FP32 model's BatchNorm running statistics at every bit-width. The training steps "
+              "normalise with each batch's own statistics, so a low epoch-0 accuracy (the 2-bit one) measures those stale "
+              "statistics, not the model the first step trains.")
 
 
 def start_accuracy(cfg: TrainConfig) -> dict[str, float]:
