@@ -15,7 +15,7 @@ import bitswitch
 from bitswitch.export import container
 from bitswitch.export.checkpoint import read_checkpoint
 from bitswitch.export.schema import CheckpointError
-from bitswitch.ptq import PTQConfig, start_session
+from bitswitch.ptq import PTQConfig, run_ptq, start_session
 
 
 class Net(nn.Module):
@@ -64,6 +64,17 @@ def test_ptq_file_holds_codes_and_reloads_bit_identically(ptq_file) -> None:
     model = bitswitch.load(path, model=_net())  # a custom architecture: the caller's own float model
     with torch.no_grad():
         assert torch.equal(model(x), ref)
+
+
+def test_run_ptq_returns_the_model_as_load_rebuilds_it(tmp_path: Path) -> None:
+    """The session runs channels-last; the returned model is contiguous, as its reloaded file is
+    (with channels-last weights, oneDNN on some CPUs sums the convolutions in another order)."""
+    x = torch.randn(16, 3, 16, 16)
+    q, _ = run_ptq(_net(), [x], PTQConfig([(8, 16), (8, 8), (4, 8)], progress=False, chunk_size=16), budget=0.4)
+    assert all(p.is_contiguous() for p in q.parameters())
+    reloaded = bitswitch.load(bitswitch.save(q, tmp_path / "m.safetensors"), model=_net())
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), q(x))
 
 
 @pytest.mark.parametrize("edit, match", [

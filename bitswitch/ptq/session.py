@@ -312,8 +312,13 @@ class PTQSession:
 def run_ptq(model: nn.Module, calibration: Iterable[Any], config: PTQConfig | None = None, budget: float | None = None, *,
             accuracy_target: float | None = None, eval_fn: Callable[[nn.Module], float] | None = None, pareto: bool = False,
             cache_path: str | Path | None = None, priority: str = "sqnr") -> tuple[nn.Module, PTQResult]:
-    """One call: start a session, phase 1, phase 2. Returns the quantized model (at the chosen config) and the result."""
+    """One call: start a session, phase 1, phase 2. Returns the quantized model (at the chosen config) and the result.
+
+    The model comes back in the standard (contiguous) memory format, as :func:`bitswitch.load` rebuilds
+    it: the session works channels-last for speed, and on some CPUs oneDNN sums a channels-last
+    convolution in another order, so the in-memory model and its reloaded file would differ by float noise.
+    """
     session = start_session(model, calibration, config)
     result = session.search(budget, accuracy_target=accuracy_target, eval_fn=eval_fn, pareto=pareto, priority=priority,
                             cache_path=cache_path)
-    return session.apply(result.group_config), result
+    return session.apply(result.group_config).to(memory_format=torch.contiguous_format), result
