@@ -150,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if any("metric" in p for p in res.pareto):
         plot_pareto(res.pareto, out / "pareto.png", html=out / "pareto.html",
                     metric_name="top-1 (%)" if eval_fn else "output SQNR (dB)")
-    chosen = session.apply(res.group_config)
-    chosen.to(memory_format=torch.contiguous_format)  # the session runs channels-last; files want contiguous
+    chosen = session.chosen_model(res.group_config)
     # integer codes at the chosen bits; the metadata says which BNs were folded and biases added
     save(chosen, out / "model.safetensors", extra={"input_shape": list(session.input_shape), **_data_extra(args)})
     print(f"relative BOPs {res.relative_bops:.4f}, metric {res.metric}, {len(session.groups)} groups; results in {out}/")

@@ -4,7 +4,7 @@ and phase-1 sensitivities; every configuration is put on its model explicitly wi
     session = bitswitch.ptq.start_session(model, calib_batches, PTQConfig(candidates=[(8, 16), (8, 8), (4, 8)]))
     result = session.search(budget=0.375)               # relative BOPs (all-W8A16 = 1)
     result = session.search(accuracy_target=0.87, eval_fn=my_metric)
-    model = session.apply(result.group_config)          # the session's model at the chosen configuration
+    model = session.chosen_model(result.group_config)   # the chosen configuration, as its saved file reloads
 """
 
 from __future__ import annotations
@@ -239,6 +239,14 @@ class PTQSession:
                 self._set_layer(n, layers.get(n), nearest)
         return self.model
 
+    def chosen_model(self, group_config: Mapping[str, Pair] | None) -> nn.Module:
+        """:meth:`apply`, then the model in the standard (contiguous) memory format, as :func:`bitswitch.load`
+        rebuilds it: for saving or handing on. The session works channels-last for speed, and on some
+        CPUs oneDNN sums a channels-last convolution in another order, so a channels-last model and its
+        reloaded file would differ by float noise. The model is still the session's own.
+        """
+        return self.apply(group_config).to(memory_format=torch.contiguous_format)
+
     def layer_config(self, group_config: Mapping[str, Pair] | None) -> dict[str, Pair]:
         """The per-layer configuration of a per-group one (``ValueError`` for an unsupported pair)."""
         layer_config: dict[str, Pair] = {}
@@ -301,7 +309,7 @@ class PTQSession:
         """Phase 2 (runs phase 1 first if needed): see :func:`bitswitch.ptq.phase2.search`.
 
         Evaluations switch the session's model; afterwards it is at FP32. Use
-        ``session.apply(result.group_config)`` for the chosen model.
+        ``session.chosen_model(result.group_config)`` for the chosen model.
         """
         if self.sqnr is None:
             self.sensitivity(cache_path)
@@ -312,13 +320,9 @@ class PTQSession:
 def run_ptq(model: nn.Module, calibration: Iterable[Any], config: PTQConfig | None = None, budget: float | None = None, *,
             accuracy_target: float | None = None, eval_fn: Callable[[nn.Module], float] | None = None, pareto: bool = False,
             cache_path: str | Path | None = None, priority: str = "sqnr") -> tuple[nn.Module, PTQResult]:
-    """One call: start a session, phase 1, phase 2. Returns the quantized model (at the chosen config) and the result.
-
-    The model comes back in the standard (contiguous) memory format, as :func:`bitswitch.load` rebuilds
-    it: the session works channels-last for speed, and on some CPUs oneDNN sums a channels-last
-    convolution in another order, so the in-memory model and its reloaded file would differ by float noise.
-    """
+    """One call: start a session, phase 1, phase 2. Returns the quantized model (at the chosen config,
+    as :meth:`PTQSession.chosen_model` gives it) and the result."""
     session = start_session(model, calibration, config)
     result = session.search(budget, accuracy_target=accuracy_target, eval_fn=eval_fn, pareto=pareto, priority=priority,
                             cache_path=cache_path)
-    return session.apply(result.group_config).to(memory_format=torch.contiguous_format), result
+    return session.chosen_model(result.group_config), result
